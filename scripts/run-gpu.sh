@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (no Rust there): every packed test executable with --include-ignored,
+# then the GPU tests again under compute-sanitizer memcheck and racecheck, then the benches, then
+# the SASS check. Logs go to $OUT (or ./gpu-logs); a pass/fail table is printed last.
+set -u
+pack=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-$pack/../gpu-logs}
+mkdir -p "$out/logs"
+export PATH=/usr/local/cuda/bin:$PATH
+export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cusparselt/lib:${LD_LIBRARY_PATH:-}
+san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+declare -a rows
+record() { rows+=("$(printf '%-44s %-6s %s' "$1" "$2" "$3")"); }
+
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv; echo "commit: $(cat "$pack/COMMIT")"; date -u; } >"$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+summary() { grep -E "^test result:" "$1" | tail -1 | sed 's/test result: //; s/; finished.*//'; }
+
+for t in "$pack"/tests/*; do
+  n=$(basename "$t")
+  log="$out/logs/$n.log"
+  "$t" --include-ignored --test-threads=1 >"$log" 2>&1
+  rc=$?
+  record "test $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(summary "$log")"
+done
+
+# Only the GPU tests (the ignored ones) under the sanitizers: the CPU tests gain nothing there.
+for tool in memcheck racecheck; do
+  for t in "$pack"/tests/*; do
+    n=$(basename "$t")
+    "$t" --list --ignored 2>/dev/null | grep -q ': test' || continue
+    log="$out/logs/$n.$tool.log"
+    "$san" --tool "$tool" --error-exitcode 99 --print-limit 20 "$t" --ignored --test-threads=1 >"$log" 2>&1
+    rc=$?
+    errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    record "$tool $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "${errs:-rc=$rc} $(summary "$log")"
+  done
+done
+
+for b in "$pack"/benches/*; do
+  n=$(basename "$b")
+  log="$out/logs/bench-$n.log"
+  "$b" --bench >"$log" 2>&1
+  rc=$?
+  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -cE '^\S.*time:' "$log" 2>/dev/null) results (log: bench-$n.log)"
+  grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40
+done
+
+if [ -x "$pack/bin/twofour" ]; then
+  "$pack/bin/twofour" demo >"$out/logs/demo.log" 2>&1
+  rc=$?
+  record "demo (twofour demo)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(tail -1 "$out/logs/demo.log")"
+fi
+
+# The sparse tensor-core instructions must be in the SASS of the sm_90a cubin.
+if command -v cuobjdump >/dev/null; then
+  cuobjdump -sass -arch sm_90a "$pack/twofour.fatbin" >"$out/logs/sass-sm90a.txt" 2>&1
+  cuobjdump -sass -arch sm_80 "$pack/twofour.fatbin" >"$out/logs/sass-sm80.txt" 2>&1
+  hmma_sp=$(grep -cE "HMMA\.SP|HMMA.*\.SP" "$out/logs/sass-sm90a.txt")
+  hgmma_sp=$(grep -cE "HGMMA.*SP|HGMMA\.SP" "$out/logs/sass-sm90a.txt")
+  record "sass sm_90a" "INFO" "sparse HMMA: $hmma_sp, sparse HGMMA: $hgmma_sp"
+fi
+
+cp "$pack/ptxas-report.txt" "$out/" 2>/dev/null
+echo
+echo "== ptxas (registers / spills per kernel, sm_90a)"
+awk '/Compiling entry function/ {f=$6} /for .sm_90a./ {a=1} /Used/ && f {print f, $0} ' "$pack/ptxas-report.txt" | sed "s/ptxas info    ://" | sort -u | head -40
+echo
+echo "== results"
+printf '%s\n' "${rows[@]}" | tee "$out/summary.txt"
+fails=$(printf '%s\n' "${rows[@]}" | grep -c " FAIL ")
+echo "$((${#rows[@]} - fails)) passed, $fails failed"
+[ "$fails" = 0 ]

@@ -1,0 +1,41 @@
+//! # twofour
+//!
+//! 2:4 structured sparsity for training transformers on NVIDIA tensor cores: kernels
+//! (`cuda/`, compiled by build.rs and embedded), a safe API over `cudarc`, and
+//! [`reference`], the CPU definition every kernel is tested against.
+//!
+//! ```no_run
+//! use twofour::{Device, DeviceMatrix, prune24_compress};
+//! # fn main() -> twofour::Result<()> {
+//! let dev = Device::new(0)?;
+//! let w = twofour::reference::philox::normal_bf16(1, 64 * 128);
+//! let w = DeviceMatrix::from_host(&dev, 64, 128, &w)?;
+//! let sparse = prune24_compress(&dev, &w)?; // values + tensor-core metadata + mask
+//! # Ok(()) }
+//! ```
+
+pub mod bitmask;
+pub mod device;
+pub mod error;
+pub mod kernels;
+pub mod layout;
+pub mod matrix;
+pub mod prune24;
+pub mod reference;
+pub mod sparse24;
+pub mod sparse_mma_sm80;
+
+pub use bitmask::BitMask;
+pub use device::{Device, KernelImage};
+pub use error::{Error, Result};
+pub use matrix::DeviceMatrix;
+pub use prune24::{prune24_compress, prune24_compress_into};
+pub use sparse24::{Sparse24, Sparse24Host};
+pub use sparse_mma_sm80::{sparse_mma_naive, MetaReading};
+
+/// Storage order of a matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MatLayout {
+    RowMajor,
+    ColMajor,
+}

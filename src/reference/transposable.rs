@@ -1,0 +1,105 @@
+//! The transposable 2:4 mask (Hu et al. 2024, section 4.2): for every 4x4 block, of the 90
+//! patterns with exactly two ones in each row and each column, the one that keeps the largest L1.
+//! Computed the paper's way: a stride-4 "convolution" of |W| with the 90 pattern masks, i.e. the
+//! product P (90 x 16) x B (16 x blocks) of the pattern matrix with the flattened |W| blocks,
+//! then an argmax per column.
+//!
+//! Tie rule (the GPU kernel must match it): the first pattern in `PATTERNS_4X4` order among those
+//! with the maximal score. Scores are f32 sums in the fixed order of `score` below.
+
+use crate::bitmask::BitMask;
+use crate::error::{invalid, unsupported};
+use crate::Result;
+use half::bf16;
+use std::sync::OnceLock;
+
+/// The six ways to keep two of four, in lexicographic order.
+pub const PAIRS: [(usize, usize); 6] = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)];
+
+/// The 90 transposable patterns as 16-bit masks, bit `4 r + c` = element (r, c) of the block kept.
+/// Order: row choices (from `PAIRS`) lexicographic, row 0 most significant, keeping those whose
+/// columns also hold exactly two ones.
+pub fn patterns() -> &'static [u16; 90] {
+    static P: OnceLock<[u16; 90]> = OnceLock::new();
+    P.get_or_init(|| {
+        let mut out = [0u16; 90];
+        let mut n = 0;
+        for a in PAIRS {
+            for b in PAIRS {
+                for c in PAIRS {
+                    for d in PAIRS {
+                        let rows = [a, b, c, d];
+                        let mut bits = 0u16;
+                        for (r, (i, j)) in rows.iter().enumerate() {
+                            bits |= 1 << (4 * r + i) | 1 << (4 * r + j);
+                        }
+                        let cols_ok = (0..4).all(|c| (0..4).filter(|r| bits >> (4 * r + c) & 1 == 1).count() == 2);
+                        if cols_ok {
+                            out[n] = bits;
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 90, "there are exactly 90 transposable 4x4 patterns");
+        out
+    })
+}
+
+/// Kept L1 of pattern `p` on a block of 16 magnitudes: P[p] . block, summed over k = 0..16 in
+/// order (adding the zeros of the pattern is exact, so this is the sum of the kept entries).
+pub fn score(p: u16, block: &[f32; 16]) -> f32 {
+    let mut s = 0f32;
+    for (k, &v) in block.iter().enumerate() {
+        s += if p >> k & 1 == 1 { v } else { 0.0 };
+    }
+    s
+}
+
+/// The best pattern for one block: (index into `patterns()`, score).
+pub fn best_pattern(block: &[f32; 16]) -> (usize, f32) {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, &p) in patterns().iter().enumerate() {
+        let s = score(p, block);
+        if s > best.1 {
+            best = (i, s);
+        }
+    }
+    best
+}
+
+/// The transposable mask of a row-major rows x cols matrix (both multiples of 4), and the chosen
+/// pattern index of every block (row-major over blocks).
+pub fn transposable_mask(w: &[bf16], rows: usize, cols: usize) -> Result<(BitMask, Vec<u8>)> {
+    if rows % 4 != 0 || cols % 4 != 0 || rows == 0 || cols == 0 || w.len() != rows * cols {
+        return Err(unsupported(
+            "transposable_mask",
+            format!("need rows and cols multiples of 4 (4x4 blocks); got {} elements for {rows} x {cols}", w.len()),
+        ));
+    }
+    let mut mask = BitMask::zeros(rows, cols);
+    let mut choice = Vec::with_capacity(rows * cols / 16);
+    for br in 0..rows / 4 {
+        for bc in 0..cols / 4 {
+            let mut block = [0f32; 16];
+            for r in 0..4 {
+                for c in 0..4 {
+                    block[4 * r + c] = w[(4 * br + r) * cols + 4 * bc + c].to_f32().abs();
+                }
+            }
+            if block.iter().any(|v| v.is_nan()) {
+                return Err(invalid("transposable_mask", format!("NaN in the 4x4 block at ({}, {})", 4 * br, 4 * bc)));
+            }
+            let (i, _) = best_pattern(&block);
+            choice.push(i as u8);
+            let p = patterns()[i];
+            for k in 0..16 {
+                if p >> k & 1 == 1 {
+                    mask.set(4 * br + k / 4, 4 * bc + k % 4, true);
+                }
+            }
+        }
+    }
+    Ok((mask, choice))
+}

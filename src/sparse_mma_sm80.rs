@@ -1,0 +1,43 @@
+//! The reference-grade sparse GEMM on mma.sp (cuda/sparse_mma_sm80.cu): one warp per 16x8 tile,
+//! operands from global memory. It defines the Sparse24 layout on the GPU; the fast kernels are
+//! checked against it and against `reference::matmul`.
+
+use crate::device::Device;
+use crate::error::{shape, unsupported, During};
+use crate::matrix::DeviceMatrix;
+use crate::sparse24::Sparse24;
+use crate::Result;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// How the kernel reads the metadata words: `Documented` is the layout of docs/layout.md;
+/// `RowPerThread` is the alternative reading of the PTX ISA figure, kept only so the layout test
+/// can say which reading the hardware follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaReading {
+    Documented = 0,
+    RowPerThread = 1,
+}
+
+/// D (M x N, f32, row-major) = A (2:4, M x K) * B, with B given as its transpose `bt` (N x K
+/// row-major, e.g. the activations X of Y = X W^T). N must be a multiple of 8.
+pub fn sparse_mma_naive(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf16>, d: &mut DeviceMatrix<f32>, reading: MetaReading) -> Result<()> {
+    let (m, k, n) = (a.rows(), a.cols(), bt.rows());
+    if bt.cols() != k || d.rows() != m || d.cols() != n {
+        return Err(shape(
+            "sparse_mma_naive",
+            format!("A {m}x{k}, B^T {}x{}, D {}x{}: need B^T n x {k} and D {m} x n", bt.rows(), bt.cols(), d.rows(), d.cols()),
+        ));
+    }
+    if n % 8 != 0 {
+        return Err(unsupported("sparse_mma_naive", format!("N = {n} must be a multiple of 8")));
+    }
+    let f = dev.function("sparse_mma_sm80_naive")?;
+    let cfg = LaunchConfig { grid_dim: ((n / 8) as u32, (m / 16) as u32, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+    let (mi, ni, ki, v) = (m as i32, n as i32, k as i32, reading as i32);
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(&a.values).arg(&a.meta).arg(bt.data()).arg(d.data_mut()).arg(&mi).arg(&ni).arg(&ki).arg(&v);
+    // SAFETY: shapes checked above against the kernel's indexing (M % 16, K % 32 by Sparse24).
+    unsafe { b.launch(cfg) }.during("launching sparse_mma_sm80_naive")?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Property tests of the CPU reference (no GPU needed).
+
+use half::bf16;
+use proptest::prelude::*;
+use twofour::reference::{self, mvue, philox, transposable};
+use twofour::{BitMask, Error, MatLayout};
+
+fn bf16_vec(len: usize) -> impl Strategy<Value = Vec<bf16>> {
+    // Finite values across a wide range, with repeats (ties) made likely by a small pool.
+    prop::collection::vec(
+        prop_oneof![
+            4 => (-1000.0f32..1000.0).prop_map(bf16::from_f32),
+            1 => prop::sample::select(vec![0.0f32, -0.0, 1.0, -1.0, 0.5, 3.0]).prop_map(bf16::from_f32),
+        ],
+        len,
+    )
+}
+
+/// (rows, cols, data) with rows a multiple of `rm` and cols a multiple of `cm`.
+fn matrix(rm: usize, cm: usize, max_r: usize, max_c: usize) -> impl Strategy<Value = (usize, usize, Vec<bf16>)> {
+    (1..=max_r, 1..=max_c).prop_flat_map(move |(r, c)| (Just(r * rm), Just(c * cm), bf16_vec(r * rm * c * cm)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn prune_keeps_two_largest_of_every_four((rows, cols, w) in matrix(1, 4, 8, 16)) {
+        let (p, mask) = reference::prune24_rows(&w, rows, cols).unwrap();
+        prop_assert!(mask.is_24_rows());
+        for r in 0..rows {
+            for q in 0..cols / 4 {
+                let g = &w[r * cols + 4 * q..r * cols + 4 * q + 4];
+                let kept: Vec<usize> = (0..4).filter(|&j| mask.get(r, 4 * q + j)).collect();
+                let min_kept = kept.iter().map(|&j| g[j].to_f32().abs()).fold(f32::INFINITY, f32::min);
+                for j in (0..4).filter(|j| !kept.contains(j)) {
+                    prop_assert!(g[j].to_f32().abs() <= min_kept);
+                    prop_assert_eq!(p[r * cols + 4 * q + j].to_bits(), 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compress_then_decompress_is_identity((rows, cols, w) in matrix(16, 32, 4, 4)) {
+        let (p, mask) = reference::prune24_rows(&w, rows, cols).unwrap();
+        let s = reference::compress(&p, rows, cols, &mask).unwrap();
+        prop_assert_eq!(s.values.len(), rows * cols / 2);
+        let back = reference::decompress(&s).unwrap();
+        prop_assert_eq!(back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), p.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn transposable_mask_is_24_both_ways_and_optimal((rows, cols, w) in matrix(4, 4, 6, 6)) {
+        let (mask, _) = reference::transposable_mask(&w, rows, cols).unwrap();
+        prop_assert!(mask.is_24_rows());
+        prop_assert!(mask.transpose().is_24_rows());
+        // Brute force: every row-wise 2:4 choice of each block (6^4), kept when also 2:4 by columns.
+        for br in 0..rows / 4 {
+            for bc in 0..cols / 4 {
+                let at = |r: usize, c: usize| w[(4 * br + r) * cols + 4 * bc + c].to_f32().abs();
+                let mut best = f32::NEG_INFINITY;
+                let mut n_valid = 0;
+                for choice in 0..6usize.pow(4) {
+                    let rows_pick: Vec<(usize, usize)> = (0..4).map(|r| transposable::PAIRS[choice / 6usize.pow(r as u32) % 6]).collect();
+                    let col_count = |c: usize| rows_pick.iter().filter(|&&(i, j)| i == c || j == c).count();
+                    if (0..4).all(|c| col_count(c) == 2) {
+                        n_valid += 1;
+                        // Same summation order as the reference (row-major over the block).
+                        let mut s = 0f32;
+                        for (r, &(i, j)) in rows_pick.iter().enumerate() {
+                            for c in 0..4 { s += if c == i || c == j { at(r, c) } else { 0.0 }; }
+                        }
+                        best = best.max(s);
+                    }
+                }
+                prop_assert_eq!(n_valid, 90);
+                let mut kept = 0f32;
+                for r in 0..4 { for c in 0..4 { kept += if mask.get(4 * br + r, 4 * bc + c) { at(r, c) } else { 0.0 }; } }
+                prop_assert_eq!(kept, best);
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_compression_matches_compressing_the_transpose((rows, cols, w) in matrix(32, 32, 2, 2)) {
+        let (mask, _) = reference::transposable_mask(&w, rows, cols).unwrap();
+        let mut wt = vec![bf16::ZERO; w.len()];
+        for r in 0..rows { for c in 0..cols { wt[c * rows + r] = w[r * cols + c]; } }
+        let a = reference::compress_transposed(&w, rows, cols, &mask).unwrap();
+        let b = reference::compress(&wt, cols, rows, &mask.transpose()).unwrap();
+        prop_assert_eq!(a, b);
+    }
+
+    #[test]
+    fn pruned_gemm_equals_dense_gemm_of_pruned((rows, cols, w) in matrix(16, 32, 2, 2), n in 1usize..6, seed in any::<u64>()) {
+        let x = philox::normal_bf16(seed, n * cols);
+        let (p, mask) = reference::prune24_rows(&w, rows, cols).unwrap();
+        let s = reference::compress(&p, rows, cols, &mask).unwrap();
+        // Sparse product straight from values + metadata, no decompression.
+        let mut y = vec![0f64; n * rows];
+        for t in 0..n { for r in 0..rows { for c16 in (0..cols).step_by(16) {
+            let (word, shift) = twofour::layout::meta_position(r, c16, cols);
+            for q in 0..4 {
+                let nib = (s.meta[word] >> shift) >> (4 * q) & 0xf;
+                for (slot, idx) in [(0, nib & 3), (1, nib >> 2)] {
+                    let v = s.values[r * cols / 2 + c16 / 2 + 2 * q + slot].to_f64();
+                    y[t * rows + r] += v * x[t * cols + c16 + 4 * q + idx as usize].to_f64();
+                }
+            }
+        }}}
+        let dense = reference::linear_forward(&x, &p, n, cols, rows).unwrap();
+        for (a, b) in y.iter().zip(&dense) { prop_assert!((*a as f32 - b).abs() <= 1e-6 * b.abs().max(1.0)); }
+    }
+
+    #[test]
+    fn mvue_is_always_24_and_never_keeps_more((rows, cols, a) in matrix(1, 4, 8, 8), seed in any::<u64>(), step in any::<u32>()) {
+        let s = reference::mvue24_f32(&a, rows, cols, seed, step).unwrap();
+        for (g, src) in s.chunks(4).zip(a.chunks(4)) {
+            prop_assert!(g.iter().filter(|v| **v != 0.0).count() <= 2);
+            // A kept value has the sign of its source and at least its magnitude (p <= 1).
+            for (v, x) in g.iter().zip(src) {
+                if *v != 0.0 { prop_assert!(v.signum() == x.to_f32().signum() && v.abs() >= x.to_f32().abs() * (1.0 - 1e-6)); }
+            }
+        }
+    }
+
+    #[test]
+    fn inclusion_probabilities_sum_to_two(a in prop::array::uniform4(-100.0f32..100.0)) {
+        let p = mvue::inclusion_probabilities(a);
+        prop_assert!((p.iter().sum::<f32>() - 2.0).abs() < 1e-5);
+        prop_assert!(p.iter().all(|&x| (0.0..=1.0 + 1e-6).contains(&x)));
+    }
+}
+
+#[test]
+fn there_are_90_distinct_transposable_patterns() {
+    let p = transposable::patterns();
+    let mut v = p.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    assert_eq!(v.len(), 90);
+}
+
+/// E[S(a)] = a: the mean over 20000 fixed seeds is within 4 standard errors of a, per element.
+#[test]
+fn mvue_is_unbiased() {
+    let a: Vec<bf16> = [3.0, -1.0, 0.25, 0.0, 1.0, 1.0, 1.0, 1.0, 10.0, 0.1, -0.2, 0.3, -5.0, 4.0, 0.0, 0.0]
+        .iter()
+        .map(|&x| bf16::from_f32(x))
+        .collect();
+    let n = 20_000;
+    let (mut sum, mut sq) = (vec![0f64; 16], vec![0f64; 16]);
+    for s in 0..n {
+        let out = reference::mvue24_f32(&a, 4, 4, 0xC0FFEE, s as u32).unwrap();
+        for i in 0..16 {
+            sum[i] += out[i] as f64;
+            sq[i] += (out[i] as f64).powi(2);
+        }
+    }
+    for i in 0..16 {
+        let mean = sum[i] / n as f64;
+        let var = (sq[i] / n as f64 - mean * mean).max(0.0);
+        let se = (var / n as f64).sqrt();
+        let want = a[i].to_f64();
+        assert!((mean - want).abs() <= 4.0 * se + 1e-9, "element {i}: mean {mean} vs {want} (se {se})");
+    }
+}
+
+#[test]
+fn gated_backward_matches_finite_differences() {
+    for gate in [reference::Gate::SwiGlu, reference::Gate::GeGlu] {
+        for &x in &[-3.0f64, -0.5, 0.0, 0.7, 2.5] {
+            let h = 1e-6;
+            let fd = (gate.act(x + h).0 - gate.act(x - h).0) / (2.0 * h);
+            assert!((fd - gate.act(x).1).abs() < 1e-6, "{gate:?} at {x}");
+        }
+    }
+}
+
+#[test]
+fn masked_decay_touches_only_pruned_weights_and_flip_rate_counts() {
+    let mut mask = BitMask::zeros(2, 4);
+    mask.set(0, 1, true);
+    mask.set(1, 3, true);
+    let w = vec![1.0f32; 8];
+    let mut g = vec![0.5f32; 8];
+    reference::masked_decay(&mut g, &w, &mask, 0.1).unwrap();
+    assert_eq!(g[1], 0.5);
+    assert_eq!(g[7], 0.5);
+    assert!((g[0] - 0.6).abs() < 1e-7);
+    let mut other = mask.clone();
+    other.set(0, 0, true);
+    assert_eq!(reference::flip_rate(&mask, &other).unwrap(), 1.0 / 8.0);
+}
+
+#[test]
+fn bad_shapes_give_typed_errors() {
+    let w = vec![bf16::ONE; 30];
+    assert!(matches!(reference::prune24_rows(&w, 5, 6), Err(Error::Unsupported { .. })));
+    assert!(matches!(reference::transposable_mask(&w, 5, 6), Err(Error::Unsupported { .. })));
+    assert!(matches!(reference::linear_forward(&w, &w, 3, 10, 4), Err(Error::Shape { .. })));
+    let m = BitMask::zeros(16, 32);
+    assert!(matches!(reference::compress(&vec![bf16::ONE; 512], 16, 32, &m), Err(Error::InvalidData { .. })));
+    assert!(matches!(reference::compress(&w, 16, 30, &m), Err(Error::Unsupported { .. })));
+    assert!(matches!(reference::matmul(&w, MatLayout::RowMajor, &w, MatLayout::RowMajor, 2, 2, 2), Err(Error::Shape { .. })));
+    assert!(matches!(reference::flip_rate(&m, &BitMask::zeros(16, 64)), Err(Error::Shape { .. })));
+    let mut nan = vec![bf16::ONE; 16];
+    nan[3] = bf16::NAN;
+    assert!(matches!(reference::transposable_mask(&nan, 4, 4), Err(Error::InvalidData { .. })));
+}
+
+/// Without a driver the library answers a typed error; with a GPU it opens it. Never a panic.
+#[test]
+fn device_open_is_typed() {
+    match twofour::Device::new(0) {
+        Ok(dev) => assert!(dev.compute_capability().0 >= 8),
+        Err(Error::NoGpu(_) | Error::GpuTooOld { .. }) => {}
+        Err(e) => panic!("unexpected error opening the GPU: {e}"),
+    }
+}
