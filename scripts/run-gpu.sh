@@ -43,7 +43,7 @@ for b in "$pack"/benches/*; do
   log="$out/logs/bench-$n.log"
   "$b" --bench >"$log" 2>&1
   rc=$?
-  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -cE '^\S.*time:' "$log" 2>/dev/null) results (log: bench-$n.log)"
+  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:' "$log") results"
   grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40
 done
 
@@ -65,10 +65,12 @@ fi
 cp "$pack/ptxas-report.txt" "$out/" 2>/dev/null
 echo
 echo "== ptxas (registers / spills per kernel, sm_90a)"
-awk '/Compiling entry function/ {f=$6} /for .sm_90a./ {a=1} /Used/ && f {print f, $0} ' "$pack/ptxas-report.txt" | sed "s/ptxas info    ://" | sort -u | head -40
+awk "/Compiling entry function/ {f=\$7; a=\$9} /bytes stack frame/ {s=\$0} /Used/ {print a, f, \$5, \$6, s}" "$pack/ptxas-report.txt" | sed "s/ bytes stack frame,/ stack,/; s/ bytes spill stores,/ spill-st,/; s/ bytes spill loads/ spill-ld/" | sort -u | head -60
 echo
 echo "== results"
 printf '%s\n' "${rows[@]}" | tee "$out/summary.txt"
 fails=$(printf '%s\n' "${rows[@]}" | grep -c " FAIL ")
 echo "$((${#rows[@]} - fails)) passed, $fails failed"
+# At most 8 files come back from the device: the logs travel as one archive.
+tar -C "$out" -czf "$out/logs.tar.gz" logs && rm -rf "$out/logs"
 [ "$fails" = 0 ]
