@@ -41,10 +41,12 @@ done
 for b in "$pack"/benches/*; do
   n=$(basename "$b")
   log="$out/logs/bench-$n.log"
-  "$b" --bench >"$log" 2>&1
+  extra=()
+  [ "$n" = gemm ] && extra=(--json "$out/gemm-h100.json")
+  BENCH_DATE=$(date -u +%F) "$b" --bench "${extra[@]}" >"$log" 2>&1
   rc=$?
-  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:' "$log") results"
-  grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40
+  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:\|^[a-z0-9.@-]* *fwd\|dx\|dw ' "$log") results"
+  if [ "$n" = gemm ]; then cat "$log"; else grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40; fi
 done
 
 if [ -x "$pack/bin/twofour" ]; then

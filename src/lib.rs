@@ -22,8 +22,11 @@ pub mod layout;
 pub mod matrix;
 pub mod prune24;
 pub mod reference;
+pub mod shapes;
 pub mod sparse24;
+pub mod sparse_gemm;
 pub mod sparse_mma_sm80;
+pub mod timing;
 
 pub use bitmask::BitMask;
 pub use device::{Device, KernelImage};
@@ -31,6 +34,7 @@ pub use error::{Error, Result};
 pub use matrix::DeviceMatrix;
 pub use prune24::{prune24_compress, prune24_compress_into};
 pub use sparse24::{Sparse24, Sparse24Host};
+pub use sparse_gemm::{sparse_gemm, GemmOptions, GemmOut, TileConfig};
 pub use sparse_mma_sm80::{sparse_mma_naive, MetaReading};
 
 /// Storage order of a matrix.

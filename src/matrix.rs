@@ -34,6 +34,9 @@ impl<T: DeviceRepr + Default + Clone> DeviceMatrix<T> {
         dev.download(&self.data)
     }
 
+}
+
+impl<T> DeviceMatrix<T> {
     pub fn rows(&self) -> usize {
         self.rows
     }

@@ -1,0 +1,164 @@
+//! twofour's sparse GEMM vs cuBLASLt dense (and cuSPARSELt when bound) on transformer FFN shapes,
+//! in the three GEMMs of a linear layer. One process, random bf16 data, warm-up, median of
+//! repeats with L2 flushed before each. TFLOP/s are dense-equivalent (2 M N K / time).
+//!
+//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N]
+//! (cargo bench passes --bench, which is ignored.)
+
+use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
+use half::bf16;
+use std::io::Write;
+use twofour::reference::philox::normal_bf16;
+use twofour::shapes::{ffn_shapes, parse_shapes, LinearShape, Pass};
+use twofour::timing::{median, time_calls, FLUSH_BYTES};
+use twofour::{prune24_compress, sparse_gemm, Device, DeviceMatrix, GemmOptions, MatLayout, TileConfig};
+
+struct Args {
+    shapes: Vec<LinearShape>,
+    json: Option<String>,
+    reps: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20 };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        match v[i].as_str() {
+            "--shapes" => {
+                a.shapes = parse_shapes(&v[i + 1]).unwrap_or_else(|e| {
+                    eprintln!("{e}");
+                    std::process::exit(2)
+                });
+                i += 1;
+            }
+            "--json" => {
+                a.json = Some(v[i + 1].clone());
+                i += 1;
+            }
+            "--reps" => {
+                a.reps = v[i + 1].parse().unwrap_or(20);
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    a
+}
+
+/// cuBLASLt bf16 GEMM (f32 accumulation) computing the dense version of `pass` for `s`, in the
+/// column-major terms cuBLAS uses (row-major Y = X W^T is column-major Y^T = W X^T, and so on).
+fn dense_config(s: &LinearShape, pass: Pass) -> MatmulConfig {
+    let (t, i, o) = (s.tokens as u64, s.d_in as u64, s.d_out as u64);
+    let base = MatmulConfig { transa: false, transb: false, transc: false, m: 0, n: 0, k: 0, alpha: 1.0, lda: 0, ldb: 0, beta: 0.0, ldc: 0, stride_a: None, stride_b: None, stride_c: None, stride_bias: None, batch_size: None };
+    match pass {
+        // Y^T (o x t) = W (o x i; stored row-major = col-major i x o, so transposed) * X^T (i x t)
+        Pass::Forward => MatmulConfig { transa: true, m: o, n: t, k: i, lda: i as i64, ldb: i as i64, ldc: o as i64, ..base },
+        // dX^T (i x t) = W^T (i x o, col-major view of W) * dY^T (o x t)
+        Pass::GradInput => MatmulConfig { m: i, n: t, k: o, lda: i as i64, ldb: o as i64, ldc: i as i64, ..base },
+        // dW^T (i x o) = X^T (i x t) * dY (t x o; col-major view is dY^T, so transposed)
+        Pass::GradWeight => MatmulConfig { transb: true, m: i, n: o, k: t, lda: i as i64, ldb: o as i64, ldc: i as i64, ..base },
+    }
+}
+
+fn main() {
+    let a = args();
+    let dev = match Device::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("gemm bench skipped: {e}");
+            return;
+        }
+    };
+    let blas = CudaBlasLT::new(dev.stream().clone()).expect("cuBLASLt");
+    let mut flush = dev.stream().alloc_zeros::<u8>(FLUSH_BYTES).expect("flush buffer");
+    let commit = option_env!("TWOFOUR_COMMIT").unwrap_or("unknown");
+    println!("device: {}  commit: {commit}", dev.name());
+    println!("{:<22} {:>4} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>7}  config", "shape", "pass", "M", "N", "K", "twofour", "cuBLAS", "cuSPLt", "x dense");
+    let mut records = Vec::new();
+    for s in &a.shapes {
+        let x = DeviceMatrix::from_host(&dev, s.tokens, s.d_in, &normal_bf16(1, s.tokens * s.d_in)).unwrap();
+        let w = DeviceMatrix::from_host(&dev, s.d_out, s.d_in, &normal_bf16(2, s.d_out * s.d_in)).unwrap();
+        let dy = DeviceMatrix::from_host(&dev, s.tokens, s.d_out, &normal_bf16(3, s.tokens * s.d_out)).unwrap();
+        let wt: Vec<bf16> = {
+            let h = normal_bf16(2, s.d_out * s.d_in);
+            let mut t = vec![bf16::ZERO; h.len()];
+            for r in 0..s.d_out {
+                for c in 0..s.d_in {
+                    t[c * s.d_out + r] = h[r * s.d_in + c];
+                }
+            }
+            t
+        };
+        let wt = DeviceMatrix::from_host(&dev, s.d_in, s.d_out, &wt).unwrap();
+        for pass in Pass::ALL {
+            let (m, n, k) = s.mnk(pass);
+            let flop = s.flops();
+            // Dense peer.
+            let cfg = dense_config(s, pass);
+            let mut c = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
+            let (pa, pb) = match pass {
+                Pass::Forward => (w.data(), x.data()),
+                Pass::GradInput => (w.data(), dy.data()),
+                Pass::GradWeight => (x.data(), dy.data()),
+            };
+            let dense_ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || {
+                // SAFETY: buffer sizes match cfg's dimensions and leading dimensions.
+                unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") })
+            }).unwrap());
+            let dense_tf = flop / dense_ms / 1e9;
+            // twofour: forward and dX (B K-major) exist; dW needs an N-major B (not built yet).
+            let ours = match pass {
+                Pass::Forward | Pass::GradInput => {
+                    let (sa, bt) = if pass == Pass::Forward { (&w, &x) } else { (&wt, &dy) };
+                    let sparse = prune24_compress(&dev, sa).unwrap();
+                    let mut d = DeviceMatrix::<bf16>::poisoned(&dev, n, m).unwrap(); // D column-major = Y row-major
+                    let mut best: Option<(f64, TileConfig)> = None;
+                    for cfg in TileConfig::ALL {
+                        let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(cfg), ..Default::default() };
+                        let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, bt, &mut d, &opts)).unwrap());
+                        if best.is_none_or(|b| ms < b.0) {
+                            best = Some((ms, cfg));
+                        }
+                    }
+                    best
+                }
+                Pass::GradWeight => None,
+            };
+            let ours_tf = ours.map(|(ms, _)| flop / ms / 1e9);
+            let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
+            println!(
+                "{:<22} {:>4} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>7}  {}",
+                s.name,
+                pass.name(),
+                m,
+                n,
+                k,
+                fmt(ours_tf),
+                format!("{dense_tf:.0}"),
+                "-",
+                ours_tf.map_or("-".into(), |o| format!("{:.2}", o / dense_tf)),
+                ours.map_or("not built yet".into(), |(_, c)| format!("bn{} s{}", c.bn, c.stages))
+            );
+            std::io::stdout().flush().ok();
+            records.push(format!(
+                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":null,\"twofour_config\":{}}}",
+                s.name,
+                pass.name(),
+                ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
+                ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}\"", c.bn, c.stages))
+            ));
+        }
+    }
+    if let Some(path) = a.json {
+        let body = format!(
+            "{{\"device\":\"{}\",\"date\":\"{}\",\"commit\":\"{commit}\",\"command\":\"gemm --json {path}\",\"records\":[\n{}\n]}}\n",
+            dev.name(),
+            std::env::var("BENCH_DATE").unwrap_or_default(),
+            records.join(",\n")
+        );
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &path)).expect("writing the JSON");
+    }
+}

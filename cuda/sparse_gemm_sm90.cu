@@ -1,0 +1,321 @@
+// 2:4 sparse GEMM for Hopper: wgmma.mma_async.sp fed by TMA, warp-specialized, persistent.
+//
+//   D (M x N) = A (M x K, 2:4 along K: Sparse24 values + metadata) * B (K x N) [+ bias[m]] [+ beta D]
+//
+// B is read K-major: element (k, n) at B[n * K + k], i.e. B is given as its transpose, an N x K
+// row-major matrix (the activations X of Y = X W^T, or dY of dX = dY W). D is written row- or
+// column-major, in bf16 or f32.
+//
+// Pipeline (one CTA per SM, 3 warpgroups, tiles of 128 x BN):
+//   warpgroup 0, producer: one thread issues TMA loads of the A values, B and the A metadata for
+//     each 64-wide K block into a ring of STAGES shared-memory stages; `full[s]` completes when the
+//     bytes land, the producer waits on `empty[s]` before reusing a stage.
+//   warpgroups 1 and 2, consumers: rows 0-63 and 64-127 of the tile; per K block two
+//     wgmma.sp m64nBNk32, the metadata register read from shared memory (layout: docs/layout.md);
+//     one wgmma group stays in flight while the previous stage is released.
+//   epilogue: each consumer stages its 64 x BN f32 accumulators through shared memory in 64-column
+//     chunks and writes coalesced 16-byte vectors in D's layout, adding bias and beta * D.
+//
+// Shared-memory layouts (what the wgmma descriptors describe, PTX ISA 9.7.15.5.1):
+//   A stage: 128 rows x 32 compressed values (64 B a row), TMA 64B swizzle; SBO = 512 B (8 rows).
+//   B stage: BN rows x 64 K values (128 B a row), TMA 128B swizzle; SBO = 1024 B (8 rows).
+//   The second k32 step of a stage starts 32 B (A) / 64 B (B) into the swizzle atom, the usual
+//   descriptor advance inside an atom.
+//   E stage: 8 row-blocks x 32 words: the Sparse24 metadata words of the tile, untouched.
+#include "common.cuh"
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TWOFOUR_SM90A 1
+#endif
+
+namespace sm90 {
+
+enum : int {
+    BM = 128,        // tile rows: two consumer warpgroups of 64
+    BK = 64,         // dense K per stage (32 compressed values)
+    THREADS = 384,   // producer + 2 consumers
+    EPI_COLS = 64,   // epilogue chunk width
+    EPI_PITCH = 68,  // f32 words a staged row: +4 spreads the rows over the banks
+};
+
+// A 128-byte CUtensorMap, passed by value as a __grid_constant__ parameter.
+struct alignas(64) TensorMap {
+    uint64_t opaque[16];
+};
+
+struct Params {
+    void* d;           // M x N output (row- or column-major; bf16 or f32)
+    const float* bias; // M entries or null
+    float beta;        // D = acc (+ bias) + beta * D_old when beta != 0
+    int m, n, k;
+    int d_col_major;   // 0: D[m * N + n], 1: D[n * M + m]
+    int d_f32;         // 0: bf16, 1: f32
+    int m_tiles, n_tiles;
+};
+
+template <int BN>
+struct WgmmaSp;
+
+#include "sparse_gemm_sm90_wgmma.inc"
+
+#ifdef TWOFOUR_SM90A
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+        "r"(phase)
+        : "memory");
+}
+
+__device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, uint64_t* bar, int c0, int c1) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
+        ::"r"(smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
+        : "memory");
+}
+
+// wgmma shared-memory matrix descriptor (PTX ISA 9.7.15.5.1.1): start address, leading byte
+// offset (unused for swizzled K-major tiles), stride byte offset, swizzle mode in bits 62-63
+// (1 = 128B, 2 = 64B).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t sbo, uint64_t swizzle) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(sbo >> 4) << 32) | (swizzle << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+
+// Keeps the accumulators in registers across the asynchronous wgmma (as CUTLASS's
+// warpgroup_fence_operand does): the compiler must not move or copy them in between.
+template <int R>
+__device__ __forceinline__ void fence_acc(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+
+
+template <int BN, int STAGES>
+struct Smem {
+    static constexpr int A_BYTES = BM * (BK / 2) * 2;  // 8 KB
+    static constexpr int B_BYTES = BN * BK * 2;        // 16 / 32 KB
+    static constexpr int E_BYTES = (BM / 16) * (BK / 32) * 16 * 4;  // 1 KB
+    static constexpr int EPI_BYTES = 2 * 64 * EPI_PITCH * 4;
+    static constexpr int A_OFF = 0;
+    static constexpr int B_OFF = A_OFF + STAGES * A_BYTES;
+    static constexpr int E_OFF = B_OFF + STAGES * B_BYTES;
+    static constexpr int EPI_OFF = E_OFF + STAGES * E_BYTES;
+    static constexpr int BAR_OFF = EPI_OFF + EPI_BYTES;
+    static constexpr int TOTAL = BAR_OFF + 2 * STAGES * 8 + 1024;  // + 1024 for the alignment
+    static constexpr uint32_t TX_BYTES = A_BYTES + B_BYTES + E_BYTES;
+};
+
+__device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, int& n0) {
+    // All M tiles of one N tile run together: they share B (the activations) in L2, and A (the
+    // weight) is small enough to stay in L2 across N tiles.
+    m0 = (tile % p.m_tiles) * BM;
+    n0 = (tile / p.m_tiles);
+}
+
+// Writes one consumer's 64 x 64 chunk (columns n0c .. n0c + 64 of rows m0w .. m0w + 64) from the
+// staging buffer to D with 16-byte stores, in D's layout.
+__device__ __forceinline__ void store_chunk(const Params& p, const float* stage, int m0w, int n0c, int tid) {
+    const bool col = p.d_col_major;
+#pragma unroll
+    for (int it = 0; it < 4; ++it) {
+        const int item = it * 128 + tid;        // 512 vectors of 8 elements
+        const int a = item >> 3, b = (item & 7) * 8;  // row-major: row a, cols b..b+8; col-major: col a, rows b..b+8
+        const int r0 = col ? b : a, c0 = col ? a : b;
+        const int gm = m0w + r0, gn = n0c + c0;
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = col ? stage[(r0 + j) * EPI_PITCH + c0] : stage[r0 * EPI_PITCH + c0 + j];
+        if (col ? (gn >= p.n || gm >= p.m) : (gm >= p.m || gn >= p.n)) continue;
+        long long off = col ? (long long)gn * p.m + gm : (long long)gm * p.n + gn;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (p.bias) v[j] += p.bias[col ? gm + j : gm];
+        }
+        if (p.d_f32) {
+            float4* dst = reinterpret_cast<float4*>(static_cast<float*>(p.d) + off);
+            if (p.beta != 0.f) {
+                float4 o0 = dst[0], o1 = dst[1];
+                v[0] += p.beta * o0.x; v[1] += p.beta * o0.y; v[2] += p.beta * o0.z; v[3] += p.beta * o0.w;
+                v[4] += p.beta * o1.x; v[5] += p.beta * o1.y; v[6] += p.beta * o1.z; v[7] += p.beta * o1.w;
+            }
+            dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+            dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+        } else {
+            uint4* dst = reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p.d) + off);
+            if (p.beta != 0.f) {
+                uint4 o = *dst;
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&o);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    float2 f = __bfloat1622float2(h[j]);
+                    v[2 * j] += p.beta * f.x;
+                    v[2 * j + 1] += p.beta * f.y;
+                }
+            }
+            uint4 out;
+            __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+            *dst = out;
+        }
+    }
+}
+
+template <int BN, int STAGES>
+__device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg) {
+    using S = Smem<BN, STAGES>;
+    using Mma = WgmmaSp<BN>;
+    const int tid = threadIdx.x - 128 * (wg + 1);  // 0..127 within the consumer warpgroup
+    const int warp = tid >> 5, lane = tid & 31;
+    const int k_blocks = p.k / BK;
+    const int tiles = p.m_tiles * p.n_tiles;
+    float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
+    // This lane's metadata word within a stage: row-block (4 wg + warp), word 2g + t of each k32
+    // chunk (lanes with t >= 2 read a neighbour's word; selector 0 ignores them).
+    const int e_word = (wg * 4 + warp) * 32 + ((lane >> 2) * 2) + (lane & 1);
+    float acc[Mma::kAccRegs];
+    int s = 0;
+    uint32_t phase = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int m0, nt;
+        tile_coords(tile, p, m0, nt);
+        const int n0 = nt * BN;
+        for (int kb = 0; kb < k_blocks; ++kb) {
+            mbar_wait(&full[s], phase);
+            const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES) + wg * 64 * 64;
+            const uint32_t b_base = smem_u32(smem + S::B_OFF + s * S::B_BYTES);
+            const uint32_t* e = reinterpret_cast<const uint32_t*>(smem + S::E_OFF + s * S::E_BYTES);
+            fence_acc(acc);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BK / 32; ++kk) {
+                Mma::mma(smem_desc(a_base + kk * 32, 512, 2), smem_desc(b_base + kk * 64, 1024, 1), e[e_word + kk * 16],
+                         (kb | kk) != 0, acc);
+            }
+            wgmma_commit();
+            fence_acc(acc);
+            // Keep this stage's wgmmas in flight; the previous stage's are done: release it.
+            wgmma_wait<1>();
+            fence_acc(acc);
+            if (kb > 0 && lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+            if (++s == STAGES) { s = 0; phase ^= 1; }
+        }
+        wgmma_wait<0>();
+        fence_acc(acc);
+        if (lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+
+        // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
+        // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
+#pragma unroll
+            for (int j = 0; j < EPI_COLS / 8; ++j) {
+                const int r = chunk * (EPI_COLS / 8) + j;
+                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
+                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
+                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
+            }
+            named_barrier(1 + wg, 128);
+            store_chunk(p, stage_epi, m0 + 64 * wg, n0 + chunk * EPI_COLS, tid);
+            named_barrier(1 + wg, 128);
+        }
+    }
+}
+
+template <int BN, int STAGES>
+__device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                         const TensorMap* ta, const TensorMap* tb, const TensorMap* te) {
+    using S = Smem<BN, STAGES>;
+    const int k_blocks = p.k / BK;
+    const int tiles = p.m_tiles * p.n_tiles;
+    int s = 0;
+    uint32_t phase = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int m0, nt;
+        tile_coords(tile, p, m0, nt);
+        for (int kb = 0; kb < k_blocks; ++kb) {
+            mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
+            mbar_expect_tx(&full[s], S::TX_BYTES);
+            tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
+            tma_load_2d(smem + S::B_OFF + s * S::B_BYTES, tb, &full[s], kb * BK, nt * BN);
+            tma_load_2d(smem + S::E_OFF + s * S::E_BYTES, te, &full[s], kb * (BK / 32) * 16, m0 / 16);
+            if (++s == STAGES) { s = 0; phase ^= 1; }
+        }
+    }
+}
+#endif  // TWOFOUR_SM90A
+
+template <int BN, int STAGES>
+__device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te) {
+#ifdef TWOFOUR_SM90A
+    using S = Smem<BN, STAGES>;
+    extern __shared__ uint8_t smem_raw[];
+    // 128B-swizzled TMA destinations need 1024-byte alignment.
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + S::BAR_OFF);
+    uint64_t* empty = full + STAGES;
+    const int wg = threadIdx.x / 128;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < STAGES; ++i) {
+            mbar_init(&full[i], 1);
+            mbar_init(&empty[i], 8);  // lane 0 of each of the 8 consumer warps
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (threadIdx.x == 0) producer<BN, STAGES>(p, smem, full, empty, ta, tb, te);
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+        consumer<BN, STAGES>(p, smem, full, empty, wg - 1);
+    }
+#else
+    __trap();  // sm_90a only: the Rust side never launches it elsewhere; if it does, fail loudly
+#endif
+}
+
+}  // namespace sm90
+
+// One kernel; the tile width and pipeline depth are template parameters (TileConfig on the Rust
+// side picks the instance by name).
+#define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES)                                                          \
+    extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1) sparse_gemm_sm90_bn##BN##_s##STAGES( \
+        const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,       \
+        const __grid_constant__ sm90::TensorMap te, sm90::Params p) {                                 \
+        sm90::gemm<BN, STAGES>(p, &ta, &tb, &te);                                                      \
+    }
+
+TWOFOUR_SPARSE_GEMM_SM90(256, 4)
+TWOFOUR_SPARSE_GEMM_SM90(128, 6)

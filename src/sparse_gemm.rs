@@ -1,0 +1,225 @@
+//! The 2:4 sparse GEMM (cuda/sparse_gemm_sm90.cu): D = A * B [+ bias] [+ beta D], A a Sparse24,
+//! B given as its transpose `bt` (N x K row-major, K-major B), fp32 accumulation, D in bf16 or f32,
+//! row- or column-major. sm_90a only for now (wgmma.mma_async.sp); reference: `reference::matmul`
+//! on the decompressed A.
+
+use crate::device::{Device, KernelImage};
+use crate::error::{shape, unsupported, During};
+use crate::matrix::DeviceMatrix;
+use crate::sparse24::Sparse24;
+use crate::{MatLayout, Result};
+use cudarc::driver::sys::{
+    CUdevice_attribute, CUfunction_attribute, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+    CUtensorMapL2promotion, CUtensorMapSwizzle,
+};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// Tile shape and pipeline depth of the sm_90a kernel: the instance `sparse_gemm_sm90_bn{bn}_s{stages}`.
+/// Tiles are 128 (M) x `bn` (N) x 64 (K); `stages` shared-memory stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TileConfig {
+    pub bn: u32,
+    pub stages: u32,
+}
+
+impl TileConfig {
+    /// The compiled instances.
+    pub const ALL: [TileConfig; 2] = [TileConfig { bn: 256, stages: 4 }, TileConfig { bn: 128, stages: 6 }];
+    pub const BM: usize = 128;
+    pub const BK: usize = 64;
+
+    fn kernel_name(self) -> String {
+        format!("sparse_gemm_sm90_bn{}_s{}", self.bn, self.stages)
+    }
+
+    /// Dynamic shared memory the instance needs (mirrors `Smem` in the kernel).
+    pub fn smem_bytes(self) -> usize {
+        let (bn, s) = (self.bn as usize, self.stages as usize);
+        let stage = Self::BM * Self::BK / 2 * 2 + bn * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4;
+        s * stage + 2 * 64 * 68 * 4 + 2 * s * 8 + 1024
+    }
+
+    /// The default for a shape until the tuner's table exists: wide tiles when they still give
+    /// every SM at least one tile, narrow ones otherwise.
+    pub fn default_for(m: usize, n: usize, sms: usize) -> TileConfig {
+        let tiles_wide = m.div_ceil(Self::BM) * n.div_ceil(256);
+        if tiles_wide >= sms {
+            Self::ALL[0]
+        } else {
+            Self::ALL[1]
+        }
+    }
+}
+
+/// Options of one sparse GEMM call.
+#[derive(Clone, Copy, Default)]
+pub struct GemmOptions<'a> {
+    /// `RowMajor`: `d` is M x N. `ColMajor`: `d` is N x M row-major, i.e. D stored column-major
+    /// (Y = X W^T comes out as D = W X^T column-major).
+    pub d_layout: Option<MatLayout>,
+    /// D = acc + beta * D_old when non-zero.
+    pub beta: f32,
+    /// Added to row m of D (the output feature of a linear layer); M entries.
+    pub bias: Option<&'a CudaSlice<f32>>,
+    /// Tile configuration; `None` picks `TileConfig::default_for`.
+    pub config: Option<TileConfig>,
+}
+
+/// Output element types of the sparse GEMM.
+pub trait GemmOut: DeviceRepr {
+    const IS_F32: i32;
+}
+impl GemmOut for bf16 {
+    const IS_F32: i32 = 0;
+}
+impl GemmOut for f32 {
+    const IS_F32: i32 = 1;
+}
+
+/// A CUtensorMap, 128 bytes, passed by value to the kernel (`__grid_constant__`).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct TensorMap([u64; 16]);
+// SAFETY: plain bytes, the layout of CUtensorMap.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// The kernel's `Params` (cuda/sparse_gemm_sm90.cu), field for field.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Params {
+    d: u64,
+    bias: u64,
+    beta: f32,
+    m: i32,
+    n: i32,
+    k: i32,
+    d_col_major: i32,
+    d_f32: i32,
+    m_tiles: i32,
+    n_tiles: i32,
+}
+// SAFETY: repr(C) plain data matching the CUDA struct.
+unsafe impl DeviceRepr for Params {}
+
+#[allow(clippy::too_many_arguments)]
+fn tensor_map_2d(
+    what: &str,
+    ptr: u64,
+    dtype: CUtensorMapDataType,
+    elem_bytes: u64,
+    inner: u64,
+    outer: u64,
+    box_inner: u32,
+    box_outer: u32,
+    swizzle: CUtensorMapSwizzle,
+) -> Result<TensorMap> {
+    let mut map = std::mem::MaybeUninit::<cudarc::driver::sys::CUtensorMap>::uninit();
+    let dims = [inner, outer];
+    let strides = [inner * elem_bytes];
+    let boxes = [box_inner, box_outer];
+    let elem_strides = [1u32, 1];
+    // SAFETY: all pointers reference live locals of the sizes the rank (2) implies.
+    let r = unsafe {
+        cudarc::driver::sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            dtype,
+            2,
+            ptr as *mut _,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzle,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    r.result().during(format!("encoding the TMA descriptor of {what}"))?;
+    // SAFETY: initialized by the successful call above; same size and alignment class.
+    let map = unsafe { map.assume_init() };
+    Ok(TensorMap(map.opaque))
+}
+
+/// D = A * B (+ bias) (+ beta D). A: Sparse24, M x K. `bt`: B^T, N x K row-major. `d`: M x N
+/// (row-major) or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8,
+/// a Hopper GPU with the native kernel image.
+pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf16>, d: &mut DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
+    let (m, k, n) = (a.rows(), a.cols(), bt.rows());
+    let col = opts.d_layout == Some(MatLayout::ColMajor);
+    let (dr, dc) = if col { (n, m) } else { (m, n) };
+    if bt.cols() != k || d.rows() != dr || d.cols() != dc {
+        return Err(shape(
+            "sparse_gemm",
+            format!("A is {m} x {k}, B^T {} x {}, D {} x {}: need B^T N x {k} and D {dr} x {dc} ({})", bt.rows(), bt.cols(), d.rows(), d.cols(), if col { "column-major: N x M" } else { "row-major: M x N" }),
+        ));
+    }
+    if k % TileConfig::BK != 0 {
+        return Err(unsupported("sparse_gemm", format!("K = {k} must be a multiple of 64 (one pipeline stage); pad K with zero columns")));
+    }
+    if n % 8 != 0 {
+        return Err(unsupported("sparse_gemm", format!("N = {n} must be a multiple of 8 (16-byte rows for TMA and the epilogue's vector stores)")));
+    }
+    if let Some(b) = opts.bias {
+        if b.len() != m {
+            return Err(shape("sparse_gemm", format!("bias has {} entries, D has {m} rows", b.len())));
+        }
+    }
+    let (major, _) = dev.compute_capability();
+    if major != 9 || dev.image() != KernelImage::Native {
+        return Err(unsupported(
+            "sparse_gemm",
+            format!("the wgmma.sp kernel needs a Hopper GPU (sm_90) and the native kernel image; this is sm_{}{} with {:?}", major, dev.compute_capability().1, dev.image()),
+        ));
+    }
+    let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
+    let cfg = opts.config.unwrap_or_else(|| TileConfig::default_for(m, n, sms));
+    if !TileConfig::ALL.contains(&cfg) {
+        return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
+    }
+
+    let stream = dev.stream();
+    let (pa, _ga) = a.values.device_ptr(stream);
+    let (pe, _ge) = a.meta.device_ptr(stream);
+    let (pb, _gb) = bt.data().device_ptr(stream);
+    use CUtensorMapDataType::*;
+    use CUtensorMapSwizzle::*;
+    let (k64, m64, n64) = (k as u64, m as u64, n as u64);
+    let ta = tensor_map_2d("A values", pa, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64 / 2, m64, 32, 128, CU_TENSOR_MAP_SWIZZLE_64B)?;
+    let tb = tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64, n64, 64, cfg.bn, CU_TENSOR_MAP_SWIZZLE_128B)?;
+    let te = tensor_map_2d("A metadata", pe, CU_TENSOR_MAP_DATA_TYPE_UINT32, 4, k64 / 2, m64 / 16, 32, 8, CU_TENSOR_MAP_SWIZZLE_NONE)?;
+    let bias_ptr = match opts.bias {
+        Some(b) => b.device_ptr(stream).0,
+        None => 0,
+    };
+    let (m_tiles, n_tiles) = (m.div_ceil(TileConfig::BM), n.div_ceil(cfg.bn as usize));
+    let (pd, _gd) = {
+        use cudarc::driver::DevicePtrMut;
+        d.data_mut().device_ptr_mut(stream)
+    };
+    let params = Params {
+        d: pd,
+        bias: bias_ptr,
+        beta: opts.beta,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        d_col_major: col as i32,
+        d_f32: T::IS_F32,
+        m_tiles: m_tiles as i32,
+        n_tiles: n_tiles as i32,
+    };
+    let f = dev.function(&cfg.kernel_name())?;
+    let smem = cfg.smem_bytes();
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+        .during("raising the kernel's shared-memory limit")?;
+    let grid = (m_tiles * n_tiles).min(sms) as u32;
+    let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+    let mut b = stream.launch_builder(&f);
+    b.arg(&ta).arg(&tb).arg(&te).arg(&params);
+    // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
+    // kernel's struct; D has dr x dc elements of T as Params says.
+    unsafe { b.launch(launch) }.during(format!("launching {}", cfg.kernel_name()))?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The wgmma.sp sparse GEMM against the CPU reference over random shapes, layouts, output types,
+//! bias and beta; large shapes against the mma.sp kernel (itself checked against the CPU).
+//! Bounds: ||D - ref|| / ||ref|| < 1e-4 for f32 output, < 8e-3 for bf16 output (one rounding to
+//! bf16, relative step 2^-8 = 3.9e-3, half of it on average).
+
+use half::bf16;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use twofour::reference::{self, philox::normal_bf16};
+use twofour::{
+    prune24_compress, sparse_gemm, sparse_mma_naive, Device, DeviceMatrix, Error, GemmOptions, GemmOut, KernelImage,
+    MatLayout, MetaReading, TileConfig,
+};
+
+fn rel(got: &[f64], want: &[f64]) -> f64 {
+    let (mut e, mut r) = (0f64, 0f64);
+    for (g, w) in got.iter().zip(want) {
+        e += (g - w).powi(2);
+        r += w * w;
+    }
+    (e / r).sqrt()
+}
+
+trait ToF64: Copy {
+    fn f(self) -> f64;
+}
+impl ToF64 for bf16 {
+    fn f(self) -> f64 {
+        self.to_f64()
+    }
+}
+impl ToF64 for f32 {
+    fn f(self) -> f64 {
+        self as f64
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, k: usize, seed: u64, col: bool, bias: bool, beta: f32, cfg: TileConfig, from: fn(f64) -> T) -> f64 {
+    let w = normal_bf16(seed, m * k);
+    let x = normal_bf16(seed + 1, n * k);
+    let sparse = prune24_compress(dev, &DeviceMatrix::from_host(dev, m, k, &w).unwrap()).unwrap();
+    let dense = reference::decompress(&sparse.to_host(dev).unwrap()).unwrap();
+    let mut want = reference::matmul(&dense, MatLayout::RowMajor, &x, MatLayout::ColMajor, m, n, k).unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let bias_v: Vec<f32> = normal_bf16(seed + 2, m).iter().map(|b| b.to_f32()).collect();
+    let old: Vec<f64> = normal_bf16(seed + 3, m * n).iter().map(|v| v.to_f64()).collect(); // row-major M x N
+    for i in 0..m {
+        for j in 0..n {
+            if bias {
+                want[i * n + j] += bias_v[i] as f64;
+            }
+            want[i * n + j] += beta as f64 * old[i * n + j];
+        }
+    }
+    let (dr, dc) = if col { (n, m) } else { (m, n) };
+    let at = |i: usize, j: usize| if col { j * m + i } else { i * n + j };
+    let mut d = if beta != 0.0 {
+        let mut init = vec![from(0.0); m * n];
+        for i in 0..m {
+            for j in 0..n {
+                init[at(i, j)] = from(old[i * n + j]);
+            }
+        }
+        DeviceMatrix::from_host(dev, dr, dc, &init).unwrap()
+    } else {
+        DeviceMatrix::<T>::poisoned(dev, dr, dc).unwrap()
+    };
+    // beta applies to the stored (rounded) old value: use it in the reference too.
+    if beta != 0.0 {
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] += beta as f64 * (from(old[i * n + j]).f() - old[i * n + j]);
+            }
+        }
+    }
+    let bias_d = dev.upload(&bias_v).unwrap();
+    let opts = GemmOptions { d_layout: Some(if col { MatLayout::ColMajor } else { MatLayout::RowMajor }), beta, bias: bias.then_some(&bias_d), config: Some(cfg) };
+    sparse_gemm(dev, &sparse, &DeviceMatrix::from_host(dev, n, k, &x).unwrap(), &mut d, &opts).unwrap();
+    let got = d.to_host(dev).unwrap();
+    let mut g = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            g[i * n + j] = got[at(i, j)].f();
+        }
+    }
+    rel(&g, &want)
+}
+
+fn run(cases: u32, f32_out: bool) {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+    let strat = (1usize..=40, 1usize..=97, 1usize..=16, any::<u64>(), any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..2);
+    runner
+        .run(&strat, |(mb, nb, kb, seed, col, bias, beta, ci)| {
+            let (m, n, k) = (mb * 16, nb * 8, kb * 64);
+            let cfg = TileConfig::ALL[ci];
+            let (err, bound) = if f32_out {
+                (case::<f32>(&dev, m, n, k, seed, col, bias, beta, cfg, |v| v as f32), 1e-4)
+            } else {
+                (case::<bf16>(&dev, m, n, k, seed, col, bias, beta, cfg, bf16::from_f64), 8e-3)
+            };
+            prop_assert!(err < bound, "{}x{}x{} col={} bias={} beta={} {:?}: relative error {:e}", m, n, k, col, bias, beta, cfg, err);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_f32_matches_reference() {
+    run(24, true);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_bf16_matches_reference() {
+    run(24, false);
+}
+
+/// Shapes too large for the CPU reference: compared with the mma.sp kernel (same f32 sums of the
+/// same products, different order).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_large_matches_mma_sp() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    for (m, n, k) in [(1040, 2056, 4096), (3072, 768, 1024), (256, 4096, 2048)] {
+        let w = normal_bf16(m as u64, m * k);
+        let x = normal_bf16(n as u64, n * k);
+        let sparse = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &w).unwrap()).unwrap();
+        let xd = DeviceMatrix::from_host(&dev, n, k, &x).unwrap();
+        let mut want = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
+        sparse_mma_naive(&dev, &sparse, &xd, &mut want, MetaReading::Documented).unwrap();
+        let want: Vec<f64> = want.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
+        for cfg in TileConfig::ALL {
+            let mut d = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
+            sparse_gemm(&dev, &sparse, &xd, &mut d, &GemmOptions { config: Some(cfg), ..Default::default() }).unwrap();
+            let got: Vec<f64> = d.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
+            let err = rel(&got, &want);
+            assert!(err < 1e-5, "{m}x{n}x{k} {cfg:?}: relative error {err:e}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_rejects_bad_input() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    let sp = |m: usize, k: usize| prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &normal_bf16(1, m * k)).unwrap()).unwrap();
+    let mat = |r: usize, c: usize| DeviceMatrix::from_host(&dev, r, c, &normal_bf16(2, r * c)).unwrap();
+    let opts = GemmOptions::default();
+    // K not a multiple of 64.
+    let mut d = DeviceMatrix::<f32>::poisoned(&dev, 32, 16).unwrap();
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 96), &mat(16, 96), &mut d, &opts), Err(Error::Unsupported { .. })));
+    // N not a multiple of 8.
+    let mut d = DeviceMatrix::<f32>::poisoned(&dev, 32, 12).unwrap();
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(12, 64), &mut d, &opts), Err(Error::Unsupported { .. })));
+    // B with the wrong K; D with the wrong shape; a column-major D given row-major.
+    let mut d = DeviceMatrix::<f32>::poisoned(&dev, 32, 16).unwrap();
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 128), &mut d, &opts), Err(Error::Shape { .. })));
+    let col = GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() };
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 64), &mut d, &col), Err(Error::Shape { .. })));
+    // Bias of the wrong length; a config that is not compiled.
+    let bias = dev.upload(&[0f32; 7]).unwrap();
+    let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 64), &mut d, &with_bias), Err(Error::Shape { .. })));
+    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3 }), ..Default::default() };
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 64), &mut d, &odd), Err(Error::Unsupported { .. })));
+    // The Ampere image has no wgmma: a clear error, not a launch.
+    let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
+    let a = prune24_compress(&amp, &DeviceMatrix::from_host(&amp, 32, 64, &normal_bf16(1, 2048)).unwrap()).unwrap();
+    let b = DeviceMatrix::from_host(&amp, 16, 64, &normal_bf16(2, 1024)).unwrap();
+    let mut d = DeviceMatrix::<f32>::poisoned(&amp, 32, 16).unwrap();
+    assert!(matches!(sparse_gemm(&amp, &a, &b, &mut d, &opts), Err(Error::Unsupported { .. })));
+}
