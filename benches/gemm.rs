@@ -11,7 +11,7 @@ use std::io::Write;
 use twofour::reference::philox::normal_bf16;
 use twofour::shapes::{ffn_shapes, parse_shapes, LinearShape, Pass};
 use twofour::timing::{median, time_calls, FLUSH_BYTES};
-use twofour::{prune24_compress, sparse_gemm, Device, DeviceMatrix, GemmOptions, MatLayout, TileConfig};
+use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, GemmOptions, MatLayout, TileConfig};
 
 struct Args {
     shapes: Vec<LinearShape>,
@@ -92,6 +92,7 @@ fn main() {
             t
         };
         let wt = DeviceMatrix::from_host(&dev, s.d_in, s.d_out, &wt).unwrap();
+        let dyt = DeviceMatrix::from_host(&dev, s.d_out, s.tokens, &normal_bf16(4, s.tokens * s.d_out)).unwrap();
         for pass in Pass::ALL {
             let (m, n, k) = s.mnk(pass);
             let flop = s.flops();
@@ -108,23 +109,26 @@ fn main() {
                 unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") })
             }).unwrap());
             let dense_tf = flop / dense_ms / 1e9;
-            // twofour: forward and dX (B K-major) exist; dW needs an N-major B (not built yet).
-            let ours = match pass {
-                Pass::Forward | Pass::GradInput => {
-                    let (sa, bt) = if pass == Pass::Forward { (&w, &x) } else { (&wt, &dy) };
-                    let sparse = prune24_compress(&dev, sa).unwrap();
-                    let mut d = DeviceMatrix::<bf16>::poisoned(&dev, n, m).unwrap(); // D column-major = Y row-major
-                    let mut best: Option<(f64, TileConfig)> = None;
-                    for cfg in TileConfig::ALL {
-                        let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(cfg), ..Default::default() };
-                        let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, bt, &mut d, &opts)).unwrap());
-                        if best.is_none_or(|b| ms < b.0) {
-                            best = Some((ms, cfg));
-                        }
+            // twofour: forward and dX read B K-major and write D column-major (= Y, dX row-major);
+            // dW reads X N-major and writes dW row-major. A for dW stands in for S(dY)^T: a 2:4
+            // matrix of the same shape (pruned random data; MVUE itself is benched separately).
+            let ours = {
+                let (sparse, b_op, col) = match pass {
+                    Pass::Forward => (prune24_compress(&dev, &w).unwrap(), BOperand::KMajor(&x), true),
+                    Pass::GradInput => (prune24_compress(&dev, &wt).unwrap(), BOperand::KMajor(&dy), true),
+                    Pass::GradWeight => (prune24_compress(&dev, &dyt).unwrap(), BOperand::NMajor(&x), false),
+                };
+                let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
+                let mut best: Option<(f64, TileConfig)> = None;
+                for cfg in TileConfig::ALL {
+                    let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
+                    let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
+                    let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
+                    if best.is_none_or(|b| ms < b.0) {
+                        best = Some((ms, cfg));
                     }
-                    best
                 }
-                Pass::GradWeight => None,
+                best
             };
             let ours_tf = ours.map(|(ms, _)| flop / ms / 1e9);
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));

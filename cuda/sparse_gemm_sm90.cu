@@ -2,9 +2,9 @@
 //
 //   D (M x N) = A (M x K, 2:4 along K: Sparse24 values + metadata) * B (K x N) [+ bias[m]] [+ beta D]
 //
-// B is read K-major: element (k, n) at B[n * K + k], i.e. B is given as its transpose, an N x K
-// row-major matrix (the activations X of Y = X W^T, or dY of dX = dY W). D is written row- or
-// column-major, in bf16 or f32.
+// B is read K-major (element (k, n) at B[n * K + k]: B given as its transpose, an N x K row-major
+// matrix, like X in Y = X W^T or dY in dX = dY W) or N-major (element (k, n) at B[k * N + n], like
+// X in dW = S(dY)^T X). D is written row- or column-major, in bf16 or f32.
 //
 // Pipeline (one CTA per SM, 3 warpgroups, tiles of 128 x BN):
 //   warpgroup 0, producer: one thread issues TMA loads of the A values, B and the A metadata for
@@ -13,14 +13,19 @@
 //   warpgroups 1 and 2, consumers: rows 0-63 and 64-127 of the tile; per K block two
 //     wgmma.sp m64nBNk32, the metadata register read from shared memory (layout: docs/layout.md);
 //     one wgmma group stays in flight while the previous stage is released.
-//   epilogue: each consumer stages its 64 x BN f32 accumulators through shared memory in 64-column
-//     chunks and writes coalesced 16-byte vectors in D's layout, adding bias and beta * D.
+//   epilogue: each consumer stages its 64 x BN accumulators through shared memory in 64 x 64
+//     chunks. bf16 output without beta: TMA stores from two alternating 128B-swizzled buffers, so
+//     the writes overlap the next tile's main loop. f32 output or beta != 0: coalesced 16-byte
+//     loads/stores by the warpgroup, adding beta * D.
 //
 // Shared-memory layouts (what the wgmma descriptors describe, PTX ISA 9.7.15.5.1):
 //   A stage: 128 rows x 32 compressed values (64 B a row), TMA 64B swizzle; SBO = 512 B (8 rows).
-//   B stage: BN rows x 64 K values (128 B a row), TMA 128B swizzle; SBO = 1024 B (8 rows).
+//   B stage, K-major: BN rows x 64 K values (128 B a row), TMA 128B swizzle; SBO = 1024 B (8 rows).
 //   The second k32 step of a stage starts 32 B (A) / 64 B (B) into the swizzle atom, the usual
 //   descriptor advance inside an atom.
+//   B stage, N-major: BN/64 blocks of 64 K rows x 64 N values (128 B a row), TMA 128B swizzle;
+//   LBO = 8192 B (next 64 N values), SBO = 1024 B (next 8 K rows); the second k32 step starts
+//   32 rows = 4096 B further.
 //   E stage: 8 row-blocks x 32 words: the Sparse24 metadata words of the tile, untouched.
 #include "common.cuh"
 
@@ -51,9 +56,10 @@ struct Params {
     int d_col_major;   // 0: D[m * N + n], 1: D[n * M + m]
     int d_f32;         // 0: bf16, 1: f32
     int m_tiles, n_tiles;
+    int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
 };
 
-template <int BN>
+template <int BN, int TRANS_B>
 struct WgmmaSp;
 
 #include "sparse_gemm_sm90_wgmma.inc"
@@ -92,11 +98,32 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, uin
         : "memory");
 }
 
+__device__ __forceinline__ void tma_store_2d(const TensorMap* map, const void* src, int c0, int c1) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];"
+                 ::"l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(src)), "r"(c0), "r"(c1)
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+
+// Waits until at most N bulk stores of this thread still read shared memory.
+template <int N>
+__device__ __forceinline__ void tma_store_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+
+// Byte offset of element (r, c) of a 64 x 64 bf16 tile with 128-byte rows under the TMA 128B
+// swizzle: the 16-byte chunk index is XORed with the row index mod 8, which also spreads the
+// rows a warp writes over all 32 banks.
+__device__ __forceinline__ uint32_t swz128(int r, int c) {
+    return r * 128 + ((((c * 2) >> 4) ^ (r & 7)) << 4) + ((c * 2) & 15);
+}
+
 // wgmma shared-memory matrix descriptor (PTX ISA 9.7.15.5.1.1): start address, leading byte
 // offset (unused for swizzled K-major tiles), stride byte offset, swizzle mode in bits 62-63
 // (1 = 128B, 2 = 64B).
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t sbo, uint64_t swizzle) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(sbo >> 4) << 32) | (swizzle << 62);
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, uint64_t swizzle) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32) |
+           (swizzle << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
@@ -125,7 +152,9 @@ struct Smem {
     static constexpr int A_BYTES = BM * (BK / 2) * 2;  // 8 KB
     static constexpr int B_BYTES = BN * BK * 2;        // 16 / 32 KB
     static constexpr int E_BYTES = (BM / 16) * (BK / 32) * 16 * 4;  // 1 KB
+    // f32 staging (2 x 64 x 68 words) or, for TMA stores, 2 warpgroups x 2 buffers x 8 KB.
     static constexpr int EPI_BYTES = 2 * 64 * EPI_PITCH * 4;
+    static_assert(EPI_BYTES >= 2 * 2 * 8192, "TMA store buffers must fit the staging region");
     static constexpr int A_OFF = 0;
     static constexpr int B_OFF = A_OFF + STAGES * A_BYTES;
     static constexpr int E_OFF = B_OFF + STAGES * B_BYTES;
@@ -191,15 +220,48 @@ __device__ __forceinline__ void store_chunk(const Params& p, const float* stage,
     }
 }
 
-template <int BN, int STAGES>
-__device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg) {
+// Writes this warp's accumulators of columns chunk*64 .. +64 into a 64 x 64 bf16 TMA buffer in D's
+// layout (row-major: [m][n]; column-major: [n][m]), with the bias of each row added.
+template <int R>
+__device__ __forceinline__ void stage_bf16(const Params& p, const float (&acc)[R], uint8_t* buf, int chunk, int warp,
+                                           int lane, int gm0) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int j = 0; j < EPI_COLS / 8; ++j) {
+        const int q = chunk * (EPI_COLS / 8) + j;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = 16 * warp + g + 8 * h, c = 8 * j + 2 * t;
+            const float b = p.bias ? p.bias[gm0 + r < p.m ? gm0 + r : 0] : 0.f;
+            float v0 = acc[4 * q + 2 * h] + b, v1 = acc[4 * q + 2 * h + 1] + b;
+            if (!p.d_col_major) {
+                *reinterpret_cast<__nv_bfloat162*>(buf + swz128(r, c)) = __floats2bfloat162_rn(v0, v1);
+            } else {
+                // [n][m]: pair rows g, g+1 (lanes 4 apart) so each lane writes two adjacent m.
+                const bool even = (g & 1) == 0;
+                const float other = __shfl_xor_sync(0xffffffffu, even ? v1 : v0, 4);
+                if (even) {
+                    *reinterpret_cast<__nv_bfloat162*>(buf + swz128(c, r)) = __floats2bfloat162_rn(v0, other);
+                } else {
+                    *reinterpret_cast<__nv_bfloat162*>(buf + swz128(c + 1, r - 1)) = __floats2bfloat162_rn(other, v1);
+                }
+            }
+        }
+    }
+}
+
+template <int BN, int STAGES, int B_MN>
+__device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg,
+                                         const TensorMap* td) {
     using S = Smem<BN, STAGES>;
-    using Mma = WgmmaSp<BN>;
+    using Mma = WgmmaSp<BN, B_MN>;
     const int tid = threadIdx.x - 128 * (wg + 1);  // 0..127 within the consumer warpgroup
     const int warp = tid >> 5, lane = tid & 31;
     const int k_blocks = p.k / BK;
     const int tiles = p.m_tiles * p.n_tiles;
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
+    uint8_t* tma_buf = smem + S::EPI_OFF + wg * 2 * 8192;
+    int epi_count = 0;  // TMA store buffers alternate
     // This lane's metadata word within a stage: row-block (4 wg + warp), word 2g + t of each k32
     // chunk (lanes with t >= 2 read a neighbour's word; selector 0 ignores them).
     const int e_word = (wg * 4 + warp) * 32 + ((lane >> 2) * 2) + (lane & 1);
@@ -219,8 +281,10 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < BK / 32; ++kk) {
-                Mma::mma(smem_desc(a_base + kk * 32, 512, 2), smem_desc(b_base + kk * 64, 1024, 1), e[e_word + kk * 16],
-                         (kb | kk) != 0, acc);
+                const uint64_t da = smem_desc(a_base + kk * 32, 16, 512, 2);
+                const uint64_t db = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1)
+                                         : smem_desc(b_base + kk * 64, 16, 1024, 1);
+                Mma::mma(da, db, e[e_word + kk * 16], (kb | kk) != 0, acc);
             }
             wgmma_commit();
             fence_acc(acc);
@@ -236,24 +300,43 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
 
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
-        const int g = lane >> 2, t = lane & 3;
+        const int gm0 = m0 + 64 * wg;
+        if (p.tma_store) {
 #pragma unroll
-        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
-#pragma unroll
-            for (int j = 0; j < EPI_COLS / 8; ++j) {
-                const int r = chunk * (EPI_COLS / 8) + j;
-                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
-                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
-                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
+            for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
+                uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
+                if (tid == 0) tma_store_wait_read<1>();  // the store that last used `buf` has read it
+                named_barrier(1 + wg, 128);
+                stage_bf16(p, acc, buf, chunk, warp, lane, gm0);
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes -> TMA reads
+                named_barrier(1 + wg, 128);
+                if (tid == 0) {
+                    const int gn = n0 + chunk * EPI_COLS;
+                    if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
+                    else tma_store_2d(td, buf, gn, gm0);
+                }
             }
-            named_barrier(1 + wg, 128);
-            store_chunk(p, stage_epi, m0 + 64 * wg, n0 + chunk * EPI_COLS, tid);
-            named_barrier(1 + wg, 128);
+        } else {
+            const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+            for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
+#pragma unroll
+                for (int j = 0; j < EPI_COLS / 8; ++j) {
+                    const int r = chunk * (EPI_COLS / 8) + j;
+                    float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
+                    *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
+                    *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
+                }
+                named_barrier(1 + wg, 128);
+                store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+                named_barrier(1 + wg, 128);
+            }
         }
     }
+    if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
 
-template <int BN, int STAGES>
+template <int BN, int STAGES, int B_MN>
 __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                          const TensorMap* ta, const TensorMap* tb, const TensorMap* te) {
     using S = Smem<BN, STAGES>;
@@ -268,7 +351,13 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
             mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
             mbar_expect_tx(&full[s], S::TX_BYTES);
             tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
-            tma_load_2d(smem + S::B_OFF + s * S::B_BYTES, tb, &full[s], kb * BK, nt * BN);
+            if (B_MN) {
+#pragma unroll
+                for (int i = 0; i < BN / 64; ++i)
+                    tma_load_2d(smem + S::B_OFF + s * S::B_BYTES + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
+            } else {
+                tma_load_2d(smem + S::B_OFF + s * S::B_BYTES, tb, &full[s], kb * BK, nt * BN);
+            }
             tma_load_2d(smem + S::E_OFF + s * S::E_BYTES, te, &full[s], kb * (BK / 32) * 16, m0 / 16);
             if (++s == STAGES) { s = 0; phase ^= 1; }
         }
@@ -276,8 +365,9 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
 }
 #endif  // TWOFOUR_SM90A
 
-template <int BN, int STAGES>
-__device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te) {
+template <int BN, int STAGES, int B_MN>
+__device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te,
+                                     const TensorMap* td) {
 #ifdef TWOFOUR_SM90A
     using S = Smem<BN, STAGES>;
     extern __shared__ uint8_t smem_raw[];
@@ -296,10 +386,10 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     __syncthreads();
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (threadIdx.x == 0) producer<BN, STAGES>(p, smem, full, empty, ta, tb, te);
+        if (threadIdx.x == 0) producer<BN, STAGES, B_MN>(p, smem, full, empty, ta, tb, te);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        consumer<BN, STAGES>(p, smem, full, empty, wg - 1);
+        consumer<BN, STAGES, B_MN>(p, smem, full, empty, wg - 1, td);
     }
 #else
     __trap();  // sm_90a only: the Rust side never launches it elsewhere; if it does, fail loudly
@@ -308,14 +398,18 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 
 }  // namespace sm90
 
-// One kernel; the tile width and pipeline depth are template parameters (TileConfig on the Rust
-// side picks the instance by name).
-#define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES)                                                          \
-    extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1) sparse_gemm_sm90_bn##BN##_s##STAGES( \
-        const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,       \
-        const __grid_constant__ sm90::TensorMap te, sm90::Params p) {                                 \
-        sm90::gemm<BN, STAGES>(p, &ta, &tb, &te);                                                      \
+// One kernel; tile width, pipeline depth and B's storage order are template parameters (TileConfig
+// and the B operand on the Rust side pick the instance by name: _k for K-major B, _n for N-major).
+#define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES, B_MN, SUFFIX)                                            \
+    extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                    \
+        sparse_gemm_sm90_bn##BN##_s##STAGES##_##SUFFIX(                                               \
+            const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
+            const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
+            sm90::Params p) {                                                                         \
+        sm90::gemm<BN, STAGES, B_MN>(p, &ta, &tb, &te, &td);                                          \
     }
 
-TWOFOUR_SPARSE_GEMM_SM90(256, 4)
-TWOFOUR_SPARSE_GEMM_SM90(128, 6)
+TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k)
+TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k)
+TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n)
+TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n)

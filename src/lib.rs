@@ -25,6 +25,7 @@ pub mod reference;
 pub mod shapes;
 pub mod sparse24;
 pub mod sparse_gemm;
+pub mod sparse_linear;
 pub mod sparse_mma_sm80;
 pub mod timing;
 
@@ -34,7 +35,8 @@ pub use error::{Error, Result};
 pub use matrix::DeviceMatrix;
 pub use prune24::{prune24_compress, prune24_compress_into};
 pub use sparse24::{Sparse24, Sparse24Host};
-pub use sparse_gemm::{sparse_gemm, GemmOptions, GemmOut, TileConfig};
+pub use sparse_gemm::{sparse_gemm, BOperand, GemmOptions, GemmOut, TileConfig};
+pub use sparse_linear::SparseLinear;
 pub use sparse_mma_sm80::{sparse_mma_naive, MetaReading};
 
 /// Storage order of a matrix.

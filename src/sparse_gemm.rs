@@ -1,7 +1,7 @@
 //! The 2:4 sparse GEMM (cuda/sparse_gemm_sm90.cu): D = A * B [+ bias] [+ beta D], A a Sparse24,
-//! B given as its transpose `bt` (N x K row-major, K-major B), fp32 accumulation, D in bf16 or f32,
-//! row- or column-major. sm_90a only for now (wgmma.mma_async.sp); reference: `reference::matmul`
-//! on the decompressed A.
+//! B dense bf16 stored K-major (given as B^T, N x K row-major) or N-major (B itself, K x N
+//! row-major), fp32 accumulation, D in bf16 or f32, row- or column-major. sm_90a only for now
+//! (wgmma.mma_async.sp); reference: `reference::matmul` on the decompressed A.
 
 use crate::device::{Device, KernelImage};
 use crate::error::{shape, unsupported, During};
@@ -29,8 +29,8 @@ impl TileConfig {
     pub const BM: usize = 128;
     pub const BK: usize = 64;
 
-    fn kernel_name(self) -> String {
-        format!("sparse_gemm_sm90_bn{}_s{}", self.bn, self.stages)
+    fn kernel_name(self, b_n_major: bool) -> String {
+        format!("sparse_gemm_sm90_bn{}_s{}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
     }
 
     /// Dynamic shared memory the instance needs (mirrors `Smem` in the kernel).
@@ -48,6 +48,30 @@ impl TileConfig {
             Self::ALL[0]
         } else {
             Self::ALL[1]
+        }
+    }
+}
+
+/// The dense operand B (K x N) and how it is stored.
+#[derive(Clone, Copy)]
+pub enum BOperand<'a> {
+    /// B^T given: an N x K row-major matrix (B is K-major). X in Y = X W^T, dY in dX = dY W.
+    KMajor(&'a DeviceMatrix<bf16>),
+    /// B given: a K x N row-major matrix (B is N-major). X in dW = S(dY)^T X.
+    NMajor(&'a DeviceMatrix<bf16>),
+}
+
+impl BOperand<'_> {
+    /// (K, N) of B.
+    fn kn(&self) -> (usize, usize) {
+        match self {
+            BOperand::KMajor(bt) => (bt.cols(), bt.rows()),
+            BOperand::NMajor(b) => (b.rows(), b.cols()),
+        }
+    }
+    fn matrix(&self) -> &DeviceMatrix<bf16> {
+        match self {
+            BOperand::KMajor(m) | BOperand::NMajor(m) => m,
         }
     }
 }
@@ -98,6 +122,7 @@ struct Params {
     d_f32: i32,
     m_tiles: i32,
     n_tiles: i32,
+    tma_store: i32,
 }
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
@@ -142,19 +167,26 @@ fn tensor_map_2d(
     Ok(TensorMap(map.opaque))
 }
 
-/// D = A * B (+ bias) (+ beta D). A: Sparse24, M x K. `bt`: B^T, N x K row-major. `d`: M x N
-/// (row-major) or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8,
-/// a Hopper GPU with the native kernel image.
-pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf16>, d: &mut DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
-    let (m, k, n) = (a.rows(), a.cols(), bt.rows());
+/// D = A * B (+ bias) (+ beta D). A: Sparse24, M x K. B: see `BOperand`. `d`: M x N (row-major)
+/// or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8, a Hopper GPU
+/// with the native kernel image.
+pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
+    let (m, k) = (a.rows(), a.cols());
+    let (bk, n) = b.kn();
     let col = opts.d_layout == Some(MatLayout::ColMajor);
     let (dr, dc) = if col { (n, m) } else { (m, n) };
-    if bt.cols() != k || d.rows() != dr || d.cols() != dc {
+    if bk != k || d.rows() != dr || d.cols() != dc {
         return Err(shape(
             "sparse_gemm",
-            format!("A is {m} x {k}, B^T {} x {}, D {} x {}: need B^T N x {k} and D {dr} x {dc} ({})", bt.rows(), bt.cols(), d.rows(), d.cols(), if col { "column-major: N x M" } else { "row-major: M x N" }),
+            format!(
+                "A is {m} x {k}, B {bk} x {n}, D {} x {}: need B with K = {k} and D {dr} x {dc} ({})",
+                d.rows(),
+                d.cols(),
+                if col { "column-major: N x M" } else { "row-major: M x N" }
+            ),
         ));
     }
+    let b_n_major = matches!(b, BOperand::NMajor(_));
     if k % TileConfig::BK != 0 {
         return Err(unsupported("sparse_gemm", format!("K = {k} must be a multiple of 64 (one pipeline stage); pad K with zero columns")));
     }
@@ -182,12 +214,16 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf1
     let stream = dev.stream();
     let (pa, _ga) = a.values.device_ptr(stream);
     let (pe, _ge) = a.meta.device_ptr(stream);
-    let (pb, _gb) = bt.data().device_ptr(stream);
+    let (pb, _gb) = b.matrix().data().device_ptr(stream);
     use CUtensorMapDataType::*;
     use CUtensorMapSwizzle::*;
     let (k64, m64, n64) = (k as u64, m as u64, n as u64);
     let ta = tensor_map_2d("A values", pa, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64 / 2, m64, 32, 128, CU_TENSOR_MAP_SWIZZLE_64B)?;
-    let tb = tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64, n64, 64, cfg.bn, CU_TENSOR_MAP_SWIZZLE_128B)?;
+    let tb = if b_n_major {
+        tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, n64, k64, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
+    } else {
+        tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64, n64, 64, cfg.bn, CU_TENSOR_MAP_SWIZZLE_128B)?
+    };
     let te = tensor_map_2d("A metadata", pe, CU_TENSOR_MAP_DATA_TYPE_UINT32, 4, k64 / 2, m64 / 16, 32, 8, CU_TENSOR_MAP_SWIZZLE_NONE)?;
     let bias_ptr = match opts.bias {
         Some(b) => b.device_ptr(stream).0,
@@ -197,6 +233,14 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf1
     let (pd, _gd) = {
         use cudarc::driver::DevicePtrMut;
         d.data_mut().device_ptr_mut(stream)
+    };
+    // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
+    let tma_store = T::IS_F32 == 0 && opts.beta == 0.0;
+    let td = if tma_store {
+        let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
+        tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
+    } else {
+        TensorMap([0; 16])
     };
     let params = Params {
         d: pd,
@@ -209,17 +253,19 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf1
         d_f32: T::IS_F32,
         m_tiles: m_tiles as i32,
         n_tiles: n_tiles as i32,
+        tma_store: tma_store as i32,
     };
-    let f = dev.function(&cfg.kernel_name())?;
+    let name = cfg.kernel_name(b_n_major);
+    let f = dev.function(&name)?;
     let smem = cfg.smem_bytes();
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .during("raising the kernel's shared-memory limit")?;
     let grid = (m_tiles * n_tiles).min(sms) as u32;
     let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
-    let mut b = stream.launch_builder(&f);
-    b.arg(&ta).arg(&tb).arg(&te).arg(&params);
+    let mut launcher = stream.launch_builder(&f);
+    launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
     // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
     // kernel's struct; D has dr x dc elements of T as Params says.
-    unsafe { b.launch(launch) }.during(format!("launching {}", cfg.kernel_name()))?;
+    unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
     Ok(())
 }

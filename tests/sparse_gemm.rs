@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use twofour::reference::{self, philox::normal_bf16};
 use twofour::{
-    prune24_compress, sparse_gemm, sparse_mma_naive, Device, DeviceMatrix, Error, GemmOptions, GemmOut, KernelImage,
-    MatLayout, MetaReading, TileConfig,
+    prune24_compress, sparse_gemm, sparse_mma_naive, BOperand, Device, DeviceMatrix, Error, GemmOptions, GemmOut,
+    KernelImage, MatLayout, MetaReading, TileConfig,
 };
 
 fn rel(got: &[f64], want: &[f64]) -> f64 {
@@ -36,7 +36,7 @@ impl ToF64 for f32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, k: usize, seed: u64, col: bool, bias: bool, beta: f32, cfg: TileConfig, from: fn(f64) -> T) -> f64 {
+fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, k: usize, seed: u64, col: bool, bias: bool, beta: f32, cfg: TileConfig, n_major: bool, from: fn(f64) -> T) -> f64 {
     let w = normal_bf16(seed, m * k);
     let x = normal_bf16(seed + 1, n * k);
     let sparse = prune24_compress(dev, &DeviceMatrix::from_host(dev, m, k, &w).unwrap()).unwrap();
@@ -75,7 +75,20 @@ fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, 
     }
     let bias_d = dev.upload(&bias_v).unwrap();
     let opts = GemmOptions { d_layout: Some(if col { MatLayout::ColMajor } else { MatLayout::RowMajor }), beta, bias: bias.then_some(&bias_d), config: Some(cfg) };
-    sparse_gemm(dev, &sparse, &DeviceMatrix::from_host(dev, n, k, &x).unwrap(), &mut d, &opts).unwrap();
+    let bt = DeviceMatrix::from_host(dev, n, k, &x).unwrap();
+    let b = if n_major {
+        let mut xt = vec![bf16::ZERO; n * k];
+        for i in 0..n {
+            for j in 0..k {
+                xt[j * n + i] = x[i * k + j];
+            }
+        }
+        DeviceMatrix::from_host(dev, k, n, &xt).unwrap()
+    } else {
+        bt
+    };
+    let b_op = if n_major { BOperand::NMajor(&b) } else { BOperand::KMajor(&b) };
+    sparse_gemm(dev, &sparse, b_op, &mut d, &opts).unwrap();
     let got = d.to_host(dev).unwrap();
     let mut g = vec![0f64; m * n];
     for i in 0..m {
@@ -89,17 +102,17 @@ fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, 
 fn run(cases: u32, f32_out: bool) {
     let dev = Device::new(0).expect("a CUDA GPU");
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
-    let strat = (1usize..=40, 1usize..=97, 1usize..=16, any::<u64>(), any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..2);
+    let strat = ((1usize..=40, 1usize..=97, 1usize..=16, any::<u64>()), (any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..2, any::<bool>()));
     runner
-        .run(&strat, |(mb, nb, kb, seed, col, bias, beta, ci)| {
+        .run(&strat, |((mb, nb, kb, seed), (col, bias, beta, ci, nmaj))| {
             let (m, n, k) = (mb * 16, nb * 8, kb * 64);
             let cfg = TileConfig::ALL[ci];
             let (err, bound) = if f32_out {
-                (case::<f32>(&dev, m, n, k, seed, col, bias, beta, cfg, |v| v as f32), 1e-4)
+                (case::<f32>(&dev, m, n, k, seed, col, bias, beta, cfg, nmaj, |v| v as f32), 1e-4)
             } else {
-                (case::<bf16>(&dev, m, n, k, seed, col, bias, beta, cfg, bf16::from_f64), 8e-3)
+                (case::<bf16>(&dev, m, n, k, seed, col, bias, beta, cfg, nmaj, bf16::from_f64), 8e-3)
             };
-            prop_assert!(err < bound, "{}x{}x{} col={} bias={} beta={} {:?}: relative error {:e}", m, n, k, col, bias, beta, cfg, err);
+            prop_assert!(err < bound, "{}x{}x{} col={} bias={} beta={} {:?} b_n_major={}: relative error {:e}", m, n, k, col, bias, beta, cfg, nmaj, err);
             Ok(())
         })
         .unwrap();
@@ -108,13 +121,13 @@ fn run(cases: u32, f32_out: bool) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_f32_matches_reference() {
-    run(24, true);
+    run(40, true);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_bf16_matches_reference() {
-    run(24, false);
+    run(40, false);
 }
 
 /// Shapes too large for the CPU reference: compared with the mma.sp kernel (same f32 sums of the
@@ -133,7 +146,7 @@ fn sparse_gemm_large_matches_mma_sp() {
         let want: Vec<f64> = want.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
         for cfg in TileConfig::ALL {
             let mut d = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
-            sparse_gemm(&dev, &sparse, &xd, &mut d, &GemmOptions { config: Some(cfg), ..Default::default() }).unwrap();
+            sparse_gemm(&dev, &sparse, BOperand::KMajor(&xd), &mut d, &GemmOptions { config: Some(cfg), ..Default::default() }).unwrap();
             let got: Vec<f64> = d.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
             let err = rel(&got, &want);
             assert!(err < 1e-5, "{m}x{n}x{k} {cfg:?}: relative error {err:e}");
@@ -150,25 +163,81 @@ fn sparse_gemm_rejects_bad_input() {
     let opts = GemmOptions::default();
     // K not a multiple of 64.
     let mut d = DeviceMatrix::<f32>::poisoned(&dev, 32, 16).unwrap();
-    assert!(matches!(sparse_gemm(&dev, &sp(32, 96), &mat(16, 96), &mut d, &opts), Err(Error::Unsupported { .. })));
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 96), BOperand::KMajor(&mat(16, 96)), &mut d, &opts), Err(Error::Unsupported { .. })));
     // N not a multiple of 8.
     let mut d = DeviceMatrix::<f32>::poisoned(&dev, 32, 12).unwrap();
-    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(12, 64), &mut d, &opts), Err(Error::Unsupported { .. })));
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(12, 64)), &mut d, &opts), Err(Error::Unsupported { .. })));
     // B with the wrong K; D with the wrong shape; a column-major D given row-major.
     let mut d = DeviceMatrix::<f32>::poisoned(&dev, 32, 16).unwrap();
-    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 128), &mut d, &opts), Err(Error::Shape { .. })));
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 128)), &mut d, &opts), Err(Error::Shape { .. })));
     let col = GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() };
-    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 64), &mut d, &col), Err(Error::Shape { .. })));
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &col), Err(Error::Shape { .. })));
     // Bias of the wrong length; a config that is not compiled.
     let bias = dev.upload(&[0f32; 7]).unwrap();
     let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
-    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 64), &mut d, &with_bias), Err(Error::Shape { .. })));
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &with_bias), Err(Error::Shape { .. })));
     let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3 }), ..Default::default() };
-    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), &mat(16, 64), &mut d, &odd), Err(Error::Unsupported { .. })));
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &odd), Err(Error::Unsupported { .. })));
     // The Ampere image has no wgmma: a clear error, not a launch.
     let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
     let a = prune24_compress(&amp, &DeviceMatrix::from_host(&amp, 32, 64, &normal_bf16(1, 2048)).unwrap()).unwrap();
     let b = DeviceMatrix::from_host(&amp, 16, 64, &normal_bf16(2, 1024)).unwrap();
     let mut d = DeviceMatrix::<f32>::poisoned(&amp, 32, 16).unwrap();
-    assert!(matches!(sparse_gemm(&amp, &a, &b, &mut d, &opts), Err(Error::Unsupported { .. })));
+    assert!(matches!(sparse_gemm(&amp, &a, BOperand::KMajor(&b), &mut d, &opts), Err(Error::Unsupported { .. })));
+}
+
+/// The three GEMMs of a sparse linear layer against the reference linear-layer functions.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_linear_three_gemms_match_reference() {
+    use twofour::SparseLinear;
+    let dev = Device::new(0).expect("a CUDA GPU");
+    let (t, d_in, d_out) = (192, 128, 320);
+    let layer = SparseLinear::new(d_in, d_out);
+    let w = normal_bf16(11, d_out * d_in);
+    let x = normal_bf16(12, t * d_in);
+    let dy = normal_bf16(13, t * d_out);
+    let xd = DeviceMatrix::from_host(&dev, t, d_in, &x).unwrap();
+    let dyd = DeviceMatrix::from_host(&dev, t, d_out, &dy).unwrap();
+    let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let bf = |v: &[bf16]| v.iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+
+    // Forward with the transposable mask's W, and dX with its W^T.
+    let (mask, _) = reference::transposable_mask(&w, d_out, d_in).unwrap();
+    let w_s = reference::compress(&w, d_out, d_in, &mask).unwrap();
+    let wt_s = reference::compress_transposed(&w, d_out, d_in, &mask).unwrap();
+    let w_pruned = reference::decompress(&w_s).unwrap();
+    let w_dev = twofour::Sparse24::from_host(&dev, &w_s).unwrap();
+    let wt_dev = twofour::Sparse24::from_host(&dev, &wt_s).unwrap();
+    let mut y = DeviceMatrix::<bf16>::poisoned(&dev, t, d_out).unwrap();
+    layer.forward(&dev, &w_dev, &xd, None, &mut y).unwrap();
+    let want = reference::linear_forward(&x, &w_pruned, t, d_in, d_out).unwrap();
+    assert!(rel(&bf(&y.to_host(&dev).unwrap()), &to64(&want)) < 8e-3);
+    let mut dx = DeviceMatrix::<bf16>::poisoned(&dev, t, d_in).unwrap();
+    layer.grad_input(&dev, &wt_dev, &dyd, &mut dx).unwrap();
+    let want = reference::linear_grad_input(&dy, &w_pruned, t, d_in, d_out).unwrap();
+    assert!(rel(&bf(&dx.to_host(&dev).unwrap()), &to64(&want)) < 8e-3);
+
+    // dW from a 2:4 S(dY)^T (MVUE reference, along tokens), accumulated twice in f32.
+    let mut dyt = vec![bf16::ZERO; t * d_out];
+    for i in 0..t {
+        for j in 0..d_out {
+            dyt[j * t + i] = dy[i * d_out + j];
+        }
+    }
+    let s_dyt = reference::mvue24(&dyt, d_out, t, 5, 0).unwrap();
+    let (_, s_mask) = reference::prune24_rows(&s_dyt, d_out, t).unwrap(); // s_dyt is 2:4: its own mask
+    let s_host = reference::compress(&s_dyt, d_out, t, &s_mask).unwrap();
+    let s_dev = twofour::Sparse24::from_host(&dev, &s_host).unwrap();
+    let mut dw = DeviceMatrix::<f32>::from_host(&dev, d_out, d_in, &vec![0f32; d_out * d_in]).unwrap();
+    layer.grad_weight(&dev, &s_dev, &xd, &mut dw, true).unwrap();
+    layer.grad_weight(&dev, &s_dev, &xd, &mut dw, true).unwrap();
+    let mut s_dy = vec![bf16::ZERO; t * d_out];
+    for i in 0..t {
+        for j in 0..d_out {
+            s_dy[i * d_out + j] = s_dyt[j * t + i];
+        }
+    }
+    let want: Vec<f64> = reference::linear_grad_weight(&s_dy, &x, t, d_in, d_out).unwrap().iter().map(|&v| 2.0 * v as f64).collect();
+    assert!(rel(&to64(&dw.to_host(&dev).unwrap()), &want) < 1e-4);
 }
