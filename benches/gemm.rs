@@ -11,6 +11,7 @@ use std::io::Write;
 use twofour::reference::philox::normal_bf16;
 use twofour::shapes::{ffn_shapes, parse_shapes, LinearShape, Pass};
 use twofour::timing::{median, time_calls, FLUSH_BYTES};
+use twofour::peer::cusparselt::{CuSparseLt, Order};
 use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, GemmOptions, MatLayout, TileConfig};
 
 struct Args {
@@ -73,6 +74,16 @@ fn main() {
     };
     let blas = CudaBlasLT::new(dev.stream().clone()).expect("cuBLASLt");
     let mut flush = dev.stream().alloc_zeros::<u8>(FLUSH_BYTES).expect("flush buffer");
+    let cslt = match CuSparseLt::load() {
+        Ok(c) => {
+            println!("cuSPARSELt version {}", c.version().unwrap_or(-1));
+            Some(c)
+        }
+        Err(e) => {
+            println!("cuSPARSELt peer unavailable: {e}");
+            None
+        }
+    };
     let commit = option_env!("TWOFOUR_COMMIT").unwrap_or("unknown");
     println!("device: {}  commit: {commit}", dev.name());
     println!("{:<22} {:>4} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>7}  config", "shape", "pass", "M", "N", "K", "twofour", "cuBLAS", "cuSPLt", "x dense");
@@ -131,6 +142,38 @@ fn main() {
                 best
             };
             let ours_tf = ours.map(|(ms, _)| flop / ms / 1e9);
+            // cuSPARSELt on the same operands in the same layouts, its best algorithm (MatmulSearch).
+            let cslt_tf = cslt.as_ref().and_then(|lib| {
+                let (a_src, b_src, orders) = match pass {
+                    Pass::Forward => (&w, &x, (Order::Row, Order::Col, Order::Col)),
+                    Pass::GradInput => (&w, &dy, (Order::Col, Order::Col, Order::Col)),
+                    Pass::GradWeight => (&dy, &x, (Order::Col, Order::Row, Order::Row)),
+                };
+                let mut a_copy = dev.stream().clone_dtod(a_src.data()).unwrap();
+                let mut d = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
+                let mut run = || -> Result<f64, String> {
+                    let mut spmm = lib.plan(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut d)?;
+                    let mut err = None;
+                    let t = time_calls(&dev, 3, a.reps, Some(&mut flush), || {
+                        if let Err(e) = lib.matmul(&dev, &mut spmm, b_src.data(), &mut d) {
+                            err = Some(e);
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?;
+                    match err {
+                        Some(e) => Err(e),
+                        None => Ok(flop / median(&t) / 1e9),
+                    }
+                };
+                match run() {
+                    Ok(tf) => Some(tf),
+                    Err(e) => {
+                        println!("  cuSPARSELt {} {}: {e}", s.name, pass.name());
+                        None
+                    }
+                }
+            });
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
             println!(
                 "{:<22} {:>4} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>7}  {}",
@@ -141,16 +184,17 @@ fn main() {
                 k,
                 fmt(ours_tf),
                 format!("{dense_tf:.0}"),
-                "-",
+                fmt(cslt_tf),
                 ours_tf.map_or("-".into(), |o| format!("{:.2}", o / dense_tf)),
                 ours.map_or("not built yet".into(), |(_, c)| format!("bn{} s{}", c.bn, c.stages))
             );
             std::io::stdout().flush().ok();
             records.push(format!(
-                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":null,\"twofour_config\":{}}}",
+                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":{},\"twofour_config\":{}}}",
                 s.name,
                 pass.name(),
                 ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
+                cslt_tf.map_or("null".into(), |v| format!("{v:.1}")),
                 ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}\"", c.bn, c.stages))
             ));
         }

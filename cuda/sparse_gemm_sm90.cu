@@ -57,6 +57,7 @@ struct Params {
     int d_f32;         // 0: bf16, 1: f32
     int m_tiles, n_tiles;
     int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
+    int group_m;       // raster: tiles run in groups of group_m M tiles, M fastest within a group
 };
 
 template <int BN, int TRANS_B>
@@ -164,11 +165,15 @@ struct Smem {
     static constexpr uint32_t TX_BYTES = A_BYTES + B_BYTES + E_BYTES;
 };
 
-__device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, int& n0) {
-    // All M tiles of one N tile run together: they share B (the activations) in L2, and A (the
-    // weight) is small enough to stay in L2 across N tiles.
-    m0 = (tile % p.m_tiles) * BM;
-    n0 = (tile / p.m_tiles);
+__device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, int& nt) {
+    // Grouped raster: the CTAs of one wave cover about group_m M tiles x (SMs / group_m) N tiles,
+    // so the A rows and B columns a wave needs stay in L2 (a slab of B is 4x one of compressed A,
+    // the host picks group_m to balance the two). M runs fastest within a group.
+    const int per_group = p.group_m * p.n_tiles;
+    const int group = tile / per_group, rem = tile % per_group;
+    const int gm = min(p.group_m, p.m_tiles - group * p.group_m);
+    m0 = (group * p.group_m + rem % gm) * BM;
+    nt = rem / gm;
 }
 
 // Writes one consumer's 64 x 64 chunk (columns n0c .. n0c + 64 of rows m0w .. m0w + 64) from the

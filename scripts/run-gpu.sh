@@ -17,7 +17,8 @@ cat "$out/device.txt"
 
 summary() { grep -E "^test result:" "$1" | tail -1 | sed 's/test result: //; s/; finished.*//'; }
 
-for t in "$pack"/tests/*; do
+# RUN_TESTS=0 or RUN_BENCHES=0 skip a part (for a bench-only or test-only device call).
+[ "${RUN_TESTS:-1}" = 1 ] && for t in "$pack"/tests/*; do
   n=$(basename "$t")
   log="$out/logs/$n.log"
   "$t" --include-ignored --test-threads=1 >"$log" 2>&1
@@ -26,7 +27,7 @@ for t in "$pack"/tests/*; do
 done
 
 # Only the GPU tests (the ignored ones) under the sanitizers: the CPU tests gain nothing there.
-for tool in memcheck racecheck; do
+[ "${RUN_TESTS:-1}" = 1 ] && for tool in memcheck racecheck; do
   for t in "$pack"/tests/*; do
     n=$(basename "$t")
     "$t" --list --ignored 2>/dev/null | grep -q ': test' || continue
@@ -38,7 +39,7 @@ for tool in memcheck racecheck; do
   done
 done
 
-for b in "$pack"/benches/*; do
+[ "${RUN_BENCHES:-1}" = 1 ] && for b in "$pack"/benches/*; do
   n=$(basename "$b")
   log="$out/logs/bench-$n.log"
   extra=()

@@ -20,6 +20,7 @@ pub mod error;
 pub mod kernels;
 pub mod layout;
 pub mod matrix;
+pub mod peer;
 pub mod prune24;
 pub mod reference;
 pub mod shapes;

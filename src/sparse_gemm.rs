@@ -15,17 +15,20 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-/// Tile shape and pipeline depth of the sm_90a kernel: the instance `sparse_gemm_sm90_bn{bn}_s{stages}`.
-/// Tiles are 128 (M) x `bn` (N) x 64 (K); `stages` shared-memory stages.
+/// Tile shape, pipeline depth and raster order of the sm_90a kernel. `bn` and `stages` pick the
+/// compiled instance `sparse_gemm_sm90_bn{bn}_s{stages}_{k|n}`; tiles are 128 (M) x `bn` (N) x 64
+/// (K). `group_m` is the raster: tiles run in groups of `group_m` M tiles (M fastest within a
+/// group); 0 lets the library choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TileConfig {
     pub bn: u32,
     pub stages: u32,
+    pub group_m: u32,
 }
 
 impl TileConfig {
     /// The compiled instances.
-    pub const ALL: [TileConfig; 2] = [TileConfig { bn: 256, stages: 4 }, TileConfig { bn: 128, stages: 6 }];
+    pub const ALL: [TileConfig; 2] = [TileConfig { bn: 256, stages: 4, group_m: 0 }, TileConfig { bn: 128, stages: 6, group_m: 0 }];
     pub const BM: usize = 128;
     pub const BK: usize = 64;
 
@@ -38,6 +41,13 @@ impl TileConfig {
         let (bn, s) = (self.bn as usize, self.stages as usize);
         let stage = Self::BM * Self::BK / 2 * 2 + bn * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4;
         s * stage + 2 * 64 * 68 * 4 + 2 * s * 8 + 1024
+    }
+
+    /// The raster group that balances the bytes of A and B a wave of `sms` CTAs touches: a wave
+    /// spans g M tiles and sms/g N tiles, reading g * 128 * K bytes of compressed A and
+    /// (sms/g) * bn * 2K bytes of B, least at g = sqrt(sms * 2 bn / 128).
+    pub fn auto_group_m(self, sms: usize) -> usize {
+        ((sms as f64 * 2.0 * self.bn as f64 / 128.0).sqrt().round() as usize).max(1)
     }
 
     /// The default for a shape until the tuner's table exists: wide tiles when they still give
@@ -123,6 +133,7 @@ struct Params {
     m_tiles: i32,
     n_tiles: i32,
     tma_store: i32,
+    group_m: i32,
 }
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
@@ -207,7 +218,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     }
     let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
     let cfg = opts.config.unwrap_or_else(|| TileConfig::default_for(m, n, sms));
-    if !TileConfig::ALL.contains(&cfg) {
+    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
 
@@ -230,6 +241,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         None => 0,
     };
     let (m_tiles, n_tiles) = (m.div_ceil(TileConfig::BM), n.div_ceil(cfg.bn as usize));
+    let group_m = if cfg.group_m > 0 { cfg.group_m as usize } else { cfg.auto_group_m(sms) }.clamp(1, m_tiles);
     let (pd, _gd) = {
         use cudarc::driver::DevicePtrMut;
         d.data_mut().device_ptr_mut(stream)
@@ -254,6 +266,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         m_tiles: m_tiles as i32,
         n_tiles: n_tiles as i32,
         tma_store: tma_store as i32,
+        group_m: group_m as i32,
     };
     let name = cfg.kernel_name(b_n_major);
     let f = dev.function(&name)?;
