@@ -198,8 +198,14 @@ fn main() {
                 ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}\"", c.bn, c.stages))
             ));
         }
+        write_json(&a.json, &dev, commit, &records);
     }
-    if let Some(path) = a.json {
+    write_json(&a.json, &dev, commit, &records);
+}
+
+/// Writes the records so far (atomically: temp file + rename), so a cut-off run keeps its numbers.
+fn write_json(path: &Option<String>, dev: &Device, commit: &str, records: &[String]) {
+    if let Some(path) = path {
         let body = format!(
             "{{\"device\":\"{}\",\"date\":\"{}\",\"commit\":\"{commit}\",\"command\":\"gemm --json {path}\",\"records\":[\n{}\n]}}\n",
             dev.name(),
@@ -207,6 +213,6 @@ fn main() {
             records.join(",\n")
         );
         let tmp = format!("{path}.tmp");
-        std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &path)).expect("writing the JSON");
+        std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)).expect("writing the JSON");
     }
 }

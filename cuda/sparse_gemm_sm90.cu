@@ -225,32 +225,35 @@ __device__ __forceinline__ void store_chunk(const Params& p, const float* stage,
     }
 }
 
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
 // Writes this warp's accumulators of columns chunk*64 .. +64 into a 64 x 64 bf16 TMA buffer in D's
-// layout (row-major: [m][n]; column-major: [n][m]), with the bias of each row added.
+// layout (row-major: [m][n]; column-major: [n][m]), bias added, with stmatrix: the accumulator
+// fragment of an n8 block is exactly an 8x8 mma fragment (rows g / g + 8, columns 2t, 2t + 1), so
+// one stmatrix.x4 stores two n8 blocks of 16 rows; .trans stores them transposed for [n][m]
+// (PTX ISA 9.7.14.5.16). Each matrix row is a 16-byte chunk of the swizzled buffer.
 template <int R>
 __device__ __forceinline__ void stage_bf16(const Params& p, const float (&acc)[R], uint8_t* buf, int chunk, int warp,
-                                           int lane, int gm0) {
-    const int g = lane >> 2, t = lane & 3;
+                                           int lane, float b_lo, float b_hi) {
+    const int i = lane >> 3, r = lane & 7;  // this lane addresses row r of matrix i
+    const int rh = i & 1, jj = i >> 1;      // matrix i: rows 8 rh.., n8 block jj of the pair
 #pragma unroll
-    for (int j = 0; j < EPI_COLS / 8; ++j) {
-        const int q = chunk * (EPI_COLS / 8) + j;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = 16 * warp + g + 8 * h, c = 8 * j + 2 * t;
-            const float b = p.bias ? p.bias[gm0 + r < p.m ? gm0 + r : 0] : 0.f;
-            float v0 = acc[4 * q + 2 * h] + b, v1 = acc[4 * q + 2 * h + 1] + b;
-            if (!p.d_col_major) {
-                *reinterpret_cast<__nv_bfloat162*>(buf + swz128(r, c)) = __floats2bfloat162_rn(v0, v1);
-            } else {
-                // [n][m]: pair rows g, g+1 (lanes 4 apart) so each lane writes two adjacent m.
-                const bool even = (g & 1) == 0;
-                const float other = __shfl_xor_sync(0xffffffffu, even ? v1 : v0, 4);
-                if (even) {
-                    *reinterpret_cast<__nv_bfloat162*>(buf + swz128(c, r)) = __floats2bfloat162_rn(v0, other);
-                } else {
-                    *reinterpret_cast<__nv_bfloat162*>(buf + swz128(c + 1, r - 1)) = __floats2bfloat162_rn(other, v1);
-                }
-            }
+    for (int pair = 0; pair < EPI_COLS / 16; ++pair) {
+        const int q = chunk * (EPI_COLS / 8) + 2 * pair;
+        const uint32_t r0 = pack_bf16(acc[4 * q] + b_lo, acc[4 * q + 1] + b_lo);
+        const uint32_t r1 = pack_bf16(acc[4 * q + 2] + b_hi, acc[4 * q + 3] + b_hi);
+        const uint32_t r2 = pack_bf16(acc[4 * q + 4] + b_lo, acc[4 * q + 5] + b_lo);
+        const uint32_t r3 = pack_bf16(acc[4 * q + 6] + b_hi, acc[4 * q + 7] + b_hi);
+        const int n = 8 * (2 * pair + jj), m = 16 * warp + 8 * rh;
+        if (!p.d_col_major) {
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};"
+                         ::"r"(smem_u32(buf + swz128(m + r, n))), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
+        } else {
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};"
+                         ::"r"(smem_u32(buf + swz128(n + r, m))), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
         }
     }
 }
@@ -307,12 +310,15 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
         const int gm0 = m0 + 64 * wg;
         if (p.tma_store) {
+            const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
+            const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
+            const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
 #pragma unroll
             for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
                 uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
                 if (tid == 0) tma_store_wait_read<1>();  // the store that last used `buf` has read it
                 named_barrier(1 + wg, 128);
-                stage_bf16(p, acc, buf, chunk, warp, lane, gm0);
+                stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes -> TMA reads
                 named_barrier(1 + wg, 128);
                 if (tid == 0) {
