@@ -12,7 +12,7 @@ use twofour::reference::philox::normal_bf16;
 use twofour::shapes::{ffn_shapes, parse_shapes, LinearShape, Pass};
 use twofour::timing::{median, time_calls, FLUSH_BYTES};
 use twofour::peer::cusparselt::{CuSparseLt, Order};
-use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, GemmOptions, MatLayout, TileConfig};
+use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, GemmOptions, MatLayout, Schedule, TileConfig};
 
 struct Args {
     shapes: Vec<LinearShape>,
@@ -131,7 +131,8 @@ fn main() {
                 };
                 let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
                 let mut best: Option<(f64, TileConfig)> = None;
-                for cfg in TileConfig::ALL {
+                let candidates = TileConfig::ALL.iter().flat_map(|c| [Schedule::DataParallel, Schedule::StreamK].map(|schedule| TileConfig { schedule, ..*c }));
+                for cfg in candidates {
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
                     let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
                     let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
@@ -186,7 +187,7 @@ fn main() {
                 format!("{dense_tf:.0}"),
                 fmt(cslt_tf),
                 ours_tf.map_or("-".into(), |o| format!("{:.2}", o / dense_tf)),
-                ours.map_or("not built yet".into(), |(_, c)| format!("bn{} s{}", c.bn, c.stages))
+                ours.map_or("-".into(), |(_, c)| format!("bn{} s{} {:?}", c.bn, c.stages, c.schedule))
             );
             std::io::stdout().flush().ok();
             records.push(format!(
@@ -195,7 +196,7 @@ fn main() {
                 pass.name(),
                 ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
                 cslt_tf.map_or("null".into(), |v| format!("{v:.1}")),
-                ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}\"", c.bn, c.stages))
+                ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}_{:?}\"", c.bn, c.stages, c.schedule))
             ));
         }
         write_json(&a.json, &dev, commit, &records);

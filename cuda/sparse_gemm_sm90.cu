@@ -58,6 +58,9 @@ struct Params {
     int m_tiles, n_tiles;
     int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
     int group_m;       // raster: tiles run in groups of group_m M tiles, M fastest within a group
+    int stream_k;      // 1: each CTA takes an equal share of all (tile, K block) iterations and adds
+                       //    its partial tiles into ws with f32 atomics; a finalize kernel writes D
+    float* ws;         // stream-K workspace: M x N f32 in D's layout, zeroed
 };
 
 template <int BN, int TRANS_B>
@@ -176,6 +179,35 @@ __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, 
     nt = rem / gm;
 }
 
+// The work of one CTA, as segments (tile, K blocks [kb_begin, kb_end)). Data-parallel: whole
+// tiles, blockIdx.x, + gridDim.x, ... Stream-K: a contiguous 1/gridDim.x share of the flattened
+// (tile, K block) space, so every SM gets the same amount of work whatever the tile count.
+struct Schedule {
+    long long cur, end, step;
+    int k_blocks;
+    __device__ Schedule(const Params& p) : k_blocks(p.k / BK) {
+        const long long tiles = (long long)p.m_tiles * p.n_tiles;
+        if (p.stream_k) {
+            const long long total = tiles * k_blocks;
+            cur = total * blockIdx.x / gridDim.x;
+            end = total * (blockIdx.x + 1) / gridDim.x;
+            step = 0;
+        } else {
+            cur = (long long)blockIdx.x * k_blocks;
+            end = tiles * k_blocks;
+            step = (long long)(gridDim.x - 1) * k_blocks;
+        }
+    }
+    __device__ bool next(int& tile, int& kb_begin, int& kb_end) {
+        if (cur >= end) return false;
+        tile = (int)(cur / k_blocks);
+        kb_begin = (int)(cur % k_blocks);
+        kb_end = (int)min((long long)k_blocks, kb_begin + (end - cur));
+        cur += (kb_end - kb_begin) + step;
+        return true;
+    }
+};
+
 // Writes one consumer's 64 x 64 chunk (columns n0c .. n0c + 64 of rows m0w .. m0w + 64) from the
 // staging buffer to D with 16-byte stores, in D's layout.
 __device__ __forceinline__ void store_chunk(const Params& p, const float* stage, int m0w, int n0c, int tid) {
@@ -265,8 +297,6 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     using Mma = WgmmaSp<BN, B_MN>;
     const int tid = threadIdx.x - 128 * (wg + 1);  // 0..127 within the consumer warpgroup
     const int warp = tid >> 5, lane = tid & 31;
-    const int k_blocks = p.k / BK;
-    const int tiles = p.m_tiles * p.n_tiles;
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
     uint8_t* tma_buf = smem + S::EPI_OFF + wg * 2 * 8192;
     int epi_count = 0;  // TMA store buffers alternate
@@ -276,11 +306,13 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     float acc[Mma::kAccRegs];
     int s = 0;
     uint32_t phase = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    Schedule work(p);
+    int tile, kb_begin, kb_end;
+    while (work.next(tile, kb_begin, kb_end)) {
         int m0, nt;
         tile_coords(tile, p, m0, nt);
         const int n0 = nt * BN;
-        for (int kb = 0; kb < k_blocks; ++kb) {
+        for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&full[s], phase);
             const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES) + wg * 64 * 64;
             const uint32_t b_base = smem_u32(smem + S::B_OFF + s * S::B_BYTES);
@@ -292,14 +324,14 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
                 const uint64_t da = smem_desc(a_base + kk * 32, 16, 512, 2);
                 const uint64_t db = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1)
                                          : smem_desc(b_base + kk * 64, 16, 1024, 1);
-                Mma::mma(da, db, e[e_word + kk * 16], (kb | kk) != 0, acc);
+                Mma::mma(da, db, e[e_word + kk * 16], (kb - kb_begin) + kk != 0, acc);
             }
             wgmma_commit();
             fence_acc(acc);
             // Keep this stage's wgmmas in flight; the previous stage's are done: release it.
             wgmma_wait<1>();
             fence_acc(acc);
-            if (kb > 0 && lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+            if (kb > kb_begin && lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
             if (++s == STAGES) { s = 0; phase ^= 1; }
         }
         wgmma_wait<0>();
@@ -309,7 +341,25 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
         const int gm0 = m0 + 64 * wg;
-        if (p.tma_store) {
+        if (p.stream_k) {
+            // Partial tile: add into the f32 workspace (D's layout); the finalize kernel writes D.
+            const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+            for (int q = 0; q < Mma::kAccRegs / 4; ++q) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = gm0 + 16 * warp + g + 8 * h, c = n0 + 8 * q + 2 * t;
+                    if (row >= p.m || c >= p.n) continue;
+                    const float v0 = acc[4 * q + 2 * h], v1 = acc[4 * q + 2 * h + 1];
+                    if (p.d_col_major) {
+                        atomicAdd(p.ws + (long long)c * p.m + row, v0);
+                        atomicAdd(p.ws + (long long)(c + 1) * p.m + row, v1);
+                    } else {
+                        atomicAdd(reinterpret_cast<float2*>(p.ws + (long long)row * p.n + c), make_float2(v0, v1));
+                    }
+                }
+            }
+        } else if (p.tma_store) {
             const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
             const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
             const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
@@ -351,14 +401,14 @@ template <int BN, int STAGES, int B_MN>
 __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                          const TensorMap* ta, const TensorMap* tb, const TensorMap* te) {
     using S = Smem<BN, STAGES>;
-    const int k_blocks = p.k / BK;
-    const int tiles = p.m_tiles * p.n_tiles;
     int s = 0;
     uint32_t phase = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    Schedule work(p);
+    int tile, kb_begin, kb_end;
+    while (work.next(tile, kb_begin, kb_end)) {
         int m0, nt;
         tile_coords(tile, p, m0, nt);
-        for (int kb = 0; kb < k_blocks; ++kb) {
+        for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
             mbar_expect_tx(&full[s], S::TX_BYTES);
             tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
@@ -424,3 +474,20 @@ TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n)
+
+// Stream-K finalize: D = ws (+ bias[row]) (+ beta * D), elementwise in D's layout.
+extern "C" __global__ void sparse_gemm_finalize(const float* __restrict__ ws, void* d, const float* __restrict__ bias,
+                                                float beta, int m, int n, int d_col_major, int d_f32) {
+    const long long total = (long long)m * n;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        const int row = d_col_major ? (int)(i % m) : (int)(i / n);
+        float v = ws[i] + (bias ? bias[row] : 0.f);
+        if (d_f32) {
+            float* o = static_cast<float*>(d) + i;
+            *o = v + (beta != 0.f ? beta * *o : 0.f);
+        } else {
+            __nv_bfloat16* o = static_cast<__nv_bfloat16*>(d) + i;
+            *o = __float2bfloat16_rn(v + (beta != 0.f ? beta * __bfloat162float(*o) : 0.f));
+        }
+    }
+}

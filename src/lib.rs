@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use matrix::DeviceMatrix;
 pub use prune24::{prune24_compress, prune24_compress_into};
 pub use sparse24::{Sparse24, Sparse24Host};
-pub use sparse_gemm::{sparse_gemm, BOperand, GemmOptions, GemmOut, TileConfig};
+pub use sparse_gemm::{sparse_gemm, BOperand, GemmOptions, GemmOut, Schedule, TileConfig};
 pub use sparse_linear::SparseLinear;
 pub use sparse_mma_sm80::{sparse_mma_naive, MetaReading};
 

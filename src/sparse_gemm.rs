@@ -24,11 +24,35 @@ pub struct TileConfig {
     pub bn: u32,
     pub stages: u32,
     pub group_m: u32,
+    pub schedule: Schedule,
+}
+
+/// How tiles are spread over the SMs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Schedule {
+    /// Data-parallel when the tiles fill the SMs' waves well, stream-K otherwise.
+    #[default]
+    Auto,
+    /// Whole tiles, round-robin over a persistent grid.
+    DataParallel,
+    /// Every SM takes an equal share of all (tile, K block) iterations; partial tiles meet in an
+    /// f32 workspace through atomics (not bit-reproducible run to run), then a finalize pass.
+    StreamK,
 }
 
 impl TileConfig {
     /// The compiled instances.
-    pub const ALL: [TileConfig; 2] = [TileConfig { bn: 256, stages: 4, group_m: 0 }, TileConfig { bn: 128, stages: 6, group_m: 0 }];
+    pub const ALL: [TileConfig; 2] = [
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto },
+        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto },
+    ];
+
+    /// Whether `Schedule::Auto` picks stream-K: when whole tiles would leave more than 10% of the
+    /// last wave's SM slots idle (e.g. dW of GPT-2 small: 72 tiles on 132 SMs).
+    pub fn wants_stream_k(tiles: usize, sms: usize) -> bool {
+        let waves = tiles.div_ceil(sms);
+        (tiles as f64) < 0.9 * (waves * sms) as f64
+    }
     pub const BM: usize = 128;
     pub const BK: usize = 64;
 
@@ -134,6 +158,8 @@ struct Params {
     n_tiles: i32,
     tma_store: i32,
     group_m: i32,
+    stream_k: i32,
+    ws: u64,
 }
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
@@ -246,8 +272,21 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         use cudarc::driver::DevicePtrMut;
         d.data_mut().device_ptr_mut(stream)
     };
+    let stream_k = match cfg.schedule {
+        Schedule::Auto => TileConfig::wants_stream_k(m_tiles * n_tiles, sms),
+        Schedule::DataParallel => false,
+        Schedule::StreamK => true,
+    };
+    let mut ws = if stream_k { Some(stream.alloc_zeros::<f32>(m * n).during("allocating the stream-K workspace")?) } else { None };
+    let ws_ptr = match ws.as_mut() {
+        Some(w) => {
+            use cudarc::driver::DevicePtrMut;
+            w.device_ptr_mut(stream).0
+        }
+        None => 0,
+    };
     // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
-    let tma_store = T::IS_F32 == 0 && opts.beta == 0.0;
+    let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && !stream_k;
     let td = if tma_store {
         let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
         tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
@@ -267,6 +306,8 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         n_tiles: n_tiles as i32,
         tma_store: tma_store as i32,
         group_m: group_m as i32,
+        stream_k: stream_k as i32,
+        ws: ws_ptr,
     };
     let name = cfg.kernel_name(b_n_major);
     let f = dev.function(&name)?;
@@ -280,5 +321,14 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
     // kernel's struct; D has dr x dc elements of T as Params says.
     unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
+    if let Some(ws) = ws.as_ref() {
+        let f = dev.function("sparse_gemm_finalize")?;
+        let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
+        let mut l = stream.launch_builder(&f);
+        l.arg(ws).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
+        // SAFETY: ws and D both hold m * n elements in D's layout; bias has m entries or is null.
+        unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
+    }
     Ok(())
 }

@@ -9,7 +9,7 @@ use proptest::test_runner::{Config, TestRunner};
 use twofour::reference::{self, philox::normal_bf16};
 use twofour::{
     prune24_compress, sparse_gemm, sparse_mma_naive, BOperand, Device, DeviceMatrix, Error, GemmOptions, GemmOut,
-    KernelImage, MatLayout, MetaReading, TileConfig,
+    KernelImage, MatLayout, MetaReading, Schedule, TileConfig,
 };
 
 fn rel(got: &[f64], want: &[f64]) -> f64 {
@@ -107,7 +107,9 @@ fn run(cases: u32, f32_out: bool) {
         .run(&strat, |((mb, nb, kb, seed), (col, bias, beta, ci, nmaj))| {
             let (m, n, k) = (mb * 16, nb * 8, kb * 64);
             // Raster groups 0 (auto), 1 and 3 exercise full and partial groups.
-            let cfg = TileConfig { group_m: [0, 1, 3][(seed % 3) as usize], ..TileConfig::ALL[ci] };
+            // ...and all three schedules (stream-K splits tiles across CTAs at arbitrary K blocks).
+            let schedule = [Schedule::Auto, Schedule::DataParallel, Schedule::StreamK][((seed >> 8) % 3) as usize];
+            let cfg = TileConfig { group_m: [0, 1, 3][(seed % 3) as usize], schedule, ..TileConfig::ALL[ci] };
             let (err, bound) = if f32_out {
                 (case::<f32>(&dev, m, n, k, seed, col, bias, beta, cfg, nmaj, |v| v as f32), 1e-4)
             } else {
@@ -145,7 +147,8 @@ fn sparse_gemm_large_matches_mma_sp() {
         let mut want = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
         sparse_mma_naive(&dev, &sparse, &xd, &mut want, MetaReading::Documented).unwrap();
         let want: Vec<f64> = want.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
-        for cfg in TileConfig::ALL {
+        let both = TileConfig::ALL.iter().flat_map(|c| [Schedule::DataParallel, Schedule::StreamK].map(|schedule| TileConfig { schedule, ..*c }));
+        for cfg in both {
             let mut d = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
             sparse_gemm(&dev, &sparse, BOperand::KMajor(&xd), &mut d, &GemmOptions { config: Some(cfg), ..Default::default() }).unwrap();
             let got: Vec<f64> = d.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
@@ -177,7 +180,7 @@ fn sparse_gemm_rejects_bad_input() {
     let bias = dev.upload(&[0f32; 7]).unwrap();
     let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &with_bias), Err(Error::Shape { .. })));
-    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0 }), ..Default::default() };
+    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto }), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &odd), Err(Error::Unsupported { .. })));
     // The Ampere image has no wgmma: a clear error, not a launch.
     let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
