@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod layout;
 pub mod matrix;
 pub mod peer;
+pub mod plot;
 pub mod prune24;
 pub mod reference;
 pub mod shapes;

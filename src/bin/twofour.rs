@@ -31,6 +31,11 @@ enum Command {
     },
     /// Show the GPU and the kernels' resource report.
     Info,
+    /// Plot a `gemm` bench JSON file (speedup over cuBLAS per shape and pass) as a PNG.
+    PlotGemm {
+        json: std::path::PathBuf,
+        png: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { m, n, k, seed } => demo(m, n, k, seed),
         Command::Info => info(),
+        Command::PlotGemm { json, png } => twofour::plot::plot_gemm(&json, &png),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

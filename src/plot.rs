@@ -1,0 +1,95 @@
+//! PNG plots of benchmark results (plotters, bitmap backend, an embedded font).
+
+use crate::error::invalid;
+use crate::Result;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+use std::path::Path;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// One GEMM measurement, as `docs/bench/gemm-h100.json` stores it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct GemmRecord {
+    pub name: String,
+    pub layout: String,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub twofour_tflops: Option<f64>,
+    pub cublas_tflops: f64,
+    pub cusparselt_tflops: Option<f64>,
+}
+
+#[derive(serde::Deserialize)]
+struct GemmFile {
+    device: String,
+    commit: String,
+    records: Vec<GemmRecord>,
+}
+
+fn plot_err(e: impl std::fmt::Display) -> crate::Error {
+    invalid("plot", e.to_string())
+}
+
+/// Renders speedup over cuBLAS dense of twofour and of cuSPARSELt for every (shape, pass) of a
+/// `gemm` bench JSON file into a PNG.
+pub fn plot_gemm(json: &Path, png: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(json).map_err(|e| invalid("plot_gemm", format!("reading {}: {e}", json.display())))?;
+    let file: GemmFile = serde_json::from_str(&text).map_err(|e| invalid("plot_gemm", format!("{} is not a gemm bench file: {e}", json.display())))?;
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let recs = &file.records;
+    let ymax = recs
+        .iter()
+        .flat_map(|r| [r.twofour_tflops, r.cusparselt_tflops].into_iter().flatten().map(|v| v / r.cublas_tflops))
+        .fold(1.6f64, f64::max)
+        + 0.1;
+    let root = BitMapBackend::new(png, (1600, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let title = format!("2:4 sparse GEMM speedup over cuBLAS dense, {} (commit {})", file.device, file.commit);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(150)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..recs.len() as f64 - 0.5, 0.6f64..ymax)
+        .map_err(plot_err)?;
+    let labels: Vec<String> = recs.iter().map(|r| format!("{} {}", r.name, r.layout)).collect();
+    chart
+        .configure_mesh()
+        .x_labels(recs.len())
+        .x_label_formatter(&|x| labels.get(x.round() as usize).cloned().unwrap_or_default())
+        .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate270))
+        .y_desc("x cuBLAS dense (dense-equivalent TFLOP/s ratio)")
+        .disable_x_mesh()
+        .draw()
+        .map_err(plot_err)?;
+    for (level, color) in [(1.0, BLACK), (1.3, RGBColor(0, 150, 0)), (1.5, RGBColor(150, 150, 150))] {
+        chart
+            .draw_series(LineSeries::new([(-0.5, level), (recs.len() as f64 - 0.5, level)], color.stroke_width(1)))
+            .map_err(plot_err)?
+            .label(format!("{level:.1}x"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
+    let series = |f: fn(&GemmRecord) -> Option<f64>| recs.iter().enumerate().filter_map(move |(i, r)| f(r).map(|v| (i as f64, v / r.cublas_tflops))).collect::<Vec<_>>();
+    chart
+        .draw_series(series(|r| r.cusparselt_tflops).into_iter().map(|p| Circle::new(p, 5, RGBColor(220, 60, 40).filled())))
+        .map_err(plot_err)?
+        .label("cuSPARSELt 0.8 (best algorithm)")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, RGBColor(220, 60, 40).filled()));
+    chart
+        .draw_series(series(|r| r.twofour_tflops).into_iter().map(|p| TriangleMarker::new(p, 7, RGBColor(30, 80, 200).filled())))
+        .map_err(plot_err)?
+        .label("twofour (wgmma.sp)")
+        .legend(|(x, y)| TriangleMarker::new((x + 10, y), 7, RGBColor(30, 80, 200).filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
