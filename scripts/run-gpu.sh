@@ -17,7 +17,8 @@ cat "$out/device.txt"
 
 summary() { grep -E "^test result:" "$1" | tail -1 | sed 's/test result: //; s/; finished.*//'; }
 
-# RUN_TESTS=0 or RUN_BENCHES=0 skip a part (for a bench-only or test-only device call).
+# RUN_TESTS=0 or RUN_BENCHES=0 skip a part (for a bench-only or test-only device call);
+# SKIP_BENCHES="gemm ..." skips named benches (the full gemm sweep takes ~10 minutes).
 [ "${RUN_TESTS:-1}" = 1 ] && for t in "$pack"/tests/*; do
   n=$(basename "$t")
   log="$out/logs/$n.log"
@@ -42,12 +43,14 @@ done
 [ "${RUN_BENCHES:-1}" = 1 ] && for b in "$pack"/benches/*; do
   n=$(basename "$b")
   log="$out/logs/bench-$n.log"
+  case " ${SKIP_BENCHES:-} " in *" $n "*) record "bench $n" "SKIP" "SKIP_BENCHES"; continue ;; esac
   extra=()
   [ "$n" = gemm ] && extra=(--json "$out/gemm-h100.json")
+  [ "$n" = kernels ] && extra=(--json "$out/kernels-h100.json")
   BENCH_DATE=$(date -u +%F) "$b" --bench "${extra[@]}" >"$log" 2>&1
   rc=$?
   record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:\|^[a-z0-9.@-]* *fwd\|dx\|dw ' "$log") results"
-  if [ "$n" = gemm ]; then cat "$log"; else grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40; fi
+  if [ "$n" = gemm ] || [ "$n" = kernels ]; then cat "$log"; else grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40; fi
 done
 
 if [ -x "$pack/bin/twofour" ]; then

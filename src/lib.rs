@@ -15,11 +15,15 @@
 //! ```
 
 pub mod bitmask;
+pub mod decay;
 pub mod device;
 pub mod error;
+pub mod gated;
 pub mod kernels;
 pub mod layout;
+pub mod mask24;
 pub mod matrix;
+pub mod mvue24;
 pub mod peer;
 pub mod plot;
 pub mod prune24;
@@ -34,7 +38,11 @@ pub mod timing;
 pub use bitmask::BitMask;
 pub use device::{Device, KernelImage};
 pub use error::{Error, Result};
+pub use decay::{flip_rate, masked_decay};
+pub use gated::{gated_backward, gated_forward, GatedLayout};
+pub use mask24::{apply_mask_compress_into, transposable_mask_compress, transposable_mask_compress_into};
 pub use matrix::DeviceMatrix;
+pub use mvue24::{mvue24_compress, mvue24_compress_into};
 pub use prune24::{prune24_compress, prune24_compress_into};
 pub use sparse24::{Sparse24, Sparse24Host};
 pub use sparse_gemm::{sparse_gemm, BOperand, GemmOptions, GemmOut, Schedule, TileConfig};

@@ -14,6 +14,6 @@ pub use compress::{compress, compress_transposed, decompress};
 pub use decay::{flip_rate, masked_decay};
 pub use gated::{gated_backward, gated_forward, Gate};
 pub use gemm::{linear_forward, linear_grad_input, linear_grad_weight, matmul};
-pub use mvue::{mvue24, mvue24_f32};
+pub use mvue::{mvue24, mvue24_f32, mvue24_with_mask};
 pub use prune24::prune24_rows;
 pub use transposable::{patterns, transposable_mask};

@@ -46,10 +46,13 @@ pub fn systematic_pick(p: [f32; 4], u: f32) -> (usize, usize) {
         }
         lo = hi;
     }
-    // Rounding can leave the last interval short of 2.0; the element never hit is the last one.
-    if n < 2 {
+    // Rounding can leave the intervals short of 2.0: fill up with the highest indices not yet kept.
+    while n < 2 {
         kept[n] = (0..4).rev().find(|i| !kept[..n].contains(i)).unwrap_or(3);
-        kept[..2].sort_unstable();
+        n += 1;
+    }
+    if kept[0] > kept[1] {
+        kept.swap(0, 1);
     }
     (kept[0], kept[1])
 }
@@ -62,19 +65,26 @@ fn uniform(seed: u64, step: u32, group: usize) -> f32 {
 /// MVUE 2:4 along the rows of a row-major rows x cols matrix, in f32 (before rounding to bf16):
 /// the unbiased estimate. Dropped elements are 0.
 pub fn mvue24_f32(a: &[bf16], rows: usize, cols: usize, seed: u64, step: u32) -> Result<Vec<f32>> {
+    Ok(mvue24_with_mask(a, rows, cols, seed, step)?.0)
+}
+
+/// MVUE 2:4 in f32 and the mask of the kept positions (kept values can be 0 when the input is).
+pub fn mvue24_with_mask(a: &[bf16], rows: usize, cols: usize, seed: u64, step: u32) -> Result<(Vec<f32>, crate::BitMask)> {
     if cols % 4 != 0 || a.len() != rows * cols {
         return Err(unsupported("mvue24", format!("need cols a multiple of 4; got {} elements for {rows} x {cols}", a.len())));
     }
     let mut out = vec![0f32; a.len()];
+    let mut mask = crate::BitMask::zeros(rows, cols);
     for (g, (src, dst)) in a.chunks_exact(4).zip(out.chunks_exact_mut(4)).enumerate() {
         let v = [src[0].to_f32(), src[1].to_f32(), src[2].to_f32(), src[3].to_f32()];
         let p = inclusion_probabilities(v);
         let (i0, i1) = systematic_pick(p, uniform(seed, step, g));
         for i in [i0, i1] {
             dst[i] = if p[i] > 0.0 { v[i] / p[i] } else { 0.0 };
+            mask.set(g * 4 / cols, (g * 4) % cols + i, true);
         }
     }
-    Ok(out)
+    Ok((out, mask))
 }
 
 /// MVUE 2:4 rounded to bf16: what the GPU kernel feeds the sparse GEMM.

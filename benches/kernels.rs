@@ -1,0 +1,160 @@
+//! The sparse-training kernels on the GPU against their memory floor (bytes that must move /
+//! device-to-device copy bandwidth measured in the same run), and the budget check of issue 5:
+//! mask search + both compressions + MVUE against the three sparse GEMMs of GPT-2-medium's FFN
+//! layers at 16384 tokens.
+//!   kernels [--json PATH] [--reps N]
+
+use half::bf16;
+use twofour::reference::philox::normal_bf16;
+use twofour::reference::Gate;
+use twofour::timing::{median, time_calls, FLUSH_BYTES};
+use twofour::{
+    apply_mask_compress_into, flip_rate, gated_backward, gated_forward, masked_decay, mvue24_compress_into, prune24_compress,
+    sparse_gemm, transposable_mask_compress, BOperand, Device, DeviceMatrix, GatedLayout, GemmOptions, MatLayout, Sparse24,
+};
+
+struct Rec {
+    kernel: String,
+    shape: String,
+    ms: f64,
+    floor_ms: f64,
+    peer_ms: Option<f64>,
+}
+
+fn main() {
+    let mut json = None;
+    let mut reps = 20;
+    let v: Vec<String> = std::env::args().collect();
+    for i in 0..v.len() {
+        if v[i] == "--json" {
+            json = v.get(i + 1).cloned();
+        }
+        if v[i] == "--reps" {
+            reps = v.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20);
+        }
+    }
+    let dev = match Device::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kernels bench skipped: {e}");
+            return;
+        }
+    };
+    let mut flush = dev.stream().alloc_zeros::<u8>(FLUSH_BYTES).unwrap();
+    let time = |flush: &mut _, f: &mut dyn FnMut() -> twofour::Result<()>| median(&time_calls(&dev, 3, reps, Some(flush), f).unwrap());
+
+    // Copy bandwidth: 1 GiB device-to-device, bytes read + written.
+    let src = dev.stream().alloc_zeros::<u8>(1 << 30).unwrap();
+    let mut dst = dev.stream().alloc_zeros::<u8>(1 << 30).unwrap();
+    let copy_ms = time(&mut flush, &mut || dev.stream().memcpy_dtod(&src, &mut dst).map_err(|e| twofour::Error::Driver { during: "copy".into(), source: e }));
+    let bw = 2.0 * (1u64 << 30) as f64 / (copy_ms * 1e-3); // bytes/s
+    drop((src, dst));
+    println!("device: {}  copy bandwidth {:.2} TB/s (read + write)", dev.name(), bw / 1e12);
+    let floor = |bytes: f64| bytes / bw * 1e3;
+    let mut recs: Vec<Rec> = Vec::new();
+    let mut push = |r: Rec| {
+        println!("{:<28} {:<22} {:>9.4} ms  floor {:>8.4} ms  {:>5.2}x floor", r.kernel, r.shape, r.ms, r.floor_ms, r.ms / r.floor_ms);
+        recs.push(r);
+    };
+
+    // Weights of FFN layers: (name, d_out, d_in).
+    let weights = [("gpt2-small.fc1", 3072, 768), ("gpt2-medium.fc1", 4096, 1024), ("gpt2-medium.fc2", 1024, 4096), ("gpt2-xl.fc1", 6400, 1600), ("llama7b.up", 11008, 4096), ("llama7b.down", 4096, 11008)];
+    for (name, r, c) in weights {
+        let n = (r * c) as f64;
+        let w = DeviceMatrix::from_host(&dev, r, c, &normal_bf16(1, r * c)).unwrap();
+        let (mut sw, mut swt) = transposable_mask_compress(&dev, &w).unwrap();
+        // Read W (2 B), write W and W^T values (1 + 1 B), metadata (1/8 + 1/8 B) and masks (1/8 + 1/8 B).
+        let ms = time(&mut flush, &mut || transposable_mask_compress(&dev, &w).map(|_| ()));
+        push(Rec { kernel: "transposable_mask_compress".into(), shape: format!("{name} {r}x{c}"), ms, floor_ms: floor(4.5 * n), peer_ms: None });
+        let ms = time(&mut flush, &mut || apply_mask_compress_into(&dev, &w, &mut sw, &mut swt));
+        push(Rec { kernel: "apply_mask_compress".into(), shape: format!("{name} {r}x{c}"), ms, floor_ms: floor(4.5 * n + n / 8.0), peer_ms: None });
+        let ms = time(&mut flush, &mut || prune24_compress(&dev, &w).map(|_| ()));
+        push(Rec { kernel: "prune24_compress".into(), shape: format!("{name} {r}x{c}"), ms, floor_ms: floor(3.25 * n), peer_ms: None });
+    }
+    // MVUE of dY for the FFN layers at 16384 tokens: read 2 B, write 1 + 1/8 + 1/8 B per element.
+    for (name, t, f) in [("gpt2-medium.fc1 dY", 16384, 4096), ("gpt2-medium.fc2 dY", 16384, 1024), ("llama7b.up dY", 16384, 11008)] {
+        let dy = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(2, t * f)).unwrap();
+        let mut out = Sparse24::alloc(&dev, f, t).unwrap();
+        let mut step = 0u32;
+        let ms = time(&mut flush, &mut || {
+            step += 1;
+            mvue24_compress_into(&dev, &dy, 5, step, &mut out)
+        });
+        push(Rec { kernel: "mvue24_compress".into(), shape: format!("{name} {t}x{f}"), ms, floor_ms: floor(3.25 * (t * f) as f64), peer_ms: None });
+    }
+    // Gated activations on LLaMA-7B's fc1 output, 16384 x 2*11008: forward reads 4 B and writes
+    // 2 B per output element, backward reads 6 B and writes 4 B. Peer (the brief, same H100): SwiGLU
+    // forward 1.04 ms eager PyTorch, 0.44 ms torch.compile.
+    let (t, f) = (16384usize, 11008usize);
+    let h_tm = DeviceMatrix::from_host(&dev, t, 2 * f, &normal_bf16(3, t * 2 * f)).unwrap();
+    let dy_tm = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(4, t * f)).unwrap();
+    let mut y = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, t, 2 * f).unwrap();
+    let n = (t * f) as f64;
+    for gate in [Gate::SwiGlu, Gate::GeGlu] {
+        let ms = time(&mut flush, &mut || gated_forward(&dev, gate, GatedLayout::TokenMajor, &h_tm, &mut y));
+        let peer = (gate == Gate::SwiGlu).then_some(0.44);
+        push(Rec { kernel: format!("{gate:?} forward (token-major)"), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(6.0 * n), peer_ms: peer });
+        let ms = time(&mut flush, &mut || gated_backward(&dev, gate, GatedLayout::TokenMajor, &h_tm, &dy_tm, &mut dh));
+        push(Rec { kernel: format!("{gate:?} backward (token-major)"), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(10.0 * n), peer_ms: None });
+    }
+    drop((h_tm, dy_tm, y, dh));
+    let h_fm = DeviceMatrix::from_host(&dev, 2 * f, t, &normal_bf16(3, t * 2 * f)).unwrap();
+    let mut y = DeviceMatrix::<bf16>::poisoned(&dev, f, t).unwrap();
+    let ms = time(&mut flush, &mut || gated_forward(&dev, Gate::SwiGlu, GatedLayout::FeatureMajor, &h_fm, &mut y));
+    push(Rec { kernel: "SwiGlu forward (feature-major)".into(), shape: format!("2*{f}x{t}"), ms, floor_ms: floor(6.0 * n), peer_ms: None });
+    drop((h_fm, y));
+    // Masked decay (read grad, w: 4 + 4 B, mask 1/8 B; write grad 4 B) and flip rate on LLaMA up.
+    let (r, c) = (11008usize, 4096usize);
+    let w16 = DeviceMatrix::from_host(&dev, r, c, &normal_bf16(6, r * c)).unwrap();
+    let (sw, _) = transposable_mask_compress(&dev, &w16).unwrap();
+    let sp = prune24_compress(&dev, &w16).unwrap();
+    let w32 = DeviceMatrix::from_host(&dev, r, c, &vec![0.5f32; r * c]).unwrap();
+    let mut g32 = DeviceMatrix::from_host(&dev, r, c, &vec![0.25f32; r * c]).unwrap();
+    let ms = time(&mut flush, &mut || masked_decay(&dev, &mut g32, &w32, &sw, 6e-5));
+    push(Rec { kernel: "masked_decay".into(), shape: format!("{r}x{c}"), ms, floor_ms: floor(12.125 * (r * c) as f64), peer_ms: None });
+    let ms = time(&mut flush, &mut || flip_rate(&dev, &sw, &sp).map(|_| ()));
+    push(Rec { kernel: "flip_rate".into(), shape: format!("{r}x{c}"), ms, floor_ms: floor((r * c) as f64 / 4.0), peer_ms: None });
+    drop((w16, sw, sp, w32, g32));
+
+    // Budget check at GPT-2 medium, 16384 tokens: per step and FFN layer, recompress W and W^T
+    // (mask search every 40 steps: counted in full here, the worst case) + MVUE of dY, against
+    // the layer's three sparse GEMMs.
+    let t = 16384usize;
+    let (mut overhead, mut gemms) = (0.0, 0.0);
+    for (d_in, d_out) in [(1024usize, 4096usize), (4096, 1024)] {
+        let w = DeviceMatrix::from_host(&dev, d_out, d_in, &normal_bf16(7, d_in * d_out)).unwrap();
+        let x = DeviceMatrix::from_host(&dev, t, d_in, &normal_bf16(8, t * d_in)).unwrap();
+        let dy = DeviceMatrix::from_host(&dev, t, d_out, &normal_bf16(9, t * d_out)).unwrap();
+        let (sw, swt) = transposable_mask_compress(&dev, &w).unwrap();
+        let mut s_dyt = Sparse24::alloc(&dev, d_out, t).unwrap();
+        overhead += time(&mut flush, &mut || transposable_mask_compress(&dev, &w).map(|_| ()));
+        overhead += time(&mut flush, &mut || mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt));
+        let mut y = DeviceMatrix::<bf16>::poisoned(&dev, t, d_out).unwrap();
+        let mut dx = DeviceMatrix::<bf16>::poisoned(&dev, t, d_in).unwrap();
+        let mut dw = DeviceMatrix::<bf16>::poisoned(&dev, d_out, d_in).unwrap();
+        let col = GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() };
+        gemms += time(&mut flush, &mut || sparse_gemm(&dev, &sw, BOperand::KMajor(&x), &mut y, &col));
+        gemms += time(&mut flush, &mut || sparse_gemm(&dev, &swt, BOperand::KMajor(&dy), &mut dx, &col));
+        gemms += time(&mut flush, &mut || sparse_gemm(&dev, &s_dyt, BOperand::NMajor(&x), &mut dw, &GemmOptions::default()));
+    }
+    println!("budget (GPT-2 medium FFN, 16384 tokens): mask search + both compressions + MVUE {overhead:.3} ms vs three sparse GEMMs x 2 layers {gemms:.3} ms = {:.1}%", 100.0 * overhead / gemms);
+    recs.push(Rec { kernel: "budget: mask+compress+mvue / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * overhead / gemms), ms: overhead, floor_ms: gemms, peer_ms: None });
+
+    if let Some(path) = json {
+        let body: Vec<String> = recs
+            .iter()
+            .map(|r| format!("{{\"kernel\":\"{}\",\"shape\":\"{}\",\"ms\":{:.5},\"floor_ms\":{:.5},\"peer_ms\":{}}}", r.kernel, r.shape, r.ms, r.floor_ms, r.peer_ms.map_or("null".into(), |p| format!("{p}"))))
+            .collect();
+        let text = format!(
+            "{{\"device\":\"{}\",\"date\":\"{}\",\"commit\":\"{}\",\"copy_tb_s\":{:.3},\"records\":[\n{}\n]}}\n",
+            dev.name(),
+            std::env::var("BENCH_DATE").unwrap_or_default(),
+            option_env!("TWOFOUR_COMMIT").unwrap_or("unknown"),
+            bw / 1e12,
+            body.join(",\n")
+        );
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).expect("writing the JSON");
+    }
+}

@@ -1,0 +1,81 @@
+// Gated activations of a gated MLP, forward and backward: y = act(gate) * up, SwiGLU (act = SiLU)
+// and GEGLU (act = GELU, tanh form), reading the fc1 output H in whichever layout the GEMM wrote:
+//   token-major:   H is tokens x 2F row-major, up = H[:, :F], gate = H[:, F:]; y is tokens x F.
+//   feature-major: H is 2F x tokens row-major (H^T), up = rows 0..F, gate = rows F..2F; y is F x T.
+// Either way every thread walks 8 consecutive elements of the contiguous axis with 16-byte loads
+// and stores, and each byte is read or written once (the paper's L2 point: never stride across
+// the transposed output). f32 math; reference: reference::gated.
+#include "common.cuh"
+
+using namespace twofour;
+
+namespace gated {
+
+__device__ __forceinline__ void act(int kind, float x, float& a, float& da) {
+    if (kind == 0) {  // SiLU
+        const float s = 1.f / (1.f + expf(-x));
+        a = x * s;
+        da = s * (1.f + x * (1.f - s));
+    } else {  // GELU, tanh approximation
+        const float c = 0.7978845608028654f, k = 0.044715f;
+        const float th = tanhf(c * (x + k * x * x * x));
+        a = 0.5f * x * (1.f + th);
+        da = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * c * (1.f + 3.f * k * x * x);
+    }
+}
+
+// Offsets of element i (in y's layout) in H: up and gate.
+__device__ __forceinline__ void offsets(long long i, int F, long long T, int feature_major, long long& up, long long& gate) {
+    if (feature_major) {
+        up = i;
+        gate = (long long)F * T + i;
+    } else {
+        const long long t = i / F, f = i % F;
+        up = t * 2 * F + f;
+        gate = up + F;
+    }
+}
+
+}  // namespace gated
+
+extern "C" __global__ void gated_forward(const uint16_t* __restrict__ h, uint16_t* __restrict__ y, long long tokens, int F,
+                                         int feature_major, int kind) {
+    const long long n = tokens * F;
+    for (long long i = 8 * ((long long)blockIdx.x * blockDim.x + threadIdx.x); i < n; i += 8LL * gridDim.x * blockDim.x) {
+        long long up, gate;
+        gated::offsets(i, F, tokens, feature_major, up, gate);
+        uint16_t u[8], g[8], o[8];
+        *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(h + up);
+        *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(h + gate);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float a, da;
+            gated::act(kind, bf16_to_f32(g[j]), a, da);
+            o[j] = f32_to_bf16(a * bf16_to_f32(u[j]));
+        }
+        *reinterpret_cast<uint4*>(y + i) = *reinterpret_cast<uint4*>(o);
+    }
+}
+
+extern "C" __global__ void gated_backward(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy,
+                                          uint16_t* __restrict__ dh, long long tokens, int F, int feature_major, int kind) {
+    const long long n = tokens * F;
+    for (long long i = 8 * ((long long)blockIdx.x * blockDim.x + threadIdx.x); i < n; i += 8LL * gridDim.x * blockDim.x) {
+        long long up, gate;
+        gated::offsets(i, F, tokens, feature_major, up, gate);
+        uint16_t u[8], g[8], d[8], du[8], dg[8];
+        *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(h + up);
+        *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(h + gate);
+        *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(dy + i);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float a, da;
+            gated::act(kind, bf16_to_f32(g[j]), a, da);
+            const float dyj = bf16_to_f32(d[j]);
+            du[j] = f32_to_bf16(dyj * a);
+            dg[j] = f32_to_bf16(dyj * bf16_to_f32(u[j]) * da);
+        }
+        *reinterpret_cast<uint4*>(dh + up) = *reinterpret_cast<uint4*>(du);
+        *reinterpret_cast<uint4*>(dh + gate) = *reinterpret_cast<uint4*>(dg);
+    }
+}

@@ -1,0 +1,79 @@
+//! Gated activations (SwiGLU, GEGLU), forward and backward, on the fc1 output in either layout
+//! (cuda/gated.cu). Reference: `reference::gated_forward`, `reference::gated_backward`.
+
+use crate::device::Device;
+use crate::error::{shape, unsupported, During};
+use crate::matrix::DeviceMatrix;
+use crate::reference::Gate;
+use crate::Result;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+/// Where the fc1 output H keeps its up and gate halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatedLayout {
+    /// H is tokens x 2F row-major: up = columns 0..F, gate = F..2F. y is tokens x F.
+    TokenMajor,
+    /// H is 2F x tokens row-major (the GEMM wrote fc1's output transposed): up = rows 0..F, gate =
+    /// rows F..2F. y is F x tokens.
+    FeatureMajor,
+}
+
+/// (tokens, F) from H's shape, checked.
+fn dims(op: &'static str, layout: GatedLayout, h: &DeviceMatrix<bf16>) -> Result<(usize, usize)> {
+    let (t, f) = match layout {
+        GatedLayout::TokenMajor => (h.rows(), h.cols() / 2),
+        GatedLayout::FeatureMajor => (h.cols(), h.rows() / 2),
+    };
+    let (two_f, inner) = match layout {
+        GatedLayout::TokenMajor => (h.cols(), f),
+        GatedLayout::FeatureMajor => (h.rows(), t),
+    };
+    if two_f % 2 != 0 || inner % 8 != 0 {
+        return Err(unsupported(op, format!("H is {} x {} ({layout:?}): it needs an even feature count 2F and the contiguous axis a multiple of 8", h.rows(), h.cols())));
+    }
+    Ok((t, f))
+}
+
+fn out_shape(layout: GatedLayout, t: usize, f: usize) -> (usize, usize) {
+    match layout {
+        GatedLayout::TokenMajor => (t, f),
+        GatedLayout::FeatureMajor => (f, t),
+    }
+}
+
+fn grid(dev: &Device, n: usize) -> LaunchConfig {
+    let blocks = (n / 8).div_ceil(256).clamp(1, 132 * 16) as u32;
+    let _ = dev;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// y = act(gate) * up.
+pub fn gated_forward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMatrix<bf16>, y: &mut DeviceMatrix<bf16>) -> Result<()> {
+    let (t, f) = dims("gated_forward", layout, h)?;
+    if (y.rows(), y.cols()) != out_shape(layout, t, f) {
+        return Err(shape("gated_forward", format!("y is {} x {}, need {:?}", y.rows(), y.cols(), out_shape(layout, t, f))));
+    }
+    let func = dev.function("gated_forward")?;
+    let (ti, fi, fm, kind) = (t as i64, f as i32, (layout == GatedLayout::FeatureMajor) as i32, (gate == Gate::GeGlu) as i32);
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(h.data()).arg(y.data_mut()).arg(&ti).arg(&fi).arg(&fm).arg(&kind);
+    // SAFETY: H holds tokens x 2F, y tokens x F elements; the contiguous axis is a multiple of 8.
+    unsafe { b.launch(grid(dev, t * f)) }.during("launching gated_forward")?;
+    Ok(())
+}
+
+/// dH (H's layout and shape) from H and dy: d_up = dy act(gate), d_gate = dy up act'(gate).
+pub fn gated_backward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMatrix<bf16>, dy: &DeviceMatrix<bf16>, dh: &mut DeviceMatrix<bf16>) -> Result<()> {
+    let (t, f) = dims("gated_backward", layout, h)?;
+    if (dy.rows(), dy.cols()) != out_shape(layout, t, f) || (dh.rows(), dh.cols()) != (h.rows(), h.cols()) {
+        return Err(shape("gated_backward", format!("dy is {} x {} and dH {} x {}, for H {} x {}", dy.rows(), dy.cols(), dh.rows(), dh.cols(), h.rows(), h.cols())));
+    }
+    let func = dev.function("gated_backward")?;
+    let (ti, fi, fm, kind) = (t as i64, f as i32, (layout == GatedLayout::FeatureMajor) as i32, (gate == Gate::GeGlu) as i32);
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(h.data()).arg(dy.data()).arg(dh.data_mut()).arg(&ti).arg(&fi).arg(&fm).arg(&kind);
+    // SAFETY: as in gated_forward; dH has H's shape.
+    unsafe { b.launch(grid(dev, t * f)) }.during("launching gated_backward")?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Transposable 2:4 mask search with double compression, and recompression under a stored mask
+//! (cuda/mask24.cu). Reference: `reference::transposable_mask`, `reference::compress`,
+//! `reference::compress_transposed`.
+
+use crate::device::Device;
+use crate::error::{invalid, shape, unsupported, During};
+use crate::matrix::DeviceMatrix;
+use crate::sparse24::Sparse24;
+use crate::Result;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+fn check(op: &'static str, w: &DeviceMatrix<bf16>, out_w: &Sparse24, out_wt: &Sparse24) -> Result<()> {
+    let (r, c) = (w.rows(), w.cols());
+    if r % 32 != 0 || c % 32 != 0 {
+        return Err(unsupported(op, format!("W is {r} x {c}: both dimensions must be multiples of 32 (W and W^T are both compressed); pad the weight")));
+    }
+    if (out_w.rows(), out_w.cols()) != (r, c) || (out_wt.rows(), out_wt.cols()) != (c, r) {
+        return Err(shape(op, format!("outputs are {}x{} and {}x{}, need {r}x{c} (W) and {c}x{r} (W^T)", out_w.rows(), out_w.cols(), out_wt.rows(), out_wt.cols())));
+    }
+    Ok(())
+}
+
+fn launch(dev: &Device, kernel: &str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24) -> Result<u32> {
+    let (r, c) = (w.rows() as i32, w.cols() as i32);
+    let tiles = (w.rows() / 32) * (w.cols() / 32);
+    let mut err = dev.stream().alloc_zeros::<u32>(1).during("allocating the error flag")?;
+    let f = dev.function(kernel)?;
+    let cfg = LaunchConfig { grid_dim: (tiles.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(w.data()).arg(&r).arg(&c).arg(&mut out_w.mask).arg(&mut out_w.values).arg(&mut out_w.meta);
+    b.arg(&mut out_wt.values).arg(&mut out_wt.meta).arg(&mut out_wt.mask).arg(&mut err);
+    // SAFETY: shapes checked (multiples of 32, outputs sized for W and W^T); one warp per 32x32 tile.
+    unsafe { b.launch(cfg) }.during(format!("launching {kernel}"))?;
+    Ok(dev.download(&err)?[0])
+}
+
+/// Searches the transposable 2:4 mask of W (best of the 90 patterns per 4x4 block by kept L1, ties
+/// to the first pattern in `reference::patterns()` order) and writes W compressed (with the mask)
+/// into `out_w` and W^T compressed into `out_wt`, in one pass over W.
+pub fn transposable_mask_compress_into(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24) -> Result<()> {
+    check("transposable_mask_compress", w, out_w, out_wt)?;
+    if launch(dev, "transposable_mask_compress", w, out_w, out_wt)? & 2 != 0 {
+        return Err(invalid("transposable_mask_compress", "W contains NaN: no mask is defined; check the weights"));
+    }
+    Ok(())
+}
+
+/// Allocating form of `transposable_mask_compress_into`: returns (W compressed, W^T compressed).
+pub fn transposable_mask_compress(dev: &Device, w: &DeviceMatrix<bf16>) -> Result<(Sparse24, Sparse24)> {
+    let mut out_w = Sparse24::alloc(dev, w.rows(), w.cols())?;
+    let mut out_wt = Sparse24::alloc(dev, w.cols(), w.rows())?;
+    transposable_mask_compress_into(dev, w, &mut out_w, &mut out_wt)?;
+    Ok((out_w, out_wt))
+}
+
+/// Recompresses W and W^T from dense weights under the mask already stored in `out_w` (from an
+/// earlier search): the step the recipe runs after every optimizer update. The mask must be
+/// transposable (two of every four along rows and columns of each 4x4 block).
+pub fn apply_mask_compress_into(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24) -> Result<()> {
+    check("apply_mask_compress", w, out_w, out_wt)?;
+    if launch(dev, "apply_mask_compress", w, out_w, out_wt)? & 1 != 0 {
+        return Err(invalid("apply_mask_compress", "the stored mask is not transposable 2:4 (a 4x4 block keeps other than two per row and column)"));
+    }
+    Ok(())
+}
