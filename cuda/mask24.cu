@@ -31,6 +31,29 @@ __constant__ uint16_t PATTERNS[90] = {
     0x956a, 0x596a, 0x55aa, 0x53ca, 0x35ca, 0xc33c, 0xa53c, 0x693c, 0x963c, 0x5a3c,
     0x3c3c, 0xa35c, 0x3a5c, 0x639c, 0x369c, 0x936c, 0x396c, 0x53ac, 0x35ac, 0x33cc};
 
+// The six ways to keep two of four, in reference::transposable::PAIRS order:
+// (0,1) (0,2) (0,3) (1,2) (1,3) (2,3).
+__host__ __device__ constexpr int pair_lo(int p) { return p < 3 ? 0 : p < 5 ? 1 : 2; }
+__host__ __device__ constexpr int pair_hi(int p) { return p == 0 ? 1 : (p == 1 || p == 3) ? 2 : 3; }
+
+// Given the pairs of rows 0-2, the pair row 3 must take so that every column keeps two (the
+// columns kept once so far), or -1. Enumerating rows 0-2 lexicographically with row 3 forced
+// visits the 90 patterns in PATTERNS order.
+__host__ __device__ constexpr int row3_pair(int a, int b, int c) {
+    int cnt[4] = {0, 0, 0, 0};
+    cnt[pair_lo(a)]++; cnt[pair_hi(a)]++;
+    cnt[pair_lo(b)]++; cnt[pair_hi(b)]++;
+    cnt[pair_lo(c)]++; cnt[pair_hi(c)]++;
+    int lo = -1, hi = -1;
+    for (int k = 0; k < 4; ++k) {
+        if (cnt[k] > 2 || cnt[k] == 0) return -1;
+        if (cnt[k] == 1) { if (lo < 0) lo = k; else hi = k; }
+    }
+    for (int p = 0; p < 6; ++p)
+        if (pair_lo(p) == lo && pair_hi(p) == hi) return p;
+    return -1;
+}
+
 constexpr int PITCH = 40;  // u16 a staged row: 80 bytes keeps 16-byte stores aligned
 
 __device__ __forceinline__ uint32_t nibble_of(uint32_t four_bits) {
@@ -128,25 +151,45 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, in
                 best = 0x3333;  // any valid pattern, so the outputs stay well-formed
             }
         } else {
-            float a[16];
-#pragma unroll
-            for (int k = 0; k < 16; ++k) a[k] = fabsf(bf16_to_f32(tile[4 * br + (k >> 2)][4 * bc + (k & 3)]));
-            float best_score = -INFINITY;
-            best = PATTERNS[0];
+            // The 6 pair sums of each row, shared by all 90 patterns; a pattern's score is
+            // ((row0 + row1) + row2) + row3 of its pairs (reference::transposable::score).
+            float ps[4][6];
             bool nan = false;
 #pragma unroll
-            for (int k = 0; k < 16; ++k) nan |= a[k] != a[k];
-            if (nan) atomicOr(error, 2u);
-            for (int i = 0; i < 90; ++i) {
-                const uint32_t p = PATTERNS[i];
-                float s = 0.f;
+            for (int r = 0; r < 4; ++r) {
+                float a[4];
 #pragma unroll
-                for (int k = 0; k < 16; ++k) s += ((p >> k) & 1) ? a[k] : 0.f;  // reference order
-                if (s > best_score) {
-                    best_score = s;
-                    best = p;
+                for (int c = 0; c < 4; ++c) {
+                    a[c] = fabsf(bf16_to_f32(tile[4 * br + r][4 * bc + c]));
+                    nan |= a[c] != a[c];
+                }
+                ps[r][0] = a[0] + a[1]; ps[r][1] = a[0] + a[2]; ps[r][2] = a[0] + a[3];
+                ps[r][3] = a[1] + a[2]; ps[r][4] = a[1] + a[3]; ps[r][5] = a[2] + a[3];
+            }
+            if (nan) atomicOr(error, 2u);
+            // 216 row-0..2 choices, fully unrolled: the valid ones and their row-3 pair fold to
+            // constants, leaving 90 x (3 adds + 1 compare) on registers.
+            float best_score = -INFINITY;
+            int best_i = 0, i = 0;
+#pragma unroll
+            for (int a = 0; a < 6; ++a) {
+#pragma unroll
+                for (int b = 0; b < 6; ++b) {
+#pragma unroll
+                    for (int c = 0; c < 6; ++c) {
+                        const int d = row3_pair(a, b, c);
+                        if (d >= 0) {
+                            const float sc = ((ps[0][a] + ps[1][b]) + ps[2][c]) + ps[3][d];
+                            if (sc > best_score) {
+                                best_score = sc;
+                                best_i = i;
+                            }
+                            ++i;
+                        }
+                    }
                 }
             }
+            best = PATTERNS[best_i];
         }
         blk[b] = (uint16_t)best;
     }

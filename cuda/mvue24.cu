@@ -95,16 +95,18 @@ extern "C" __global__ void __launch_bounds__(128) mvue24_compress(const uint16_t
         const long long row = 32LL * tj + jl;
         uint32_t packed[4];  // two bf16 per group; indexed by the unrolled q only
         uint32_t nibbles = 0;
+        // Groups base .. base + 3 (q = 0..3) share one Philox call (base is a multiple of 4).
+        const unsigned long long base = row * (tokens / 4) + (32LL * ti + 16 * t) / 4;
+        const unsigned long long ctr = base / 4;
+        const uint4 rnd = philox4x32(make_uint4((uint32_t)ctr, (uint32_t)(ctr >> 32), step, 0x6d767565u), key);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] and kept_bits[h] stay in registers
             float a[4], p[4];
 #pragma unroll
             for (int r = 0; r < 4; ++r) a[r] = bf16_to_f32(tile[16 * t + 4 * q + r][jl]);
             mvue::probabilities(a, p);
-            const unsigned long long group = row * (tokens / 4) + (32LL * ti + 16 * t + 4 * q) / 4;
-            const uint4 rnd = philox4x32(make_uint4((uint32_t)group, (uint32_t)(group >> 32), step, 0x6d767565u), key);
             int k0, k1;
-            mvue::pick(p, unit_f32(rnd.x), k0, k1);
+            mvue::pick(p, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), k0, k1);
             const float a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : k0 == 2 ? a[2] : a[3];
             const float a1 = k1 == 0 ? a[0] : k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
             const float p0 = k0 == 0 ? p[0] : k0 == 1 ? p[1] : k0 == 2 ? p[2] : p[3];

@@ -63,16 +63,15 @@ fn gated_matches_reference_in_both_layouts() {
                 let want_y = reference::gated_forward(gate, &up, &g).unwrap();
                 let (want_du, want_dg) = reference::gated_backward(gate, &up, &g, &dy).unwrap();
                 // Bring GPU results back to (token, feature) order.
-                let at = |v: &[bf16], base: usize, i: usize, j: usize| match layout {
-                    GatedLayout::TokenMajor => v[i * (base + f) + if base == 0 { j } else { j }],
-                    GatedLayout::FeatureMajor => v[j * t + i],
-                };
                 let mut gy = vec![bf16::ZERO; t * f];
                 let mut gdu = vec![bf16::ZERO; t * f];
                 let mut gdg = vec![bf16::ZERO; t * f];
                 for i in 0..t {
                     for j in 0..f {
-                        gy[i * f + j] = at(&y, 0, i, j);
+                        gy[i * f + j] = match layout {
+                            GatedLayout::TokenMajor => y[i * f + j],
+                            GatedLayout::FeatureMajor => y[j * t + i],
+                        };
                         match layout {
                             GatedLayout::TokenMajor => {
                                 gdu[i * f + j] = dh[i * 2 * f + j];

@@ -66,18 +66,17 @@ proptest! {
                     let col_count = |c: usize| rows_pick.iter().filter(|&&(i, j)| i == c || j == c).count();
                     if (0..4).all(|c| col_count(c) == 2) {
                         n_valid += 1;
-                        // Same summation order as the reference (row-major over the block).
-                        let mut s = 0f32;
-                        for (r, &(i, j)) in rows_pick.iter().enumerate() {
-                            for c in 0..4 { s += if c == i || c == j { at(r, c) } else { 0.0 }; }
-                        }
-                        best = best.max(s);
+                        // Same summation order as the reference: row pair sums, then rows in order.
+                        let rs: Vec<f32> = rows_pick.iter().enumerate().map(|(r, &(i, j))| at(r, i) + at(r, j)).collect();
+                        best = best.max(((rs[0] + rs[1]) + rs[2]) + rs[3]);
                     }
                 }
                 prop_assert_eq!(n_valid, 90);
-                let mut kept = 0f32;
-                for r in 0..4 { for c in 0..4 { kept += if mask.get(4 * br + r, 4 * bc + c) { at(r, c) } else { 0.0 }; } }
-                prop_assert_eq!(kept, best);
+                let rs: Vec<f32> = (0..4).map(|r| {
+                    let k: Vec<usize> = (0..4).filter(|&c| mask.get(4 * br + r, 4 * bc + c)).collect();
+                    at(r, k[0]) + at(r, k[1])
+                }).collect();
+                prop_assert_eq!(((rs[0] + rs[1]) + rs[2]) + rs[3], best);
             }
         }
     }

@@ -8,7 +8,8 @@
 //! distinct indices with exactly these marginals are drawn by systematic sampling: one uniform u,
 //! cumulative sums of p over the group, keep the i whose interval contains u or u + 1.
 //! The uniform of group `g` (groups numbered row-major over the rows x cols/4 grid) at optimizer
-//! step `step` is `unit_f32(philox4x32([g lo, g hi, step, 0x6d767565], seed)[0])`.
+//! step `step` is `unit_f32(philox4x32([g/4 lo, g/4 hi, step, 0x6d767565], seed)[g % 4])`: one
+//! Philox call serves four consecutive groups.
 
 use super::philox::{philox4x32, unit_f32};
 use crate::error::unsupported;
@@ -58,8 +59,9 @@ pub fn systematic_pick(p: [f32; 4], u: f32) -> (usize, usize) {
 }
 
 fn uniform(seed: u64, step: u32, group: usize) -> f32 {
-    let r = philox4x32([group as u32, (group >> 32) as u32, step, 0x6d76_7565], [seed as u32, (seed >> 32) as u32]);
-    unit_f32(r[0])
+    let c = group / 4;
+    let r = philox4x32([c as u32, (c >> 32) as u32, step, 0x6d76_7565], [seed as u32, (seed >> 32) as u32]);
+    unit_f32(r[group % 4])
 }
 
 /// MVUE 2:4 along the rows of a row-major rows x cols matrix, in f32 (before rounding to bf16):

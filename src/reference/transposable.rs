@@ -4,8 +4,10 @@
 //! product P (90 x 16) x B (16 x blocks) of the pattern matrix with the flattened |W| blocks,
 //! then an argmax per column.
 //!
-//! Tie rule (the GPU kernel must match it): the first pattern in `PATTERNS_4X4` order among those
-//! with the maximal score. Scores are f32 sums in the fixed order of `score` below.
+//! Tie rule (the GPU kernel must match it): the first pattern in `patterns()` order among those
+//! with the maximal score. Scores are f32 sums in the fixed order of `score` below: the two kept
+//! magnitudes of each row summed first, then the four row sums from row 0 to row 3 (so the GPU can
+//! reuse the 6 pair sums of each row across the 90 patterns and still match bit for bit).
 
 use crate::bitmask::BitMask;
 use crate::error::{invalid, unsupported};
@@ -47,14 +49,15 @@ pub fn patterns() -> &'static [u16; 90] {
     })
 }
 
-/// Kept L1 of pattern `p` on a block of 16 magnitudes: P[p] . block, summed over k = 0..16 in
-/// order (adding the zeros of the pattern is exact, so this is the sum of the kept entries).
+/// Kept L1 of pattern `p` on a block of 16 magnitudes (row-major): the product P[p] . block, summed
+/// as ((r0 + r1) + r2) + r3 where r_i = (the kept magnitude of row i with the lower column) + (the
+/// other kept one).
 pub fn score(p: u16, block: &[f32; 16]) -> f32 {
-    let mut s = 0f32;
-    for (k, &v) in block.iter().enumerate() {
-        s += if p >> k & 1 == 1 { v } else { 0.0 };
-    }
-    s
+    let row = |r: usize| {
+        let kept: Vec<f32> = (0..4).filter(|c| p >> (4 * r + c) & 1 == 1).map(|c| block[4 * r + c]).collect();
+        kept[0] + kept[1]
+    };
+    ((row(0) + row(1)) + row(2)) + row(3)
 }
 
 /// The best pattern for one block: (index into `patterns()`, score).
