@@ -93,3 +93,29 @@ pub fn plot_gemm(json: &Path, png: &Path) -> Result<()> {
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+/// Renders the 90 transposable 4x4 patterns (two kept per row and per column), in the order the
+/// mask search scores them (its tie rule picks the first), as a PNG.
+pub fn plot_patterns(png: &Path) -> Result<()> {
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let (cols, cell, gap, top) = (15i32, 12i32, 14i32, 50i32);
+    let rows = (90 + cols - 1) / cols;
+    let (w, h) = (cols * (4 * cell + gap) + gap, top + rows * (4 * cell + gap + 14) + gap);
+    let root = BitMapBackend::new(png, (w as u32, h as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    root.draw(&Text::new("The 90 transposable 2:4 patterns of a 4x4 block (dark = kept)", (gap, 14), ("sans-serif", 20)))
+        .map_err(plot_err)?;
+    for (i, &p) in crate::reference::patterns().iter().enumerate() {
+        let (x0, y0) = (gap + (i as i32 % cols) * (4 * cell + gap), top + (i as i32 / cols) * (4 * cell + gap + 14));
+        for k in 0..16 {
+            let (r, c) = (k / 4, k % 4);
+            let kept = p >> k & 1 == 1;
+            let color = if kept { RGBColor(30, 80, 200) } else { RGBColor(225, 228, 235) };
+            let (x, y) = (x0 + c * cell, y0 + r * cell);
+            root.draw(&Rectangle::new([(x, y), (x + cell - 1, y + cell - 1)], color.filled())).map_err(plot_err)?;
+        }
+        root.draw(&Text::new(format!("{i}"), (x0, y0 + 4 * cell + 1), ("sans-serif", 11))).map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

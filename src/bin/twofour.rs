@@ -31,6 +31,8 @@ enum Command {
     },
     /// Show the GPU and the kernels' resource report.
     Info,
+    /// Draw the 90 transposable 4x4 patterns as a PNG.
+    PlotPatterns { png: std::path::PathBuf },
     /// Plot a `gemm` bench JSON file (speedup over cuBLAS per shape and pass) as a PNG.
     PlotGemm {
         json: std::path::PathBuf,
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Demo { m, n, k, seed } => demo(m, n, k, seed),
         Command::Info => info(),
         Command::PlotGemm { json, png } => twofour::plot::plot_gemm(&json, &png),
+        Command::PlotPatterns { png } => twofour::plot::plot_patterns(&png),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
