@@ -106,3 +106,44 @@ pub fn transposable_mask(w: &[bf16], rows: usize, cols: usize) -> Result<(BitMas
     }
     Ok((mask, choice))
 }
+
+/// The greedy 4x4 heuristic (Hubara et al. 2021's 2-approximation, also what PyTorch's
+/// `_sparse_semi_structured_tile` does): visit a block's entries from the largest magnitude down
+/// (ties to the lower index) and keep one while its row and its column each hold fewer than two.
+/// It can end with fewer than eight kept (then the block is not 2:4 in every row). For comparison
+/// with the optimal mask only.
+pub fn greedy_mask(w: &[bf16], rows: usize, cols: usize) -> Result<BitMask> {
+    if rows % 4 != 0 || cols % 4 != 0 || w.len() != rows * cols {
+        return Err(unsupported("greedy_mask", format!("need rows and cols multiples of 4; got {} elements for {rows} x {cols}", w.len())));
+    }
+    let mut mask = BitMask::zeros(rows, cols);
+    for br in 0..rows / 4 {
+        for bc in 0..cols / 4 {
+            let mut order: Vec<(f32, usize)> = (0..16).map(|k| (w[(4 * br + k / 4) * cols + 4 * bc + k % 4].to_f32().abs(), k)).collect();
+            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let (mut rc, mut cc) = ([0; 4], [0; 4]);
+            for (_, k) in order {
+                let (r, c) = (k / 4, k % 4);
+                if rc[r] < 2 && cc[c] < 2 {
+                    rc[r] += 1;
+                    cc[c] += 1;
+                    mask.set(4 * br + r, 4 * bc + c, true);
+                }
+            }
+        }
+    }
+    Ok(mask)
+}
+
+/// Sum of |w| over the kept elements of a mask (f64).
+pub fn kept_l1(w: &[bf16], mask: &BitMask) -> f64 {
+    let mut s = 0f64;
+    for r in 0..mask.rows() {
+        for c in 0..mask.cols() {
+            if mask.get(r, c) {
+                s += w[r * mask.cols() + c].to_f64().abs();
+            }
+        }
+    }
+    s
+}
