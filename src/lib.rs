@@ -33,6 +33,7 @@ pub mod sparse24;
 pub mod sparse_gemm;
 pub mod sparse_linear;
 pub mod sparse_mma_sm80;
+pub mod tensors;
 pub mod timing;
 
 pub use bitmask::BitMask;

@@ -62,16 +62,26 @@ fn recompression_under_a_stored_mask_matches_reference() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn bad_input_gives_typed_errors() {
+fn unaligned_shape_is_rejected() {
     let dev = Device::new(0).expect("a CUDA GPU");
-    // Not multiples of 32.
     let w = DeviceMatrix::from_host(&dev, 48, 64, &normal_bf16(3, 48 * 64)).unwrap();
     assert!(matches!(transposable_mask_compress(&dev, &w), Err(Error::Unsupported { .. })));
-    // NaN weights.
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn nan_weights_are_rejected() {
+    let dev = Device::new(0).expect("a CUDA GPU");
     let mut v = normal_bf16(4, 64 * 64);
     v[77] = bf16::NAN;
     let w = DeviceMatrix::from_host(&dev, 64, 64, &v).unwrap();
     assert!(matches!(transposable_mask_compress(&dev, &w), Err(Error::InvalidData { .. })));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn non_transposable_stored_mask_is_rejected() {
+    let dev = Device::new(0).expect("a CUDA GPU");
     // A stored mask that is 2:4 along rows only (magnitude pruning), not transposable.
     let v = normal_bf16(5, 64 * 64);
     let (p, row_mask) = reference::prune24_rows(&v, 64, 64).unwrap();
