@@ -8,6 +8,7 @@ out=${OUT:-$pack/../gpu-logs}
 mkdir -p "$out/logs"
 export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cusparselt/lib:${LD_LIBRARY_PATH:-}
+export TWOFOUR_BIN="$pack/bin/twofour"  # for tests/cli.rs
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 declare -a rows
 record() { rows+=("$(printf '%-44s %-6s %s' "$1" "$2" "$3")"); }

@@ -5,8 +5,9 @@ use std::process::Command;
 use twofour::reference::{self, philox::normal_bf16};
 use twofour::tensors::{load, save, Tensor};
 
+/// The binary cargo built, or `TWOFOUR_BIN` (the GPU runner points it at the packed copy).
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_twofour"))
+    Command::new(std::env::var("TWOFOUR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twofour").to_string()))
 }
 
 fn f32_tensor(name: &str, r: usize, c: usize, seed: u64) -> Tensor {
