@@ -148,7 +148,9 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, in
                 best |= ((mask[(long long)(32 * ti + 4 * br + r) * tiles_c + tj] >> (4 * bc)) & 0xf) << (4 * r);
             if (!valid_pattern(best)) {
                 atomicOr(error, 1u);
-                best = 0x3333;  // any valid pattern, so the outputs stay well-formed
+                // Continue with a valid pattern so every index below stays in range (the caller
+                // gets Error::InvalidData and must not use the outputs).
+                best = PATTERNS[0];
             }
         } else {
             // The 6 pair sums of each row, shared by all 90 patterns; a pattern's score is
