@@ -12,7 +12,7 @@ mkdir -p "$pack.tmp/tests" "$pack.tmp/benches" "$pack.tmp/bin"
 # Test and bench executables, found from cargo's JSON messages (one per tests/*.rs, benches/*.rs
 # and the library's unit tests).
 TWOFOUR_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
-  cargo build --release --tests --benches --bins --message-format=json-render-diagnostics >"$pack.tmp/build.json"
+  cargo build --release --workspace --tests --benches --bins --message-format=json-render-diagnostics >"$pack.tmp/build.json"
 python3 - "$pack.tmp" <<'PY'
 import json, shutil, sys, os
 pack = sys.argv[1]

@@ -28,6 +28,7 @@ pub mod peer;
 pub mod plot;
 pub mod prune24;
 pub mod reference;
+pub mod shape_table;
 pub mod shapes;
 pub mod sparse24;
 pub mod sparse_gemm;
@@ -45,6 +46,7 @@ pub use mask24::{apply_mask_compress_into, transposable_mask_compress, transposa
 pub use matrix::DeviceMatrix;
 pub use mvue24::{mvue24_compress, mvue24_compress_into};
 pub use prune24::{prune24_compress, prune24_compress_into};
+pub use shape_table::ShapeTable;
 pub use sparse24::{Sparse24, Sparse24Host};
 pub use sparse_gemm::{sparse_gemm, BOperand, GemmOptions, GemmOut, Schedule, TileConfig};
 pub use sparse_linear::SparseLinear;

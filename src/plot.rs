@@ -119,3 +119,35 @@ pub fn plot_patterns(png: &Path) -> Result<()> {
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+/// Bars of the speedup tuning bought (untuned default time / tuned time) per table entry.
+pub fn plot_tuning(table: &crate::ShapeTable, png: &Path) -> Result<()> {
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let e = &table.entries;
+    let ymax = e.iter().map(|x| x.default_ms / x.ms).fold(1.2f64, f64::max) + 0.05;
+    let root = BitMapBackend::new(png, (1400, 650)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Speedup of the tuned sparse GEMM over the untuned default, {}", table.gpu), ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(170)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..e.len() as f64 - 0.5, 0.9f64..ymax)
+        .map_err(plot_err)?;
+    let labels: Vec<String> = e.iter().map(|x| x.pass.clone()).collect();
+    chart
+        .configure_mesh()
+        .x_labels(e.len())
+        .x_label_formatter(&|x| labels.get(x.round() as usize).cloned().unwrap_or_default())
+        .x_label_style(("sans-serif", 12).into_font().transform(FontTransform::Rotate270))
+        .y_desc("default time / tuned time")
+        .disable_x_mesh()
+        .draw()
+        .map_err(plot_err)?;
+    chart
+        .draw_series(e.iter().enumerate().map(|(i, x)| Rectangle::new([(i as f64 - 0.35, 0.9), (i as f64 + 0.35, x.default_ms / x.ms)], RGBColor(30, 80, 200).filled())))
+        .map_err(plot_err)?;
+    chart.draw_series(LineSeries::new([(-0.5, 1.0), (e.len() as f64 - 0.5, 1.0)], BLACK)).map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

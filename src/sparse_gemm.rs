@@ -204,6 +204,12 @@ fn tensor_map_2d(
     Ok(TensorMap(map.opaque))
 }
 
+/// The layout key of a shape table entry: how B is read and D written ("kmajor-colmajor" for the
+/// forward and input-gradient GEMMs of a linear layer, "nmajor-rowmajor" for the weight gradient).
+pub fn storage_layout(b_n_major: bool, d_col_major: bool) -> String {
+    format!("{}-{}", if b_n_major { "nmajor" } else { "kmajor" }, if d_col_major { "colmajor" } else { "rowmajor" })
+}
+
 /// D = A * B (+ bias) (+ beta D). A: Sparse24, M x K. B: see `BOperand`. `d`: M x N (row-major)
 /// or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8, a Hopper GPU
 /// with the native kernel image.
@@ -243,7 +249,11 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         ));
     }
     let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
-    let cfg = opts.config.unwrap_or_else(|| TileConfig::default_for(m, n, sms));
+    let cfg = opts.config.unwrap_or_else(|| {
+        crate::shape_table::active(dev.name(), dev.compute_capability())
+            .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
+            .unwrap_or_else(|| TileConfig::default_for(m, n, sms))
+    });
     if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }

@@ -1,7 +1,283 @@
-//! `twofour-tune`: the autotuner. Its work (per-shape TileConfig search, ShapeTable files) is
-//! issue 6 and is not built yet; this binary says so instead of pretending to tune.
+//! `twofour-tune`: finds the fastest `TileConfig` of the sparse GEMM for each shape and layout of a
+//! model on this GPU and writes a `ShapeTable` the library then uses on its own
+//! (`TWOFOUR_SHAPE_TABLE=path`, or embed it as tables/<gpu>.json).
+//!
+//! For every (shape, pass) it enumerates the compiled tile instances x schedules x raster groups,
+//! drops the ones that cannot apply (a raster group wider than the M tiles), checks each
+//! candidate's output once against the default configuration's (itself tested against the CPU
+//! reference), times it (warm-up, CUDA events, median, two rotating B operands so L2 does not
+//! flatter small shapes) and keeps the best. The table is written atomically after every shape,
+//! so an interrupted run resumes where it stopped.
+
+use clap::Parser;
+use half::bf16;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+use twofour::reference::philox::normal_bf16;
+use twofour::shape_table::{ShapeTable, TableEntry};
+use twofour::shapes::{parse_shapes, LinearShape, Pass};
+use twofour::sparse_gemm::storage_layout;
+use twofour::timing::{median, time_calls};
+use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, Error, GemmOptions, MatLayout, Schedule, TileConfig};
+
+#[derive(Parser)]
+#[command(name = "twofour-tune", version, about = "Tune twofour's sparse GEMM for a model's shapes on this GPU")]
+struct Args {
+    /// Model preset: gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, gpt2 (all four), llama-7b.
+    #[arg(long)]
+    model: Option<String>,
+    /// Custom model: d_model and d_ff of its FFN (with --tokens).
+    #[arg(long)]
+    d_model: Option<usize>,
+    #[arg(long)]
+    d_ff: Option<usize>,
+    /// Tokens per GEMM (batch x sequence).
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+    /// Extra shapes: name:tokens:d_in:d_out[,...].
+    #[arg(long)]
+    shapes: Option<String>,
+    /// A file with one name:tokens:d_in:d_out per line.
+    #[arg(long)]
+    shapes_file: Option<PathBuf>,
+    /// The table to write (and to resume from).
+    #[arg(long, default_value = "twofour-shapes.json")]
+    out: PathBuf,
+    /// Ignore entries already in the table.
+    #[arg(long)]
+    fresh: bool,
+    /// Stop after this many seconds (the table keeps what was tuned).
+    #[arg(long)]
+    budget_s: Option<f64>,
+    /// Timed repeats per candidate.
+    #[arg(long, default_value_t = 7)]
+    reps: usize,
+    /// Shapes held out of the table: tune them exhaustively and compare with what the table's
+    /// fallback (nearest tuned shape) picks. name:tokens:d_in:d_out[,...]
+    #[arg(long)]
+    holdout: Option<String>,
+    /// Write a PNG of the speedup tuning bought per shape.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn preset(name: &str, tokens: usize) -> Result<Vec<LinearShape>, String> {
+    let ffn = |m: &str, d: usize, ff: usize| vec![LinearShape::new(format!("{m}.fc1"), tokens, d, ff), LinearShape::new(format!("{m}.fc2"), tokens, ff, d)];
+    Ok(match name {
+        "gpt2-small" => ffn(name, 768, 3072),
+        "gpt2-medium" => ffn(name, 1024, 4096),
+        "gpt2-large" => ffn(name, 1280, 5120),
+        "gpt2-xl" => ffn(name, 1600, 6400),
+        "gpt2" => ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"].iter().flat_map(|m| preset(m, tokens).unwrap()).collect(),
+        "llama-7b" => ffn(name, 4096, 11008),
+        _ => return Err(format!("unknown model {name:?}: use gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, gpt2, llama-7b, or --d-model/--d-ff")),
+    })
+}
+
+/// All candidate configurations for an M x N problem.
+fn candidates(m: usize) -> Vec<TileConfig> {
+    let m_tiles = m.div_ceil(TileConfig::BM);
+    let mut v = Vec::new();
+    for base in TileConfig::ALL {
+        for schedule in [Schedule::DataParallel, Schedule::StreamK] {
+            for group_m in [0u32, 4, 8, 16, 32] {
+                if group_m as usize > m_tiles {
+                    continue; // same raster as a smaller group: nothing new to measure
+                }
+                v.push(TileConfig { group_m, schedule, ..base });
+            }
+        }
+    }
+    v
+}
+
+/// Device operands of one (shape, pass), B twice for rotation.
+struct Problem {
+    a: twofour::Sparse24,
+    b: [DeviceMatrix<bf16>; 2],
+    d: DeviceMatrix<bf16>,
+    n_major: bool,
+    col: bool,
+}
+
+/// A device buffer of `rows x cols` random bf16 values, filled by tiling one random block.
+fn random(dev: &Device, rows: usize, cols: usize, seed: u64) -> twofour::Result<DeviceMatrix<bf16>> {
+    const BLOCK: usize = 1 << 22;
+    let n = rows * cols;
+    let block = normal_bf16(seed, BLOCK.min(n));
+    let mut host = Vec::with_capacity(n);
+    while host.len() < n {
+        let take = (n - host.len()).min(block.len());
+        host.extend_from_slice(&block[..take]);
+    }
+    DeviceMatrix::from_host(dev, rows, cols, &host)
+}
+
+fn problem(dev: &Device, s: &LinearShape, pass: Pass) -> twofour::Result<Problem> {
+    let (m, n, k) = s.mnk(pass);
+    let a = prune24_compress(dev, &random(dev, m, k, 1)?)?;
+    let n_major = pass == Pass::GradWeight;
+    let (br, bc) = if n_major { (k, n) } else { (n, k) };
+    let b = [random(dev, br, bc, 2)?, random(dev, br, bc, 3)?];
+    let col = !n_major;
+    let d = if col { DeviceMatrix::poisoned(dev, n, m)? } else { DeviceMatrix::poisoned(dev, m, n)? };
+    Ok(Problem { a, b, d, n_major, col })
+}
+
+impl Problem {
+    fn run(&mut self, dev: &Device, cfg: TileConfig, which: usize) -> twofour::Result<()> {
+        let opts = GemmOptions { d_layout: Some(if self.col { MatLayout::ColMajor } else { MatLayout::RowMajor }), config: Some(cfg), ..Default::default() };
+        let b = if self.n_major { BOperand::NMajor(&self.b[which]) } else { BOperand::KMajor(&self.b[which]) };
+        sparse_gemm(dev, &self.a, b, &mut self.d, &opts)
+    }
+
+    fn time(&mut self, dev: &Device, cfg: TileConfig, reps: usize) -> twofour::Result<f64> {
+        let mut i = 0;
+        let t = time_calls(dev, 2, reps, None, || {
+            i += 1;
+            self.run(dev, cfg, i % 2)
+        })?;
+        Ok(median(&t))
+    }
+
+    /// The first 2^20 elements of D (a sample: downloading all of a 16384 x 6400 D per candidate
+    /// would cost more than timing it).
+    fn output(&mut self, dev: &Device, cfg: TileConfig) -> twofour::Result<Vec<f64>> {
+        self.run(dev, cfg, 0)?;
+        let n = self.d.data().len().min(1 << 20);
+        let v = dev.stream().clone_dtoh(&self.d.data().slice(0..n)).map_err(|e| Error::Driver { during: "reading D".into(), source: e })?;
+        Ok(v.iter().map(|x| x.to_f64()).collect())
+    }
+}
+
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let (mut e, mut r) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        e += (x - y).powi(2);
+        r += y * y;
+    }
+    (e / r).sqrt()
+}
+
+/// Exhaustive search of one (shape, pass): (best config, its ms, default ms).
+fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBar) -> twofour::Result<(TileConfig, f64, f64)> {
+    let (m, n, _) = s.mnk(pass);
+    let sms = dev.context().attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(132) as usize;
+    let mut p = problem(dev, s, pass)?;
+    let default = TileConfig::default_for(m, n, sms);
+    let reference = p.output(dev, default)?;
+    let default_ms = p.time(dev, default, reps)?;
+    let mut best = (default, default_ms);
+    for cfg in candidates(m) {
+        bar.set_message(format!("{} {} bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
+        let err = rel(&p.output(dev, cfg)?, &reference);
+        if !(err < 1e-2) {
+            return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{cfg:?} on {} {}: output differs from the default configuration's (relative {err:e})", s.name, pass.name()) });
+        }
+        let ms = p.time(dev, cfg, reps)?;
+        if ms < best.1 {
+            best = (cfg, ms);
+        }
+        bar.inc(1);
+    }
+    Ok((best.0, best.1, default_ms))
+}
 
 fn main() {
-    eprintln!("twofour-tune: the autotuner is not implemented yet (tracked as issue 6).");
-    std::process::exit(2);
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("twofour-tune: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let mut shapes = Vec::new();
+    if let Some(m) = &args.model {
+        shapes.extend(preset(m, args.tokens)?);
+    }
+    if let (Some(d), Some(ff)) = (args.d_model, args.d_ff) {
+        shapes.push(LinearShape::new("custom.fc1", args.tokens, d, ff));
+        shapes.push(LinearShape::new("custom.fc2", args.tokens, ff, d));
+    }
+    if let Some(spec) = &args.shapes {
+        shapes.extend(parse_shapes(spec)?);
+    }
+    if let Some(f) = &args.shapes_file {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        shapes.extend(parse_shapes(&lines.join(","))?);
+    }
+    if shapes.is_empty() && args.holdout.is_none() {
+        return Err("no shapes: give --model, --d-model/--d-ff, --shapes or --shapes-file".into());
+    }
+    let dev = Device::new(0).map_err(|e| e.to_string())?;
+    let driver = std::fs::read_to_string("/sys/module/nvidia/version").unwrap_or_default().trim().to_string();
+    let mut table = match ShapeTable::load(&args.out) {
+        Ok(t) if t.mismatch(dev.name(), dev.compute_capability()).is_none() && !args.fresh => {
+            println!("resuming {} ({} entries)", args.out.display(), t.entries.len());
+            t
+        }
+        Ok(t) => {
+            if let Some(why) = t.mismatch(dev.name(), dev.compute_capability()) {
+                println!("starting a new table: {} does not fit ({why})", args.out.display());
+            }
+            ShapeTable::new(dev.name(), dev.compute_capability(), &driver)
+        }
+        Err(_) => ShapeTable::new(dev.name(), dev.compute_capability(), &driver),
+    };
+    let mut todo = Vec::new();
+    for s in &shapes {
+        for pass in Pass::ALL {
+            let (m, n, k) = s.mnk(pass);
+            let layout = storage_layout(pass == Pass::GradWeight, pass != Pass::GradWeight);
+            if !(k % 64 == 0 && n % 8 == 0 && m % 16 == 0) {
+                println!("skip {} {}: {m}x{n}x{k} breaks the kernel's rules (M % 16, N % 8, K % 64)", s.name, pass.name());
+            } else if table.exact("sparse_gemm", &layout, m, n, k).is_none() && !todo.iter().any(|(_, _, l, mnk)| *l == layout && *mnk == (m, n, k)) {
+                todo.push((s.clone(), pass, layout, (m, n, k)));
+            }
+        }
+    }
+    let total: usize = todo.iter().map(|(_, _, _, (m, _, _))| candidates(*m).len()).sum();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} configs, ETA {eta} {msg}").unwrap().progress_chars("=> "));
+    let start = Instant::now();
+    let mut stopped = false;
+    for (s, pass, layout, (m, n, k)) in todo {
+        if args.budget_s.is_some_and(|b| start.elapsed().as_secs_f64() > b) {
+            stopped = true;
+            break;
+        }
+        let (cfg, ms, default_ms) = tune(&dev, &s, pass, args.reps, &bar).map_err(|e| e.to_string())?;
+        table.insert(TableEntry { kernel: "sparse_gemm".into(), layout, pass: format!("{} {}", s.name, pass.name()), m, n, k, config: cfg, ms, default_ms });
+        table.save(&args.out).map_err(|e| e.to_string())?;
+        bar.println(format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, cfg.schedule, cfg.group_m));
+    }
+    bar.finish_and_clear();
+    let took = start.elapsed().as_secs_f64();
+    let gains: Vec<f64> = table.entries.iter().map(|e| e.default_ms / e.ms).collect();
+    let geo = (gains.iter().map(|g| g.ln()).sum::<f64>() / gains.len().max(1) as f64).exp();
+    println!("tuned {} entries in {took:.1} s{}; geometric-mean speedup over the untuned default: {geo:.3}x; table: {}", table.entries.len(), if stopped { " (stopped by --budget-s; run again to resume)" } else { "" }, args.out.display());
+
+    if let Some(spec) = &args.holdout {
+        // Held-out shapes: exhaustive best vs the fallback's pick from the table.
+        let bar = ProgressBar::hidden();
+        for s in parse_shapes(spec)? {
+            for pass in Pass::ALL {
+                let (m, n, k) = s.mnk(pass);
+                let layout = storage_layout(pass == Pass::GradWeight, pass != Pass::GradWeight);
+                let Some(pick) = table.lookup("sparse_gemm", &layout, m, n, k) else { continue };
+                let (best, best_ms, _) = tune(&dev, &s, pass, args.reps, &bar).map_err(|e| e.to_string())?;
+                let mut p = problem(&dev, &s, pass).map_err(|e| e.to_string())?;
+                let pick_ms = p.time(&dev, pick, args.reps).map_err(|e| e.to_string())?;
+                println!("holdout {:<24} {:<3} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick bn{} {:?} g{}; best bn{} {:?} g{})", s.name, pass.name(), pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.bn, pick.schedule, pick.group_m, best.bn, best.schedule, best.group_m);
+            }
+        }
+    }
+    if let Some(png) = &args.report {
+        twofour::plot::plot_tuning(&table, png).map_err(|e| e.to_string())?;
+        println!("report: {}", png.display());
+    }
+    Ok(())
 }
