@@ -218,3 +218,15 @@ fn device_open_is_typed() {
         Err(e) => panic!("unexpected error opening the GPU: {e}"),
     }
 }
+
+/// The embedded H100 shape table parses and was measured with this kernel build (re-run
+/// `twofour-tune` and replace tables/h100.json after changing anything under cuda/).
+#[test]
+fn embedded_shape_table_fits_this_build() {
+    let t = twofour::ShapeTable::parse(include_str!("../tables/h100.json"), "tables/h100.json").unwrap();
+    assert_eq!(t.gpu, "NVIDIA H100 80GB HBM3");
+    assert_eq!(t.kernels_hash, twofour::shape_table::kernels_hash(), "tables/h100.json is stale: re-tune on an H100");
+    // Fallback: an untuned shape takes the nearest tuned shape's configuration.
+    let e = &t.entries[0];
+    assert_eq!(t.lookup(&e.kernel, &e.layout, e.m + 16, e.n, e.k), Some(e.config));
+}
