@@ -6,12 +6,7 @@ use twofour::reference::{self, philox::normal_bf16, Gate};
 use twofour::{gated_backward, gated_forward, Device, DeviceMatrix, Error, GatedLayout};
 
 fn rel(got: &[bf16], want: &[f32]) -> f64 {
-    let (mut e, mut r) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want) {
-        e += (g.to_f64() - *w as f64).powi(2);
-        r += (*w as f64).powi(2);
-    }
-    (e / r).sqrt()
+    reference::rel_error(got.iter().map(|g| g.to_f64()), want.iter().map(|&w| w as f64))
 }
 
 #[test]

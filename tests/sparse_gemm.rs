@@ -13,12 +13,7 @@ use twofour::{
 };
 
 fn rel(got: &[f64], want: &[f64]) -> f64 {
-    let (mut e, mut r) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want) {
-        e += (g - w).powi(2);
-        r += w * w;
-    }
-    (e / r).sqrt()
+    reference::rel_error(got.iter().copied(), want.iter().copied())
 }
 
 trait ToF64: Copy {

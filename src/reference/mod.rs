@@ -17,3 +17,14 @@ pub use gemm::{linear_forward, linear_grad_input, linear_grad_weight, matmul};
 pub use mvue::{mvue24, mvue24_f32, mvue24_with_mask};
 pub use prune24::prune24_rows;
 pub use transposable::{patterns, transposable_mask};
+
+/// ||got - want|| / ||want|| (f64): the error measure every GPU-vs-reference check states its
+/// bound in. NaN anywhere (an unwritten, poisoned output) makes it NaN, which fails any bound.
+pub fn rel_error(got: impl IntoIterator<Item = f64>, want: impl IntoIterator<Item = f64>) -> f64 {
+    let (mut e, mut r) = (0f64, 0f64);
+    for (g, w) in got.into_iter().zip(want) {
+        e += (g - w) * (g - w);
+        r += w * w;
+    }
+    (e / r).sqrt()
+}

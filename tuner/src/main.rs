@@ -151,14 +151,6 @@ impl Problem {
     }
 }
 
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let (mut e, mut r) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        e += (x - y).powi(2);
-        r += y * y;
-    }
-    (e / r).sqrt()
-}
 
 /// Exhaustive search of one (shape, pass): (best config, its ms, default ms).
 fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBar) -> twofour::Result<(TileConfig, f64, f64)> {
@@ -171,7 +163,7 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     let mut best = (default, default_ms);
     for cfg in candidates(m) {
         bar.set_message(format!("{} {} bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
-        let err = rel(&p.output(dev, cfg)?, &reference);
+        let err = twofour::reference::rel_error(p.output(dev, cfg)?, reference.iter().copied());
         if !(err < 1e-2) {
             return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{cfg:?} on {} {}: output differs from the default configuration's (relative {err:e})", s.name, pass.name()) });
         }
