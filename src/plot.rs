@@ -151,3 +151,34 @@ pub fn plot_tuning(table: &crate::ShapeTable, png: &Path) -> Result<()> {
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+/// Train and validation loss curves (step, loss) as a PNG.
+pub fn plot_losses(title: &str, train: &[(usize, f32)], val: &[(usize, f32)], png: &Path) -> Result<()> {
+    let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    let steps = train.iter().chain(val).map(|p| p.0).max().unwrap_or(1).max(1) as f64;
+    let ymax = train.iter().chain(val).map(|p| p.1).fold(0f32, f32::max) as f64 * 1.05 + 1e-3;
+    let ymin = train.iter().chain(val).map(|p| p.1).fold(f32::INFINITY, f32::min).min(ymax as f32) as f64 * 0.95;
+    let root = BitMapBackend::new(png, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..steps, ymin..ymax)
+        .map_err(plot_err)?;
+    chart.configure_mesh().x_desc("step").y_desc("loss (nats/token)").label_style(("sans-serif", 14)).draw().map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(train.iter().map(|&(s, l)| (s as f64, l as f64)), RGBColor(30, 80, 200).stroke_width(2)))
+        .map_err(plot_err)?
+        .label("train")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RGBColor(30, 80, 200)));
+    chart
+        .draw_series(LineSeries::new(val.iter().map(|&(s, l)| (s as f64, l as f64)), RGBColor(220, 60, 40).stroke_width(2)))
+        .map_err(plot_err)?
+        .label("validation")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RGBColor(220, 60, 40)));
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).label_font(("sans-serif", 16)).draw().map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

@@ -4,4 +4,6 @@
 //! finite differences. The GPU path, the trainer binary, checkpoints and plots come next.
 
 pub mod data;
+pub mod checkpoint;
 pub mod reference;
+pub mod schedule;
