@@ -7,6 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Compile flags that shape the code (part of the kernels hash).
+const FLAGS: &str = "-std=c++17 -O3 -lineinfo --expt-relaxed-constexpr sm_80 sm_90a compute_80";
+
 const SETUP_HINT: &str = "run `scripts/setup-nvcc.sh` (installs CUDA 13.0's nvcc from PyPI into .toolchain/), \
 or set NVCC to an nvcc 13.0 binary";
 
@@ -35,6 +38,23 @@ fn main() {
         .map(|p| format!("#include \"{}\"\n", p.display()))
         .collect();
     fs::write(&unit, body).unwrap();
+
+    // A hash of what determines the kernels (every source, the flags below, the compiler version),
+    // independent of the build folder: shape tables name the kernel build by it.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    let mut kernel_files: Vec<PathBuf> = fs::read_dir(&cuda).unwrap().flatten().map(|e| e.path()).collect();
+    kernel_files.sort();
+    for f in &kernel_files {
+        feed(f.file_name().unwrap().to_string_lossy().as_bytes());
+        feed(&fs::read(f).unwrap());
+    }
+    feed(FLAGS.as_bytes());
 
     let nvcc = find_nvcc(&root).unwrap_or_else(|| {
         panic!("\n\ntwofour: nvcc (CUDA 13.0) not found in NVCC, PATH, /usr/local/cuda/bin or .toolchain/.\n  To fix: {SETUP_HINT}\n\n")
@@ -68,6 +88,11 @@ fn main() {
         let _ = fs::write(profile_dir.join("ptxas-report.txt"), &report);
         let _ = fs::copy(&fatbin, profile_dir.join("twofour.fatbin"));
     }
+
+    if let Ok(v) = Command::new(&nvcc).arg("--version").output() {
+        feed(&v.stdout);
+    }
+    println!("cargo:rustc-env=TWOFOUR_KERNELS_HASH={h:016x}");
 
     let ptx = out.join("twofour_sm80.ptx");
     let mut cmd = Command::new(&nvcc);

@@ -45,19 +45,16 @@ pub struct ShapeTable {
     pub compute_capability: (i32, i32),
     pub driver: String,
     pub twofour_version: String,
-    /// FNV-1a hash of the embedded kernel fatbin the table was measured with.
+    /// `kernels_hash()` of the build the table was measured with.
     pub kernels_hash: String,
     pub entries: Vec<TableEntry>,
 }
 
-/// FNV-1a 64 of the compiled kernels: a table is only valid for the build it was measured on.
+/// FNV-1a 64 of what determines the kernels (build.rs: every cuda/ source, the nvcc flags, the
+/// nvcc version), independent of the build folder: a table is only valid for the kernels it was
+/// measured with.
 pub fn kernels_hash() -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in crate::kernels::FATBIN {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    env!("TWOFOUR_KERNELS_HASH").to_string()
 }
 
 impl ShapeTable {
