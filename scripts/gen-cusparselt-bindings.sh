@@ -14,7 +14,7 @@ cp "$tmp/nvidia/cusparselt/include/cusparseLt.h" "$tmp/inc/"
 # cusparseLt.h includes cusparse.h for three enums; NVIDIA's own stub of them (shipped with 0.10).
 cp "$tmp/nvidia/cu13/include/cusparseLt_cusparse_stub.h" "$tmp/inc/cusparse.h"
 bindgen "$tmp/inc/cusparseLt.h" \
-  --dynamic-loading CusparseLt \
+  --dynamic-loading CusparseLt --dynamic-link-require-all \
   --allowlist-function 'cusparseLt.*' \
   --allowlist-type 'cusparseLt.*|cusparseStatus_t|cusparseOperation_t|cusparseOrder_t|cusparseComputeType' \
   --no-layout-tests --no-doc-comments \

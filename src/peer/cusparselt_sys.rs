@@ -188,297 +188,209 @@ pub const cusparseLtPruneAlg_t_CUSPARSELT_PRUNE_SPMMA_STRIP: cusparseLtPruneAlg_
 pub type cusparseLtPruneAlg_t = ::std::os::raw::c_uint;
 pub struct CusparseLt {
     __library: ::libloading::Library,
-    pub cusparseLtInit: Result<
-        unsafe extern "C" fn(handle: *mut cusparseLtHandle_t) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtDestroy: Result<
+    pub cusparseLtInit: unsafe extern "C" fn(handle: *mut cusparseLtHandle_t) -> cusparseStatus_t,
+    pub cusparseLtDestroy:
         unsafe extern "C" fn(handle: *const cusparseLtHandle_t) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtGetVersion: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            version: *mut ::std::os::raw::c_int,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtGetProperty: Result<
-        unsafe extern "C" fn(
-            propertyType: libraryPropertyType,
-            value: *mut ::std::os::raw::c_int,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtGetErrorName: Result<
+    pub cusparseLtGetVersion: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        version: *mut ::std::os::raw::c_int,
+    ) -> cusparseStatus_t,
+    pub cusparseLtGetProperty: unsafe extern "C" fn(
+        propertyType: libraryPropertyType,
+        value: *mut ::std::os::raw::c_int,
+    ) -> cusparseStatus_t,
+    pub cusparseLtGetErrorName:
         unsafe extern "C" fn(status: cusparseStatus_t) -> *const ::std::os::raw::c_char,
-        ::libloading::Error,
-    >,
-    pub cusparseLtGetErrorString: Result<
+    pub cusparseLtGetErrorString:
         unsafe extern "C" fn(status: cusparseStatus_t) -> *const ::std::os::raw::c_char,
-        ::libloading::Error,
-    >,
-    pub cusparseLtDenseDescriptorInit: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matDescr: *mut cusparseLtMatDescriptor_t,
-            rows: i64,
-            cols: i64,
-            ld: i64,
-            alignment: u32,
-            valueType: cudaDataType,
-            order: cusparseOrder_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtStructuredDescriptorInit: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matDescr: *mut cusparseLtMatDescriptor_t,
-            rows: i64,
-            cols: i64,
-            ld: i64,
-            alignment: u32,
-            valueType: cudaDataType,
-            order: cusparseOrder_t,
-            sparsity: cusparseLtSparsity_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatDescriptorDestroy: Result<
+    pub cusparseLtDenseDescriptorInit: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matDescr: *mut cusparseLtMatDescriptor_t,
+        rows: i64,
+        cols: i64,
+        ld: i64,
+        alignment: u32,
+        valueType: cudaDataType,
+        order: cusparseOrder_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtStructuredDescriptorInit: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matDescr: *mut cusparseLtMatDescriptor_t,
+        rows: i64,
+        cols: i64,
+        ld: i64,
+        alignment: u32,
+        valueType: cudaDataType,
+        order: cusparseOrder_t,
+        sparsity: cusparseLtSparsity_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatDescriptorDestroy:
         unsafe extern "C" fn(matDescr: *const cusparseLtMatDescriptor_t) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatDescSetAttribute: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *mut cusparseLtMatDescriptor_t,
-            matAttribute: cusparseLtMatDescAttribute_t,
-            data: *const ::std::os::raw::c_void,
-            dataSize: usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatDescGetAttribute: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *const cusparseLtMatDescriptor_t,
-            matAttribute: cusparseLtMatDescAttribute_t,
-            data: *mut ::std::os::raw::c_void,
-            dataSize: usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulDescriptorInit: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *mut cusparseLtMatmulDescriptor_t,
-            opA: cusparseOperation_t,
-            opB: cusparseOperation_t,
-            matA: *const cusparseLtMatDescriptor_t,
-            matB: *const cusparseLtMatDescriptor_t,
-            matC: *const cusparseLtMatDescriptor_t,
-            matD: *const cusparseLtMatDescriptor_t,
-            computeType: cusparseComputeType,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulDescSetAttribute: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *mut cusparseLtMatmulDescriptor_t,
-            matmulAttribute: cusparseLtMatmulDescAttribute_t,
-            data: *const ::std::os::raw::c_void,
-            dataSize: usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulDescGetAttribute: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *const cusparseLtMatmulDescriptor_t,
-            matmulAttribute: cusparseLtMatmulDescAttribute_t,
-            data: *mut ::std::os::raw::c_void,
-            dataSize: usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulAlgSelectionInit: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            algSelection: *mut cusparseLtMatmulAlgSelection_t,
-            matmulDescr: *const cusparseLtMatmulDescriptor_t,
-            alg: cusparseLtMatmulAlg_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulAlgSelectionDestroy: Result<
-        unsafe extern "C" fn(
-            algSelection: *const cusparseLtMatmulAlgSelection_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulAlgSetAttribute: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            algSelection: *mut cusparseLtMatmulAlgSelection_t,
-            attribute: cusparseLtMatmulAlgAttribute_t,
-            data: *const ::std::os::raw::c_void,
-            dataSize: usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulAlgGetAttribute: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            algSelection: *const cusparseLtMatmulAlgSelection_t,
-            attribute: cusparseLtMatmulAlgAttribute_t,
-            data: *mut ::std::os::raw::c_void,
-            dataSize: usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulGetWorkspace: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            plan: *const cusparseLtMatmulPlan_t,
-            workspaceSize: *mut usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulPlanInit: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            plan: *mut cusparseLtMatmulPlan_t,
-            matmulDescr: *const cusparseLtMatmulDescriptor_t,
-            algSelection: *const cusparseLtMatmulAlgSelection_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulPlanDestroy: Result<
+    pub cusparseLtMatDescSetAttribute: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *mut cusparseLtMatDescriptor_t,
+        matAttribute: cusparseLtMatDescAttribute_t,
+        data: *const ::std::os::raw::c_void,
+        dataSize: usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatDescGetAttribute: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *const cusparseLtMatDescriptor_t,
+        matAttribute: cusparseLtMatDescAttribute_t,
+        data: *mut ::std::os::raw::c_void,
+        dataSize: usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulDescriptorInit: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *mut cusparseLtMatmulDescriptor_t,
+        opA: cusparseOperation_t,
+        opB: cusparseOperation_t,
+        matA: *const cusparseLtMatDescriptor_t,
+        matB: *const cusparseLtMatDescriptor_t,
+        matC: *const cusparseLtMatDescriptor_t,
+        matD: *const cusparseLtMatDescriptor_t,
+        computeType: cusparseComputeType,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulDescSetAttribute: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *mut cusparseLtMatmulDescriptor_t,
+        matmulAttribute: cusparseLtMatmulDescAttribute_t,
+        data: *const ::std::os::raw::c_void,
+        dataSize: usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulDescGetAttribute: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *const cusparseLtMatmulDescriptor_t,
+        matmulAttribute: cusparseLtMatmulDescAttribute_t,
+        data: *mut ::std::os::raw::c_void,
+        dataSize: usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulAlgSelectionInit: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        algSelection: *mut cusparseLtMatmulAlgSelection_t,
+        matmulDescr: *const cusparseLtMatmulDescriptor_t,
+        alg: cusparseLtMatmulAlg_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulAlgSelectionDestroy: unsafe extern "C" fn(
+        algSelection: *const cusparseLtMatmulAlgSelection_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulAlgSetAttribute: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        algSelection: *mut cusparseLtMatmulAlgSelection_t,
+        attribute: cusparseLtMatmulAlgAttribute_t,
+        data: *const ::std::os::raw::c_void,
+        dataSize: usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulAlgGetAttribute: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        algSelection: *const cusparseLtMatmulAlgSelection_t,
+        attribute: cusparseLtMatmulAlgAttribute_t,
+        data: *mut ::std::os::raw::c_void,
+        dataSize: usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulGetWorkspace: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        plan: *const cusparseLtMatmulPlan_t,
+        workspaceSize: *mut usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulPlanInit: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        plan: *mut cusparseLtMatmulPlan_t,
+        matmulDescr: *const cusparseLtMatmulDescriptor_t,
+        algSelection: *const cusparseLtMatmulAlgSelection_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulPlanDestroy:
         unsafe extern "C" fn(plan: *const cusparseLtMatmulPlan_t) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmul: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            plan: *const cusparseLtMatmulPlan_t,
-            alpha: *const ::std::os::raw::c_void,
-            d_A: *const ::std::os::raw::c_void,
-            d_B: *const ::std::os::raw::c_void,
-            beta: *const ::std::os::raw::c_void,
-            d_C: *const ::std::os::raw::c_void,
-            d_D: *mut ::std::os::raw::c_void,
-            workspace: *mut ::std::os::raw::c_void,
-            streams: *mut cudaStream_t,
-            numStreams: i32,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtMatmulSearch: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            plan: *mut cusparseLtMatmulPlan_t,
-            alpha: *const ::std::os::raw::c_void,
-            d_A: *const ::std::os::raw::c_void,
-            d_B: *const ::std::os::raw::c_void,
-            beta: *const ::std::os::raw::c_void,
-            d_C: *const ::std::os::raw::c_void,
-            d_D: *mut ::std::os::raw::c_void,
-            workspace: *mut ::std::os::raw::c_void,
-            streams: *mut cudaStream_t,
-            numStreams: i32,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMAPrune: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *const cusparseLtMatmulDescriptor_t,
-            d_in: *const ::std::os::raw::c_void,
-            d_out: *mut ::std::os::raw::c_void,
-            pruneAlg: cusparseLtPruneAlg_t,
-            stream: cudaStream_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMAPruneCheck: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            matmulDescr: *const cusparseLtMatmulDescriptor_t,
-            d_in: *const ::std::os::raw::c_void,
-            valid: *mut ::std::os::raw::c_int,
-            stream: cudaStream_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMAPrune2: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            sparseMatDescr: *const cusparseLtMatDescriptor_t,
-            isSparseA: ::std::os::raw::c_int,
-            op: cusparseOperation_t,
-            d_in: *const ::std::os::raw::c_void,
-            d_out: *mut ::std::os::raw::c_void,
-            pruneAlg: cusparseLtPruneAlg_t,
-            stream: cudaStream_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMAPruneCheck2: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            sparseMatDescr: *const cusparseLtMatDescriptor_t,
-            isSparseA: ::std::os::raw::c_int,
-            op: cusparseOperation_t,
-            d_in: *const ::std::os::raw::c_void,
-            d_valid: *mut ::std::os::raw::c_int,
-            stream: cudaStream_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMACompressedSize: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            plan: *const cusparseLtMatmulPlan_t,
-            compressedSize: *mut usize,
-            compressedBufferSize: *mut usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMACompress: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            plan: *const cusparseLtMatmulPlan_t,
-            d_dense: *const ::std::os::raw::c_void,
-            d_compressed: *mut ::std::os::raw::c_void,
-            d_compressed_buffer: *mut ::std::os::raw::c_void,
-            stream: cudaStream_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMACompressedSize2: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            sparseMatDescr: *const cusparseLtMatDescriptor_t,
-            compressedSize: *mut usize,
-            compressedBufferSize: *mut usize,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
-    pub cusparseLtSpMMACompress2: Result<
-        unsafe extern "C" fn(
-            handle: *const cusparseLtHandle_t,
-            sparseMatDescr: *const cusparseLtMatDescriptor_t,
-            isSparseA: ::std::os::raw::c_int,
-            op: cusparseOperation_t,
-            d_dense: *const ::std::os::raw::c_void,
-            d_compressed: *mut ::std::os::raw::c_void,
-            d_compressed_buffer: *mut ::std::os::raw::c_void,
-            stream: cudaStream_t,
-        ) -> cusparseStatus_t,
-        ::libloading::Error,
-    >,
+    pub cusparseLtMatmul: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        plan: *const cusparseLtMatmulPlan_t,
+        alpha: *const ::std::os::raw::c_void,
+        d_A: *const ::std::os::raw::c_void,
+        d_B: *const ::std::os::raw::c_void,
+        beta: *const ::std::os::raw::c_void,
+        d_C: *const ::std::os::raw::c_void,
+        d_D: *mut ::std::os::raw::c_void,
+        workspace: *mut ::std::os::raw::c_void,
+        streams: *mut cudaStream_t,
+        numStreams: i32,
+    ) -> cusparseStatus_t,
+    pub cusparseLtMatmulSearch: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        plan: *mut cusparseLtMatmulPlan_t,
+        alpha: *const ::std::os::raw::c_void,
+        d_A: *const ::std::os::raw::c_void,
+        d_B: *const ::std::os::raw::c_void,
+        beta: *const ::std::os::raw::c_void,
+        d_C: *const ::std::os::raw::c_void,
+        d_D: *mut ::std::os::raw::c_void,
+        workspace: *mut ::std::os::raw::c_void,
+        streams: *mut cudaStream_t,
+        numStreams: i32,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMAPrune: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *const cusparseLtMatmulDescriptor_t,
+        d_in: *const ::std::os::raw::c_void,
+        d_out: *mut ::std::os::raw::c_void,
+        pruneAlg: cusparseLtPruneAlg_t,
+        stream: cudaStream_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMAPruneCheck: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        matmulDescr: *const cusparseLtMatmulDescriptor_t,
+        d_in: *const ::std::os::raw::c_void,
+        valid: *mut ::std::os::raw::c_int,
+        stream: cudaStream_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMAPrune2: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        sparseMatDescr: *const cusparseLtMatDescriptor_t,
+        isSparseA: ::std::os::raw::c_int,
+        op: cusparseOperation_t,
+        d_in: *const ::std::os::raw::c_void,
+        d_out: *mut ::std::os::raw::c_void,
+        pruneAlg: cusparseLtPruneAlg_t,
+        stream: cudaStream_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMAPruneCheck2: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        sparseMatDescr: *const cusparseLtMatDescriptor_t,
+        isSparseA: ::std::os::raw::c_int,
+        op: cusparseOperation_t,
+        d_in: *const ::std::os::raw::c_void,
+        d_valid: *mut ::std::os::raw::c_int,
+        stream: cudaStream_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMACompressedSize: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        plan: *const cusparseLtMatmulPlan_t,
+        compressedSize: *mut usize,
+        compressedBufferSize: *mut usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMACompress: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        plan: *const cusparseLtMatmulPlan_t,
+        d_dense: *const ::std::os::raw::c_void,
+        d_compressed: *mut ::std::os::raw::c_void,
+        d_compressed_buffer: *mut ::std::os::raw::c_void,
+        stream: cudaStream_t,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMACompressedSize2: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        sparseMatDescr: *const cusparseLtMatDescriptor_t,
+        compressedSize: *mut usize,
+        compressedBufferSize: *mut usize,
+    ) -> cusparseStatus_t,
+    pub cusparseLtSpMMACompress2: unsafe extern "C" fn(
+        handle: *const cusparseLtHandle_t,
+        sparseMatDescr: *const cusparseLtMatDescriptor_t,
+        isSparseA: ::std::os::raw::c_int,
+        op: cusparseOperation_t,
+        d_dense: *const ::std::os::raw::c_void,
+        d_compressed: *mut ::std::os::raw::c_void,
+        d_compressed_buffer: *mut ::std::os::raw::c_void,
+        stream: cudaStream_t,
+    ) -> cusparseStatus_t,
 }
 impl CusparseLt {
     pub unsafe fn new<P>(path: P) -> Result<Self, ::libloading::Error>
@@ -494,73 +406,81 @@ impl CusparseLt {
         L: Into<::libloading::Library>,
     {
         let __library = library.into();
-        let cusparseLtInit = __library.get(b"cusparseLtInit\0").map(|sym| *sym);
-        let cusparseLtDestroy = __library.get(b"cusparseLtDestroy\0").map(|sym| *sym);
-        let cusparseLtGetVersion = __library.get(b"cusparseLtGetVersion\0").map(|sym| *sym);
-        let cusparseLtGetProperty = __library.get(b"cusparseLtGetProperty\0").map(|sym| *sym);
-        let cusparseLtGetErrorName = __library.get(b"cusparseLtGetErrorName\0").map(|sym| *sym);
-        let cusparseLtGetErrorString = __library.get(b"cusparseLtGetErrorString\0").map(|sym| *sym);
+        let cusparseLtInit = __library.get(b"cusparseLtInit\0").map(|sym| *sym)?;
+        let cusparseLtDestroy = __library.get(b"cusparseLtDestroy\0").map(|sym| *sym)?;
+        let cusparseLtGetVersion = __library.get(b"cusparseLtGetVersion\0").map(|sym| *sym)?;
+        let cusparseLtGetProperty = __library.get(b"cusparseLtGetProperty\0").map(|sym| *sym)?;
+        let cusparseLtGetErrorName = __library.get(b"cusparseLtGetErrorName\0").map(|sym| *sym)?;
+        let cusparseLtGetErrorString = __library
+            .get(b"cusparseLtGetErrorString\0")
+            .map(|sym| *sym)?;
         let cusparseLtDenseDescriptorInit = __library
             .get(b"cusparseLtDenseDescriptorInit\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtStructuredDescriptorInit = __library
             .get(b"cusparseLtStructuredDescriptorInit\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatDescriptorDestroy = __library
             .get(b"cusparseLtMatDescriptorDestroy\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatDescSetAttribute = __library
             .get(b"cusparseLtMatDescSetAttribute\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatDescGetAttribute = __library
             .get(b"cusparseLtMatDescGetAttribute\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulDescriptorInit = __library
             .get(b"cusparseLtMatmulDescriptorInit\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulDescSetAttribute = __library
             .get(b"cusparseLtMatmulDescSetAttribute\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulDescGetAttribute = __library
             .get(b"cusparseLtMatmulDescGetAttribute\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulAlgSelectionInit = __library
             .get(b"cusparseLtMatmulAlgSelectionInit\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulAlgSelectionDestroy = __library
             .get(b"cusparseLtMatmulAlgSelectionDestroy\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulAlgSetAttribute = __library
             .get(b"cusparseLtMatmulAlgSetAttribute\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulAlgGetAttribute = __library
             .get(b"cusparseLtMatmulAlgGetAttribute\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtMatmulGetWorkspace = __library
             .get(b"cusparseLtMatmulGetWorkspace\0")
-            .map(|sym| *sym);
-        let cusparseLtMatmulPlanInit = __library.get(b"cusparseLtMatmulPlanInit\0").map(|sym| *sym);
+            .map(|sym| *sym)?;
+        let cusparseLtMatmulPlanInit = __library
+            .get(b"cusparseLtMatmulPlanInit\0")
+            .map(|sym| *sym)?;
         let cusparseLtMatmulPlanDestroy = __library
             .get(b"cusparseLtMatmulPlanDestroy\0")
-            .map(|sym| *sym);
-        let cusparseLtMatmul = __library.get(b"cusparseLtMatmul\0").map(|sym| *sym);
-        let cusparseLtMatmulSearch = __library.get(b"cusparseLtMatmulSearch\0").map(|sym| *sym);
-        let cusparseLtSpMMAPrune = __library.get(b"cusparseLtSpMMAPrune\0").map(|sym| *sym);
+            .map(|sym| *sym)?;
+        let cusparseLtMatmul = __library.get(b"cusparseLtMatmul\0").map(|sym| *sym)?;
+        let cusparseLtMatmulSearch = __library.get(b"cusparseLtMatmulSearch\0").map(|sym| *sym)?;
+        let cusparseLtSpMMAPrune = __library.get(b"cusparseLtSpMMAPrune\0").map(|sym| *sym)?;
         let cusparseLtSpMMAPruneCheck = __library
             .get(b"cusparseLtSpMMAPruneCheck\0")
-            .map(|sym| *sym);
-        let cusparseLtSpMMAPrune2 = __library.get(b"cusparseLtSpMMAPrune2\0").map(|sym| *sym);
+            .map(|sym| *sym)?;
+        let cusparseLtSpMMAPrune2 = __library.get(b"cusparseLtSpMMAPrune2\0").map(|sym| *sym)?;
         let cusparseLtSpMMAPruneCheck2 = __library
             .get(b"cusparseLtSpMMAPruneCheck2\0")
-            .map(|sym| *sym);
+            .map(|sym| *sym)?;
         let cusparseLtSpMMACompressedSize = __library
             .get(b"cusparseLtSpMMACompressedSize\0")
-            .map(|sym| *sym);
-        let cusparseLtSpMMACompress = __library.get(b"cusparseLtSpMMACompress\0").map(|sym| *sym);
+            .map(|sym| *sym)?;
+        let cusparseLtSpMMACompress = __library
+            .get(b"cusparseLtSpMMACompress\0")
+            .map(|sym| *sym)?;
         let cusparseLtSpMMACompressedSize2 = __library
             .get(b"cusparseLtSpMMACompressedSize2\0")
-            .map(|sym| *sym);
-        let cusparseLtSpMMACompress2 = __library.get(b"cusparseLtSpMMACompress2\0").map(|sym| *sym);
+            .map(|sym| *sym)?;
+        let cusparseLtSpMMACompress2 = __library
+            .get(b"cusparseLtSpMMACompress2\0")
+            .map(|sym| *sym)?;
         Ok(CusparseLt {
             __library,
             cusparseLtInit,
@@ -597,54 +517,36 @@ impl CusparseLt {
         })
     }
     pub unsafe fn cusparseLtInit(&self, handle: *mut cusparseLtHandle_t) -> cusparseStatus_t {
-        (self
-            .cusparseLtInit
-            .as_ref()
-            .expect("Expected function, got error."))(handle)
+        (self.cusparseLtInit)(handle)
     }
     pub unsafe fn cusparseLtDestroy(&self, handle: *const cusparseLtHandle_t) -> cusparseStatus_t {
-        (self
-            .cusparseLtDestroy
-            .as_ref()
-            .expect("Expected function, got error."))(handle)
+        (self.cusparseLtDestroy)(handle)
     }
     pub unsafe fn cusparseLtGetVersion(
         &self,
         handle: *const cusparseLtHandle_t,
         version: *mut ::std::os::raw::c_int,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtGetVersion
-            .as_ref()
-            .expect("Expected function, got error."))(handle, version)
+        (self.cusparseLtGetVersion)(handle, version)
     }
     pub unsafe fn cusparseLtGetProperty(
         &self,
         propertyType: libraryPropertyType,
         value: *mut ::std::os::raw::c_int,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtGetProperty
-            .as_ref()
-            .expect("Expected function, got error."))(propertyType, value)
+        (self.cusparseLtGetProperty)(propertyType, value)
     }
     pub unsafe fn cusparseLtGetErrorName(
         &self,
         status: cusparseStatus_t,
     ) -> *const ::std::os::raw::c_char {
-        (self
-            .cusparseLtGetErrorName
-            .as_ref()
-            .expect("Expected function, got error."))(status)
+        (self.cusparseLtGetErrorName)(status)
     }
     pub unsafe fn cusparseLtGetErrorString(
         &self,
         status: cusparseStatus_t,
     ) -> *const ::std::os::raw::c_char {
-        (self
-            .cusparseLtGetErrorString
-            .as_ref()
-            .expect("Expected function, got error."))(status)
+        (self.cusparseLtGetErrorString)(status)
     }
     pub unsafe fn cusparseLtDenseDescriptorInit(
         &self,
@@ -657,10 +559,7 @@ impl CusparseLt {
         valueType: cudaDataType,
         order: cusparseOrder_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtDenseDescriptorInit
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtDenseDescriptorInit)(
             handle, matDescr, rows, cols, ld, alignment, valueType, order,
         )
     }
@@ -676,10 +575,7 @@ impl CusparseLt {
         order: cusparseOrder_t,
         sparsity: cusparseLtSparsity_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtStructuredDescriptorInit
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtStructuredDescriptorInit)(
             handle, matDescr, rows, cols, ld, alignment, valueType, order, sparsity,
         )
     }
@@ -687,10 +583,7 @@ impl CusparseLt {
         &self,
         matDescr: *const cusparseLtMatDescriptor_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatDescriptorDestroy
-            .as_ref()
-            .expect("Expected function, got error."))(matDescr)
+        (self.cusparseLtMatDescriptorDestroy)(matDescr)
     }
     pub unsafe fn cusparseLtMatDescSetAttribute(
         &self,
@@ -700,16 +593,7 @@ impl CusparseLt {
         data: *const ::std::os::raw::c_void,
         dataSize: usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatDescSetAttribute
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle,
-            matmulDescr,
-            matAttribute,
-            data,
-            dataSize,
-        )
+        (self.cusparseLtMatDescSetAttribute)(handle, matmulDescr, matAttribute, data, dataSize)
     }
     pub unsafe fn cusparseLtMatDescGetAttribute(
         &self,
@@ -719,16 +603,7 @@ impl CusparseLt {
         data: *mut ::std::os::raw::c_void,
         dataSize: usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatDescGetAttribute
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle,
-            matmulDescr,
-            matAttribute,
-            data,
-            dataSize,
-        )
+        (self.cusparseLtMatDescGetAttribute)(handle, matmulDescr, matAttribute, data, dataSize)
     }
     pub unsafe fn cusparseLtMatmulDescriptorInit(
         &self,
@@ -742,10 +617,7 @@ impl CusparseLt {
         matD: *const cusparseLtMatDescriptor_t,
         computeType: cusparseComputeType,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulDescriptorInit
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtMatmulDescriptorInit)(
             handle,
             matmulDescr,
             opA,
@@ -765,10 +637,7 @@ impl CusparseLt {
         data: *const ::std::os::raw::c_void,
         dataSize: usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulDescSetAttribute
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtMatmulDescSetAttribute)(
             handle,
             matmulDescr,
             matmulAttribute,
@@ -784,10 +653,7 @@ impl CusparseLt {
         data: *mut ::std::os::raw::c_void,
         dataSize: usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulDescGetAttribute
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtMatmulDescGetAttribute)(
             handle,
             matmulDescr,
             matmulAttribute,
@@ -802,19 +668,13 @@ impl CusparseLt {
         matmulDescr: *const cusparseLtMatmulDescriptor_t,
         alg: cusparseLtMatmulAlg_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulAlgSelectionInit
-            .as_ref()
-            .expect("Expected function, got error."))(handle, algSelection, matmulDescr, alg)
+        (self.cusparseLtMatmulAlgSelectionInit)(handle, algSelection, matmulDescr, alg)
     }
     pub unsafe fn cusparseLtMatmulAlgSelectionDestroy(
         &self,
         algSelection: *const cusparseLtMatmulAlgSelection_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulAlgSelectionDestroy
-            .as_ref()
-            .expect("Expected function, got error."))(algSelection)
+        (self.cusparseLtMatmulAlgSelectionDestroy)(algSelection)
     }
     pub unsafe fn cusparseLtMatmulAlgSetAttribute(
         &self,
@@ -824,16 +684,7 @@ impl CusparseLt {
         data: *const ::std::os::raw::c_void,
         dataSize: usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulAlgSetAttribute
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle,
-            algSelection,
-            attribute,
-            data,
-            dataSize,
-        )
+        (self.cusparseLtMatmulAlgSetAttribute)(handle, algSelection, attribute, data, dataSize)
     }
     pub unsafe fn cusparseLtMatmulAlgGetAttribute(
         &self,
@@ -843,16 +694,7 @@ impl CusparseLt {
         data: *mut ::std::os::raw::c_void,
         dataSize: usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulAlgGetAttribute
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle,
-            algSelection,
-            attribute,
-            data,
-            dataSize,
-        )
+        (self.cusparseLtMatmulAlgGetAttribute)(handle, algSelection, attribute, data, dataSize)
     }
     pub unsafe fn cusparseLtMatmulGetWorkspace(
         &self,
@@ -860,10 +702,7 @@ impl CusparseLt {
         plan: *const cusparseLtMatmulPlan_t,
         workspaceSize: *mut usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulGetWorkspace
-            .as_ref()
-            .expect("Expected function, got error."))(handle, plan, workspaceSize)
+        (self.cusparseLtMatmulGetWorkspace)(handle, plan, workspaceSize)
     }
     pub unsafe fn cusparseLtMatmulPlanInit(
         &self,
@@ -872,21 +711,13 @@ impl CusparseLt {
         matmulDescr: *const cusparseLtMatmulDescriptor_t,
         algSelection: *const cusparseLtMatmulAlgSelection_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulPlanInit
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle, plan, matmulDescr, algSelection
-        )
+        (self.cusparseLtMatmulPlanInit)(handle, plan, matmulDescr, algSelection)
     }
     pub unsafe fn cusparseLtMatmulPlanDestroy(
         &self,
         plan: *const cusparseLtMatmulPlan_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulPlanDestroy
-            .as_ref()
-            .expect("Expected function, got error."))(plan)
+        (self.cusparseLtMatmulPlanDestroy)(plan)
     }
     pub unsafe fn cusparseLtMatmul(
         &self,
@@ -902,10 +733,7 @@ impl CusparseLt {
         streams: *mut cudaStream_t,
         numStreams: i32,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmul
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtMatmul)(
             handle, plan, alpha, d_A, d_B, beta, d_C, d_D, workspace, streams, numStreams,
         )
     }
@@ -923,10 +751,7 @@ impl CusparseLt {
         streams: *mut cudaStream_t,
         numStreams: i32,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtMatmulSearch
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtMatmulSearch)(
             handle, plan, alpha, d_A, d_B, beta, d_C, d_D, workspace, streams, numStreams,
         )
     }
@@ -939,17 +764,7 @@ impl CusparseLt {
         pruneAlg: cusparseLtPruneAlg_t,
         stream: cudaStream_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMAPrune
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle,
-            matmulDescr,
-            d_in,
-            d_out,
-            pruneAlg,
-            stream,
-        )
+        (self.cusparseLtSpMMAPrune)(handle, matmulDescr, d_in, d_out, pruneAlg, stream)
     }
     pub unsafe fn cusparseLtSpMMAPruneCheck(
         &self,
@@ -959,12 +774,7 @@ impl CusparseLt {
         valid: *mut ::std::os::raw::c_int,
         stream: cudaStream_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMAPruneCheck
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle, matmulDescr, d_in, valid, stream
-        )
+        (self.cusparseLtSpMMAPruneCheck)(handle, matmulDescr, d_in, valid, stream)
     }
     pub unsafe fn cusparseLtSpMMAPrune2(
         &self,
@@ -977,10 +787,7 @@ impl CusparseLt {
         pruneAlg: cusparseLtPruneAlg_t,
         stream: cudaStream_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMAPrune2
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtSpMMAPrune2)(
             handle,
             sparseMatDescr,
             isSparseA,
@@ -1001,10 +808,7 @@ impl CusparseLt {
         d_valid: *mut ::std::os::raw::c_int,
         stream: cudaStream_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMAPruneCheck2
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtSpMMAPruneCheck2)(
             handle,
             sparseMatDescr,
             isSparseA,
@@ -1021,15 +825,7 @@ impl CusparseLt {
         compressedSize: *mut usize,
         compressedBufferSize: *mut usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMACompressedSize
-            .as_ref()
-            .expect("Expected function, got error."))(
-            handle,
-            plan,
-            compressedSize,
-            compressedBufferSize,
-        )
+        (self.cusparseLtSpMMACompressedSize)(handle, plan, compressedSize, compressedBufferSize)
     }
     pub unsafe fn cusparseLtSpMMACompress(
         &self,
@@ -1040,10 +836,7 @@ impl CusparseLt {
         d_compressed_buffer: *mut ::std::os::raw::c_void,
         stream: cudaStream_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMACompress
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtSpMMACompress)(
             handle,
             plan,
             d_dense,
@@ -1059,10 +852,7 @@ impl CusparseLt {
         compressedSize: *mut usize,
         compressedBufferSize: *mut usize,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMACompressedSize2
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtSpMMACompressedSize2)(
             handle,
             sparseMatDescr,
             compressedSize,
@@ -1080,10 +870,7 @@ impl CusparseLt {
         d_compressed_buffer: *mut ::std::os::raw::c_void,
         stream: cudaStream_t,
     ) -> cusparseStatus_t {
-        (self
-            .cusparseLtSpMMACompress2
-            .as_ref()
-            .expect("Expected function, got error."))(
+        (self.cusparseLtSpMMACompress2)(
             handle,
             sparseMatDescr,
             isSparseA,

@@ -69,7 +69,13 @@ fn preset(name: &str, tokens: usize) -> Result<Vec<LinearShape>, String> {
         "gpt2-medium" => ffn(name, 1024, 4096),
         "gpt2-large" => ffn(name, 1280, 5120),
         "gpt2-xl" => ffn(name, 1600, 6400),
-        "gpt2" => ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"].iter().flat_map(|m| preset(m, tokens).unwrap()).collect(),
+        "gpt2" => {
+            let mut all = Vec::new();
+            for m in ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"] {
+                all.extend(preset(m, tokens)?);
+            }
+            all
+        }
         "llama-7b" => ffn(name, 4096, 11008),
         _ => return Err(format!("unknown model {name:?}: use gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, gpt2, llama-7b, or --d-model/--d-ff")),
     })
@@ -233,7 +239,8 @@ fn run(args: Args) -> Result<(), String> {
     }
     let total: usize = todo.iter().map(|(_, _, _, (m, _, _))| candidates(*m).len()).sum();
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} configs, ETA {eta} {msg}").unwrap().progress_chars("=> "));
+    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} configs, ETA {eta} {msg}").map_err(|e| e.to_string())?;
+    bar.set_style(style.progress_chars("=> "));
     let start = Instant::now();
     let mut stopped = false;
     for (s, pass, layout, (m, n, k)) in todo {
