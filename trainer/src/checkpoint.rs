@@ -35,8 +35,9 @@ fn tensors(c: &Config) -> Vec<(String, usize, Vec<usize>, bool)> {
         v.push((h("attn.c_proj.bias"), p.attprojb + l * ch, vec![ch], false));
         v.push((h("ln_2.weight"), p.ln2w + l * ch, vec![ch], false));
         v.push((h("ln_2.bias"), p.ln2b + l * ch, vec![ch], false));
-        v.push((h("mlp.c_fc.weight"), p.fcw + l * 4 * ch * ch, vec![ch, 4 * ch], true));
-        v.push((h("mlp.c_fc.bias"), p.fcb + l * 4 * ch, vec![4 * ch], false));
+        let fr = c.fc_rows(); // 4C, or 8C (up then gate) with SwiGLU
+        v.push((h("mlp.c_fc.weight"), p.fcw + l * fr * ch, vec![ch, fr], true));
+        v.push((h("mlp.c_fc.bias"), p.fcb + l * fr, vec![fr], false));
         v.push((h("mlp.c_proj.weight"), p.fcprojw + l * 4 * ch * ch, vec![4 * ch, ch], true));
         v.push((h("mlp.c_proj.bias"), p.fcprojb + l * ch, vec![ch], false));
     }
@@ -78,7 +79,7 @@ pub fn save(dir: &Path, c: &Config, params: &[f32], opt: &AdamW, data_position: 
         model.push((name, shape, bytes(&v)));
     }
     write_atomic(&dir.join("model.safetensors"), model)?;
-    let meta = vec![c.vocab as f32, c.max_seq as f32, c.layers as f32, c.heads as f32, c.channels as f32, opt.step as f32, data_position as f32];
+    let meta = vec![c.vocab as f32, c.max_seq as f32, c.layers as f32, c.heads as f32, c.channels as f32, opt.step as f32, data_position as f32, c.swiglu as u8 as f32];
     write_atomic(
         &dir.join("state.safetensors"),
         vec![("adam.m".into(), vec![opt.m.len()], bytes(&opt.m)), ("adam.v".into(), vec![opt.v.len()], bytes(&opt.v)), ("meta".into(), vec![meta.len()], bytes(&meta))],
@@ -96,10 +97,10 @@ pub fn load(dir: &Path) -> Result<(Config, Vec<f32>, AdamW, usize), CheckpointEr
     };
     let sp = dir.join("state.safetensors");
     let meta = f32s(&state, "meta", &sp)?;
-    if meta.len() != 7 {
+    if meta.len() != 8 {
         return Err(bad(&sp, "meta has the wrong length"));
     }
-    let c = Config { vocab: meta[0] as usize, max_seq: meta[1] as usize, layers: meta[2] as usize, heads: meta[3] as usize, channels: meta[4] as usize };
+    let c = Config { vocab: meta[0] as usize, max_seq: meta[1] as usize, layers: meta[2] as usize, heads: meta[3] as usize, channels: meta[4] as usize, swiglu: meta[7] != 0.0 };
     let p = ParamLayout::new(&c);
     let opt = AdamW { m: f32s(&state, "adam.m", &sp)?, v: f32s(&state, "adam.v", &sp)?, step: meta[5] as u32 };
     if opt.m.len() != p.total || opt.v.len() != p.total {

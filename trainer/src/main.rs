@@ -20,6 +20,9 @@ struct Args {
     /// tiny, 124m, 350m, 774m or 1558m.
     #[arg(long, default_value = "tiny")]
     model: String,
+    /// SwiGLU MLP instead of GELU (fc makes 8C: up and gate).
+    #[arg(long)]
+    swiglu: bool,
     /// Training tokens: an llm.c shard, a nanoGPT .bin or a text file (default: the embedded corpus).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -93,7 +96,7 @@ fn run(a: Args) -> Result<(), String> {
         Ok(dev) => println!("GPU {} found, but the GPU training path is not built yet (issue 7): training on the CPU reference.", dev.name()),
         Err(e) => println!("No GPU ({e}).\nTraining on the CPU reference path."),
     }
-    let mut c = config(&a.model, a.seq)?;
+    let mut c = Config { swiglu: a.swiglu, ..config(&a.model, a.seq)? };
     if a.model != "tiny" && !a.force_cpu {
         return Err(format!("the {} model on the CPU reference would take hours per step; use --model tiny (or --force-cpu)", a.model));
     }

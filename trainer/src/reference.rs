@@ -14,19 +14,26 @@ pub struct Config {
     pub layers: usize,
     pub heads: usize,
     pub channels: usize,
+    /// SwiGLU MLP (fc makes up and gate halves of 4C each, y = silu(gate) * up) instead of GELU.
+    pub swiglu: bool,
 }
 
 impl Config {
+    /// Rows of the fc weight: 4C, or 8C (up and gate) with SwiGLU.
+    pub fn fc_rows(&self) -> usize {
+        if self.swiglu { 8 * self.channels } else { 4 * self.channels }
+    }
+
     /// GPT-2 124M.
-    pub const GPT2_124M: Config = Config { vocab: 50257, max_seq: 1024, layers: 12, heads: 12, channels: 768 };
+    pub const GPT2_124M: Config = Config { vocab: 50257, max_seq: 1024, layers: 12, heads: 12, channels: 768, swiglu: false };
     /// GPT-2 350M.
-    pub const GPT2_350M: Config = Config { vocab: 50257, max_seq: 1024, layers: 24, heads: 16, channels: 1024 };
+    pub const GPT2_350M: Config = Config { vocab: 50257, max_seq: 1024, layers: 24, heads: 16, channels: 1024, swiglu: false };
     /// GPT-2 774M.
-    pub const GPT2_774M: Config = Config { vocab: 50257, max_seq: 1024, layers: 36, heads: 20, channels: 1280 };
+    pub const GPT2_774M: Config = Config { vocab: 50257, max_seq: 1024, layers: 36, heads: 20, channels: 1280, swiglu: false };
     /// GPT-2 1.5B.
-    pub const GPT2_1558M: Config = Config { vocab: 50257, max_seq: 1024, layers: 48, heads: 25, channels: 1600 };
+    pub const GPT2_1558M: Config = Config { vocab: 50257, max_seq: 1024, layers: 48, heads: 25, channels: 1600, swiglu: false };
     /// A model small enough to train on a CPU in minutes (GPT-2's vocabulary).
-    pub const TINY: Config = Config { vocab: 50257, max_seq: 64, layers: 2, heads: 2, channels: 64 };
+    pub const TINY: Config = Config { vocab: 50257, max_seq: 64, layers: 2, heads: 2, channels: 64, swiglu: false };
 }
 
 /// Offsets of the parameter tensors in the flat vector, in GPT-2's order.
@@ -54,7 +61,8 @@ pub struct ParamLayout {
 impl ParamLayout {
     pub fn new(c: &Config) -> Self {
         let (v, t, l, ch) = (c.vocab, c.max_seq, c.layers, c.channels);
-        let sizes = [v * ch, t * ch, l * ch, l * ch, l * 3 * ch * ch, l * 3 * ch, l * ch * ch, l * ch, l * ch, l * ch, l * 4 * ch * ch, l * 4 * ch, l * ch * 4 * ch, l * ch, ch, ch];
+        let fr = c.fc_rows();
+        let sizes = [v * ch, t * ch, l * ch, l * ch, l * 3 * ch * ch, l * 3 * ch, l * ch * ch, l * ch, l * ch, l * ch, l * fr * ch, l * fr, l * ch * 4 * ch, l * ch, ch, ch];
         let mut off = [0usize; 17];
         for i in 0..16 {
             off[i + 1] = off[i] + sizes[i];
@@ -280,6 +288,28 @@ fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
     }
 }
 
+/// y = silu(gate) * up, per token; fch is n x 8C with up = [0, 4C), gate = [4C, 8C).
+fn swiglu_forward(out: &mut [f32], fch: &[f32], n: usize, h: usize) {
+    for i in 0..n {
+        for j in 0..h {
+            let (u, g) = (fch[i * 2 * h + j], fch[i * 2 * h + h + j]);
+            out[i * h + j] = g / (1.0 + (-g).exp()) * u;
+        }
+    }
+}
+
+fn swiglu_backward(dfch: &mut [f32], fch: &[f32], dout: &[f32], n: usize, h: usize) {
+    for i in 0..n {
+        for j in 0..h {
+            let (u, g) = (fch[i * 2 * h + j], fch[i * 2 * h + h + j]);
+            let sg = 1.0 / (1.0 + (-g).exp());
+            let d = dout[i * h + j];
+            dfch[i * 2 * h + j] += d * g * sg;
+            dfch[i * 2 * h + h + j] += d * u * sg * (1.0 + g * (1.0 - sg));
+        }
+    }
+}
+
 /// Activations of one forward pass, kept for the backward pass.
 pub struct Activations {
     b: usize,
@@ -326,7 +356,7 @@ pub fn forward(c: &Config, params: &[f32], inputs: &[u16], targets: &[u16], b: u
         ln2: vec![0.0; l * n * ch],
         ln2_mean: vec![0.0; l * n],
         ln2_rstd: vec![0.0; l * n],
-        fch: vec![0.0; l * n * 4 * ch],
+        fch: vec![0.0; l * n * c.fc_rows()],
         fch_gelu: vec![0.0; l * n * 4 * ch],
         residual3: vec![0.0; l * n * ch],
         lnf: vec![0.0; n * ch],
@@ -349,6 +379,7 @@ pub fn forward(c: &Config, params: &[f32], inputs: &[u16], targets: &[u16], b: u
         let residual: Vec<f32> = if li == 0 { a.encoded.clone() } else { a.residual3[(li - 1) * n * ch..li * n * ch].to_vec() };
         let s = |off: usize, len: usize| &params[off + li * len..off + (li + 1) * len];
         let (lo, lo3, lo4) = (li * n * ch, li * n * 3 * ch, li * n * 4 * ch);
+        let (fr, lof) = (c.fc_rows(), li * n * c.fc_rows());
         layernorm_forward(&mut a.ln1[lo..lo + n * ch], &mut a.ln1_mean[li * n..(li + 1) * n], &mut a.ln1_rstd[li * n..(li + 1) * n], &residual, s(p.ln1w, ch), s(p.ln1b, ch), n, ch);
         matmul_forward(&mut a.qkv[lo3..lo3 + n * 3 * ch], &a.ln1[lo..lo + n * ch], s(p.qkvw, 3 * ch * ch), Some(s(p.qkvb, 3 * ch)), n, ch, 3 * ch);
         let att_len = b * nh * t * t;
@@ -359,9 +390,13 @@ pub fn forward(c: &Config, params: &[f32], inputs: &[u16], targets: &[u16], b: u
         }
         let r2 = a.residual2[lo..lo + n * ch].to_vec();
         layernorm_forward(&mut a.ln2[lo..lo + n * ch], &mut a.ln2_mean[li * n..(li + 1) * n], &mut a.ln2_rstd[li * n..(li + 1) * n], &r2, s(p.ln2w, ch), s(p.ln2b, ch), n, ch);
-        matmul_forward(&mut a.fch[lo4..lo4 + n * 4 * ch], &a.ln2[lo..lo + n * ch], s(p.fcw, 4 * ch * ch), Some(s(p.fcb, 4 * ch)), n, ch, 4 * ch);
-        let fch = a.fch[lo4..lo4 + n * 4 * ch].to_vec();
-        gelu_forward(&mut a.fch_gelu[lo4..lo4 + n * 4 * ch], &fch);
+        matmul_forward(&mut a.fch[lof..lof + n * fr], &a.ln2[lo..lo + n * ch], s(p.fcw, fr * ch), Some(s(p.fcb, fr)), n, ch, fr);
+        let fch = a.fch[lof..lof + n * fr].to_vec();
+        if c.swiglu {
+            swiglu_forward(&mut a.fch_gelu[lo4..lo4 + n * 4 * ch], &fch, n, 4 * ch);
+        } else {
+            gelu_forward(&mut a.fch_gelu[lo4..lo4 + n * 4 * ch], &fch);
+        }
         matmul_forward(&mut tmp, &a.fch_gelu[lo4..lo4 + n * 4 * ch], s(p.fcprojw, 4 * ch * ch), Some(s(p.fcprojb, ch)), n, 4 * ch, ch);
         for i in 0..n * ch {
             a.residual3[lo + i] = r2[i] + tmp[i];
@@ -418,6 +453,7 @@ pub fn backward(c: &Config, params: &[f32], a: &Activations) -> Vec<f32> {
     for li in (0..l).rev() {
         let s = |off: usize, len: usize| &params[off + li * len..off + (li + 1) * len];
         let (lo, lo3, lo4) = (li * n * ch, li * n * 3 * ch, li * n * 4 * ch);
+        let (fr, lof) = (c.fc_rows(), li * n * c.fc_rows());
         let residual: &[f32] = if li == 0 { &a.encoded } else { &a.residual3[(li - 1) * n * ch..li * n * ch] };
         // residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
         let mut dfch_gelu = vec![0f32; n * 4 * ch];
@@ -426,14 +462,18 @@ pub fn backward(c: &Config, params: &[f32], a: &Activations) -> Vec<f32> {
         matmul_backward(&mut dfch_gelu, &mut dw, Some(&mut dbias), &dres, &a.fch_gelu[lo4..lo4 + n * 4 * ch], s(p.fcprojw, 4 * ch * ch), n, 4 * ch, ch);
         add(gs(&mut g, p.fcprojw, li, 4 * ch * ch), &dw);
         add(gs(&mut g, p.fcprojb, li, ch), &dbias);
-        let mut dfch = vec![0f32; n * 4 * ch];
-        gelu_backward(&mut dfch, &a.fch[lo4..lo4 + n * 4 * ch], &dfch_gelu);
+        let mut dfch = vec![0f32; n * fr];
+        if c.swiglu {
+            swiglu_backward(&mut dfch, &a.fch[lof..lof + n * fr], &dfch_gelu, n, 4 * ch);
+        } else {
+            gelu_backward(&mut dfch, &a.fch[lof..lof + n * fr], &dfch_gelu);
+        }
         let mut dln2 = vec![0f32; n * ch];
-        let mut dw = vec![0f32; 4 * ch * ch];
-        let mut dbias = vec![0f32; 4 * ch];
-        matmul_backward(&mut dln2, &mut dw, Some(&mut dbias), &dfch, &a.ln2[lo..lo + n * ch], s(p.fcw, 4 * ch * ch), n, ch, 4 * ch);
-        add(gs(&mut g, p.fcw, li, 4 * ch * ch), &dw);
-        add(gs(&mut g, p.fcb, li, 4 * ch), &dbias);
+        let mut dw = vec![0f32; fr * ch];
+        let mut dbias = vec![0f32; fr];
+        matmul_backward(&mut dln2, &mut dw, Some(&mut dbias), &dfch, &a.ln2[lo..lo + n * ch], s(p.fcw, fr * ch), n, ch, fr);
+        add(gs(&mut g, p.fcw, li, fr * ch), &dw);
+        add(gs(&mut g, p.fcb, li, fr), &dbias);
         let mut dres2 = dres.clone();
         let (mut dlw, mut dlb) = (vec![0f32; ch], vec![0f32; ch]);
         layernorm_backward(&mut dres2, &mut dlw, &mut dlb, &dln2, &a.residual2[lo..lo + n * ch], s(p.ln2w, ch), &a.ln2_mean[li * n..(li + 1) * n], &a.ln2_rstd[li * n..(li + 1) * n], n, ch);

@@ -3,7 +3,7 @@
 
 use twofour_trainer::reference::{backward, forward, init_params, AdamW, Config, ParamLayout};
 
-const SMALL: Config = Config { vocab: 37, max_seq: 8, layers: 2, heads: 2, channels: 16 };
+const SMALL: Config = Config { vocab: 37, max_seq: 8, layers: 2, heads: 2, channels: 16, swiglu: false };
 
 fn batch() -> (Vec<u16>, Vec<u16>, usize, usize) {
     let (b, t) = (2, 6);
@@ -14,7 +14,15 @@ fn batch() -> (Vec<u16>, Vec<u16>, usize, usize) {
 
 #[test]
 fn gradients_match_finite_differences() {
-    let c = SMALL;
+    check_gradients(SMALL);
+}
+
+#[test]
+fn swiglu_gradients_match_finite_differences() {
+    check_gradients(Config { swiglu: true, ..SMALL });
+}
+
+fn check_gradients(c: Config) {
     let params = init_params(&c, 1).iter().map(|x| x * 5.0).collect::<Vec<f32>>(); // larger weights: larger gradients
     let (x, y, b, t) = batch();
     let (_, acts) = forward(&c, &params, &x, &y, b, t);
