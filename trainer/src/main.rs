@@ -95,14 +95,14 @@ fn config(name: &str, seq: usize) -> Result<Config, String> {
 }
 
 fn run(a: Args) -> Result<(), String> {
-    match twofour::Device::new(0) {
-        Ok(dev) => println!("GPU {} found, but the GPU training path is not built yet (issue 7): training on the CPU reference.", dev.name()),
-        Err(e) => println!("No GPU ({e}).\nTraining on the CPU reference path."),
-    }
     if a.sample_only {
         let (c, params, _, _) = checkpoint::load(&a.out).map_err(|e| e.to_string())?;
         println!("{}", sample(&c, &params, a.sample.max(1), a.seed).map_err(|e| e.to_string())?);
         return Ok(());
+    }
+    match twofour::Device::new(0) {
+        Ok(dev) => println!("GPU {} found, but the GPU training path is not built yet (issue 7): training on the CPU reference.", dev.name()),
+        Err(e) => println!("No GPU ({e}).\nTraining on the CPU reference path."),
     }
     let mut c = Config { swiglu: a.swiglu, ..config(&a.model, a.seq)? };
     if a.model != "tiny" && !a.force_cpu {
