@@ -42,9 +42,8 @@ fn out_shape(layout: GatedLayout, t: usize, f: usize) -> (usize, usize) {
     }
 }
 
-fn grid(dev: &Device, n: usize) -> LaunchConfig {
+fn grid(n: usize) -> LaunchConfig {
     let blocks = (n / 8).div_ceil(256).clamp(1, 132 * 16) as u32;
-    let _ = dev;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
@@ -59,7 +58,7 @@ pub fn gated_forward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMa
     let mut b = dev.stream().launch_builder(&func);
     b.arg(h.data()).arg(y.data_mut()).arg(&ti).arg(&fi).arg(&fm).arg(&kind);
     // SAFETY: H holds tokens x 2F, y tokens x F elements; the contiguous axis is a multiple of 8.
-    unsafe { b.launch(grid(dev, t * f)) }.during("launching gated_forward")?;
+    unsafe { b.launch(grid(t * f)) }.during("launching gated_forward")?;
     Ok(())
 }
 
@@ -74,6 +73,6 @@ pub fn gated_backward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceM
     let mut b = dev.stream().launch_builder(&func);
     b.arg(h.data()).arg(dy.data()).arg(dh.data_mut()).arg(&ti).arg(&fi).arg(&fm).arg(&kind);
     // SAFETY: as in gated_forward; dH has H's shape.
-    unsafe { b.launch(grid(dev, t * f)) }.during("launching gated_backward")?;
+    unsafe { b.launch(grid(t * f)) }.during("launching gated_backward")?;
     Ok(())
 }

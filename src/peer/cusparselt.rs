@@ -42,8 +42,9 @@ pub struct CuSparseLt {
 /// A planned product with A pruned and compressed, its workspace, and the chosen algorithm.
 pub struct SpMM {
     plan: Box<sys::cusparseLtMatmulPlan_t>,
-    descs: Vec<Box<sys::cusparseLtMatDescriptor_t>>,
-    alg: Box<sys::cusparseLtMatmulAlgSelection_t>,
+    // Kept alive (boxed, so their addresses are stable) for as long as the plan refers to them.
+    _descs: Vec<Box<sys::cusparseLtMatDescriptor_t>>,
+    _alg: Box<sys::cusparseLtMatmulAlgSelection_t>,
     a_compressed: CudaSlice<u8>,
     workspace: CudaSlice<u8>,
 }
@@ -141,7 +142,7 @@ impl CuSparseLt {
             let (ps, _gs) = scratch.device_ptr_mut(stream);
             self.check(self.lib.cusparseLtSpMMACompress(h, &*plan, pa as *const c_void, pc as *mut c_void, ps as *mut c_void, raw_stream), "compress")?;
         }
-        let mut spmm = SpMM { plan, descs: vec![da, db, dd], alg, a_compressed, workspace };
+        let mut spmm = SpMM { plan, _descs: vec![da, db, dd], _alg: alg, a_compressed, workspace };
         // Search: cuSPARSELt times its algorithms on these operands and keeps the fastest in the plan.
         let (alpha, beta) = (1f32, 0f32);
         unsafe {
@@ -174,12 +175,6 @@ impl CuSparseLt {
                 "matmul",
             )
         }
-    }
-}
-
-impl Drop for SpMM {
-    fn drop(&mut self) {
-        let _ = (&self.descs, &self.alg);
     }
 }
 
