@@ -39,6 +39,7 @@ rm "$pack.tmp/build.json"
 strip "$pack.tmp"/tests/* "$pack.tmp"/benches/* "$pack.tmp"/bin/*
 cp target/release/ptxas-report.txt target/release/twofour.fatbin "$pack.tmp/"
 cp scripts/run-gpu.sh "$pack.tmp/"
+mkdir -p "$pack.tmp/peers" && cp scripts/peers/*.py "$pack.tmp/peers/"
 git rev-parse --short HEAD >"$pack.tmp/COMMIT" 2>/dev/null || echo unknown >"$pack.tmp/COMMIT"
 git status --porcelain --untracked-files=no | grep -q . && echo "(dirty)" >>"$pack.tmp/COMMIT" || true
 rm -rf "$pack"

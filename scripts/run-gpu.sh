@@ -9,6 +9,7 @@ mkdir -p "$out/logs"
 export PATH=/usr/local/cuda/bin:$PATH
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cusparselt/lib:${LD_LIBRARY_PATH:-}
 export TWOFOUR_BIN="$pack/bin/twofour"  # for tests/cli.rs
+export TWOFOUR_TRAIN_BIN="$pack/bin/twofour-train"  # for trainer/tests/train.rs
 san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 declare -a rows
 record() { rows+=("$(printf '%-44s %-6s %s' "$1" "$2" "$3")"); }
@@ -20,8 +21,11 @@ summary() { grep -E "^test result:" "$1" | tail -1 | sed 's/test result: //; s/;
 
 # RUN_TESTS=0 or RUN_BENCHES=0 skip a part (for a bench-only or test-only device call);
 # SKIP_BENCHES="gemm ..." skips named benches (the full gemm sweep takes ~10 minutes).
+# TESTS="gpu train" runs only the named test executables.
+want() { [ -z "${TESTS:-}" ] && return 0; case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "${RUN_TESTS:-1}" = 1 ] && for t in "$pack"/tests/*; do
   n=$(basename "$t")
+  want "$n" || continue
   log="$out/logs/$n.log"
   "$t" --include-ignored --test-threads=1 >"$log" 2>&1
   rc=$?
@@ -32,6 +36,7 @@ done
 [ "${RUN_TESTS:-1}" = 1 ] && for tool in memcheck racecheck; do
   for t in "$pack"/tests/*; do
     n=$(basename "$t")
+    want "$n" || continue
     "$t" --list --ignored 2>/dev/null | grep -q ': test' || continue
     log="$out/logs/$n.$tool.log"
     "$san" --tool "$tool" --error-exitcode 99 --print-limit 20 "$t" --ignored --test-threads=1 >"$log" 2>&1
@@ -53,6 +58,31 @@ done
   record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:\|^[a-z0-9.@-]* *fwd\|dx\|dw ' "$log") results"
   if [ "$n" = gemm ] || [ "$n" = kernels ]; then cat "$log"; else grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40; fi
 done
+
+# The trainer (issue 7): throughput vs PyTorch in the same call, then the main job on the H100.
+if [ "${RUN_TRAINER:-1}" = 1 ] && [ -x "$pack/bin/twofour-train" ]; then
+  tb="$out/trainer-bench.jsonl"
+  : >"$tb"
+  for spec in "124m 32" "350m 16"; do
+    set -- $spec
+    "$pack/bin/twofour-train" --bench --model "$1" --batch "$2" --seq 1024 --steps ${TRAIN_BENCH_STEPS:-10} >>"$tb" 2>"$out/logs/trainer-bench-$1.log"
+    rc=$?
+    record "trainer bench $1" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(tail -1 "$tb")"
+  done
+  if [ "${RUN_PEER:-1}" = 1 ] && [ -x /opt/torch/.venv/bin/python ]; then
+    OUT="$out" PEER_MODELS=gpt2-124M,gpt2-350M /opt/torch/.venv/bin/python "$pack/peers/gpt2_torch_bench.py" >"$out/logs/torch-peer.log" 2>&1
+    rc=$?
+    record "pytorch peer (torch.compile)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c tok_s "$out/logs/torch-peer.log") models"
+  fi
+  if [ "${RUN_MAIN:-1}" = 1 ]; then
+    "$pack/bin/twofour-train" --out "$out/run-124m" ${MAIN_ARGS:-} >"$out/logs/train-124m.log" 2>&1
+    rc=$?
+    record "main job (twofour-train)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep 'val loss' "$out/logs/train-124m.log" | tail -1)"
+    cp "$out/run-124m/loss.png" "$out/loss-124m.png" 2>/dev/null
+    cp "$out/run-124m/losses.tsv" "$out/logs/" 2>/dev/null
+    rm -rf "$out/run-124m"
+  fi
+fi
 
 if [ -x "$pack/bin/twofour" ]; then
   "$pack/bin/twofour" demo >"$out/logs/demo.log" 2>&1

@@ -101,7 +101,8 @@ impl Device {
         self.stream.synchronize().during("waiting for the GPU")
     }
 
-    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+    /// A kernel of the embedded module by name (the trainer launches its own `gpt_*` kernels).
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
         self.module.load_function(name).during(format!("looking up kernel {name}"))
     }
 

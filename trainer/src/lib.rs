@@ -7,3 +7,4 @@ pub mod data;
 pub mod checkpoint;
 pub mod reference;
 pub mod schedule;
+pub mod gpu;

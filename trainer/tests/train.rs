@@ -1,10 +1,11 @@
-//! The trainer binary on the CPU reference path: deterministic, and a resumed run continues with
+//! The trainer binary (CPU reference path here; the GPU path on a GPU machine): deterministic, and a resumed run continues with
 //! bit-identical losses; a corrupt checkpoint gives a clear error.
 
 use std::process::Command;
 
 fn train(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_twofour-train"))
+    // TWOFOUR_TRAIN_BIN: the GPU runner's packed copy (there the run takes the GPU path).
+    Command::new(std::env::var("TWOFOUR_TRAIN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_twofour-train").to_string()))
         .args(["--steps", "6", "--batch", "2", "--seq", "16", "--val-every", "3", "--sample", "0", "--out"])
         .arg(out)
         .args(extra)

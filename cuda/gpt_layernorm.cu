@@ -1,0 +1,129 @@
+// LayerNorm of the GPT trainer (eps 1e-5), alone and fused with the residual add that precedes it
+// (llm.c's fused_residual_forward). One warp per row, 16-byte accesses (C % 8 == 0), f32 math;
+// mean and 1/std are kept for the backward pass. The weight gradients are column sums over rows:
+// gpt_colsum_partial (gpt_elementwise.cu) computes them in a fixed order, so they are reproducible.
+// Reference: trainer/src/reference.rs (layernorm_forward / layernorm_backward).
+#include "common.cuh"
+
+namespace gptln {
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ void unpack8(uint4 v, float f[8]) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ uint4 pack8(const float f[8]) {
+    uint4 v;
+    uint32_t* w = reinterpret_cast<uint32_t*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = (uint32_t)twofour::f32_to_bf16(f[2 * i]) | ((uint32_t)twofour::f32_to_bf16(f[2 * i + 1]) << 16);
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Normalizes the row x (already in bf16 in global memory) into out; two passes for the variance.
+__device__ __forceinline__ void normalize_row(bf16* out, float* mean, float* rstd, const bf16* x, const float* w, const float* b, int C, long long row) {
+    const int lane = threadIdx.x % 32;
+    float s = 0.f;
+    for (int c = lane * 8; c < C; c += 256) {
+        float f[8];
+        unpack8(*reinterpret_cast<const uint4*>(x + c), f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s += f[i];
+    }
+    const float m = warp_sum(s) / C;
+    float v = 0.f;
+    for (int c = lane * 8; c < C; c += 256) {
+        float f[8];
+        unpack8(*reinterpret_cast<const uint4*>(x + c), f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v += (f[i] - m) * (f[i] - m);
+    }
+    const float rs = rsqrtf(warp_sum(v) / C + 1e-5f);
+    for (int c = lane * 8; c < C; c += 256) {
+        float f[8];
+        unpack8(*reinterpret_cast<const uint4*>(x + c), f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) f[i] = (f[i] - m) * rs * w[c + i] + b[c + i];
+        *reinterpret_cast<uint4*>(out + c) = pack8(f);
+    }
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = rs;
+    }
+}
+
+}  // namespace gptln
+
+using namespace gptln;
+
+// out = LN(inp) per row of C. Grid: ceil(N / 8) blocks of 256 threads (a warp per row).
+extern "C" __global__ void __launch_bounds__(256) gpt_layernorm_forward(bf16* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const bf16* __restrict__ inp, const float* __restrict__ w, const float* __restrict__ b, int N, int C) {
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (row >= N) return;
+    normalize_row(out + row * C, mean, rstd, inp + row * C, w, b, C, row);
+}
+
+// res = a + b (rounded to bf16 and stored: it is the next block's residual), out = LN(res).
+extern "C" __global__ void __launch_bounds__(256) gpt_residual_layernorm_forward(bf16* __restrict__ res, bf16* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const bf16* __restrict__ a, const bf16* __restrict__ b, const float* __restrict__ w, const float* __restrict__ bias, int N, int C) {
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (row >= N) return;
+    const int lane = threadIdx.x % 32;
+    for (int c = lane * 8; c < C; c += 256) {
+        float fa[8], fb[8];
+        unpack8(*reinterpret_cast<const uint4*>(a + row * C + c), fa);
+        unpack8(*reinterpret_cast<const uint4*>(b + row * C + c), fb);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) fa[i] += fb[i];
+        *reinterpret_cast<uint4*>(res + row * C + c) = pack8(fa);
+    }
+    __syncwarp();
+    normalize_row(out + row * C, mean, rstd, res + row * C, w, bias, C, row);
+}
+
+// dinp += LN backward of dout (the input gradient only; see the file comment for dw, db).
+extern "C" __global__ void __launch_bounds__(256) gpt_layernorm_backward(bf16* __restrict__ dinp, const bf16* __restrict__ dout, const bf16* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ w, int N, int C) {
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    if (row >= N) return;
+    const int lane = threadIdx.x % 32;
+    const float m = mean[row], rs = rstd[row];
+    const bf16* x = inp + row * C;
+    const bf16* d = dout + row * C;
+    float s1 = 0.f, s2 = 0.f;
+    for (int c = lane * 8; c < C; c += 256) {
+        float fx[8], fd[8];
+        unpack8(*reinterpret_cast<const uint4*>(x + c), fx);
+        unpack8(*reinterpret_cast<const uint4*>(d + c), fd);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float dn = w[c + i] * fd[i];
+            s1 += dn;
+            s2 += dn * (fx[i] - m) * rs;
+        }
+    }
+    s1 = warp_sum(s1) / C;
+    s2 = warp_sum(s2) / C;
+    for (int c = lane * 8; c < C; c += 256) {
+        float fx[8], fd[8], fo[8];
+        unpack8(*reinterpret_cast<const uint4*>(x + c), fx);
+        unpack8(*reinterpret_cast<const uint4*>(d + c), fd);
+        unpack8(*reinterpret_cast<const uint4*>(dinp + row * C + c), fo);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float norm = (fx[i] - m) * rs;
+            fo[i] += rs * (w[c + i] * fd[i] - s1 - norm * s2);
+        }
+        *reinterpret_cast<uint4*>(dinp + row * C + c) = pack8(fo);
+    }
+}
