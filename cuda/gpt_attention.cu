@@ -1,96 +1,126 @@
 // Causal self-attention of the GPT trainer, fused flash-style (Dao 2023, FlashAttention-2): the
-// T x T score matrix never reaches global memory. Head size 64 (every GPT-2 preset). Tensor cores
-// through WMMA (bf16 in, f32 accumulate: HMMA on sm_80 and sm_90).
+// T x T score matrix never reaches global memory. Head size 64 (every GPT-2 preset).
 //
 // Layouts (llm.c's): qkv is (B, T, 3C) row-major with q | k | v side by side and head h at columns
-// h*64..h*64+63 of each third; out is (B, T, C); lse (log-sum-exp of each query's scaled scores)
-// is (B, NH, T) f32, written by the forward pass for the backward pass.
+// h*64..h*64+63 of each third; out is (B, T, C); lse (natural log-sum-exp of each query's scaled
+// scores) is (B, NH, T) f32, written by the forward pass for the backward pass.
+//
+// Tensor cores through warp-level mma.sync.m16n8k16 (bf16 in, f32 accumulate; PTX ISA 9.7.13.4.8),
+// operands from shared memory by ldmatrix (9.7.13.4.15; .trans where the operand is needed
+// k-major). Fragment facts used throughout, with g = lane / 4 and t = lane % 4:
+//   A (16 x 16): {a0,a1} row g, cols 2t..2t+1; {a2,a3} row g+8; {a4,a5} row g, cols 2t+8..;
+//                {a6,a7} row g+8, cols 2t+8..
+//   B (16 x 8):  {b0,b1} rows 2t..2t+1, col g; {b2,b3} rows 2t+8..2t+9, col g
+//   C (16 x 8):  {c0,c1} row g, cols 2t..2t+1; {c2,c3} row g+8, cols 2t..2t+1
+// so the C fragments of two adjacent 8-column tiles are, packed to bf16, exactly the A fragment of
+// one 16-wide k step: scores turn into the next product's operand without leaving registers.
 //
 // Tiles: a CTA of 4 warps owns 64 queries (forward, dQ) or 64 keys (dK/dV); each warp owns 16 of
-// them and the whole 64-wide head. The loop walks 64-wide tiles of the other side; a block-sparse
-// variant (Mixed Sparsity Training) only has to skip tiles in that loop. The backward pass is two
-// kernels (dK/dV over query tiles, dQ over key tiles) instead of one with atomics, so every result
-// is written once, in a fixed order: training is bit-for-bit reproducible.
+// them and the whole 64-wide head. The loop walks 64-wide tiles of the other side, double-buffered
+// with cp.async; a block-sparse variant (Mixed Sparsity Training) only has to skip tiles in that
+// loop. The backward pass is two kernels (dK/dV over query tiles, dQ over key tiles) instead of one
+// with atomics, so every result is written once, in a fixed order: training is reproducible bit
+// for bit. The most expensive CTAs (last query tiles) are scheduled first.
 #include "common.cuh"
-#include <mma.h>
 
 namespace attn {
 
-using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
 
 constexpr int HD = 64;   // head size
 constexpr int BT = 64;   // tile of queries / keys
-constexpr int LDH = 72;  // bf16 smem row stride: +16 bytes against ldmatrix bank conflicts
-constexpr int LDS = 68;  // f32 smem row stride
-constexpr int TILE_H = BT * LDH;  // bf16 elements per tile
-constexpr int TILE_S = BT * LDS;  // f32 elements per tile
+constexpr int LDH = 72;  // smem row stride in bf16: 144 bytes, so ldmatrix's 8 rows hit 8 bank groups
+constexpr int TILE = BT * LDH;
+constexpr float LOG2E = 1.4426950408889634f;
 
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> FragA;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> FragBRow;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> FragBCol;
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-// Rows row0..row0+63 of a 64-wide slice of a (rows x stride) bf16 matrix into smem; rows at or past
-// `rows` become zeros. 128 threads, 16-byte accesses.
+// 16 bytes global -> shared, zero-filled when !valid (the source is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Rows row0..row0+63 of a 64-wide slice of a (rows x stride) bf16 matrix into a smem tile; rows at
+// or past `rows` become zeros. 128 threads, 4 x 16 bytes each.
 __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, long long stride, int row0, int rows) {
-    for (int i = threadIdx.x; i < BT * HD / 8; i += blockDim.x) {
-        const int r = i / 8, c = (i % 8) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (row0 + r < rows) v = *reinterpret_cast<const uint4*>(src + (long long)(row0 + r) * stride + c);
-        *reinterpret_cast<uint4*>(dst + r * LDH + c) = v;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int idx = threadIdx.x + i * 128, r = idx / 8, c = (idx % 8) * 8;
+        const bool ok = row0 + r < rows;
+        cp_async16(dst + r * LDH + c, src + (long long)(ok ? row0 + r : 0) * stride + c, ok);
     }
 }
 
-// acc[n] (16 x 16, n = 0..3 across 64 columns) = A (16 x 64, row-major at a) * B, where B is
-// 64 x 64: `b` holds B^T row-major (col_major view) when TRANS, else B row-major.
-template <bool TRANS>
-__device__ __forceinline__ void mma_16x64(FragC acc[4], const bf16* a, const bf16* b, bool zero) {
-    if (zero) {
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    return (uint32_t)twofour::f32_to_bf16(lo) | ((uint32_t)twofour::f32_to_bf16(hi) << 16);
+}
+
+// The A fragments (4 k steps of 16) of a 16 x 64 row block of a smem tile.
+__device__ __forceinline__ void load_a(uint32_t a[4][4], const bf16* tile, int row0) {
+    const int l = threadIdx.x % 32, mi = l / 8;
 #pragma unroll
-        for (int n = 0; n < 4; ++n) wmma::fill_fragment(acc[n], 0.f);
-    }
-    // k outer: one A fragment live at a time (the dK/dV kernel holds two 16 x 64 accumulators).
+    for (int k = 0; k < 4; ++k) ldsm_x4(a[k], tile + (row0 + (l % 8) + (mi & 1) * 8) * LDH + k * 16 + (mi >> 1) * 8);
+}
+
+// acc (16 x 64: 8 tiles of 8 columns) += A (16 x 64, fragments) * B, where B's column j is row j
+// of the smem tile `rows` (B = rows^T: S = Q K^T, dP = dO V^T, ...).
+__device__ __forceinline__ void mma_abt(float acc[8][4], const uint32_t a[4][4], const bf16* rows) {
+    const int l = threadIdx.x % 32, mi = l / 8;
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int n = 0; n < 8; n += 2) {
+            uint32_t b[4];
+            ldsm_x4(b, rows + (n * 8 + (l % 8) + (mi >> 1) * 8) * LDH + k * 16 + (mi & 1) * 8);
+            mma16816(acc[n], a[k], b[0], b[1]);
+            mma16816(acc[n + 1], a[k], b[2], b[3]);
+        }
+}
+
+// acc (16 x 64) += P (16 x 64, C fragments in registers, k = the tile's rows) * tile (64 x 64).
+__device__ __forceinline__ void mma_pb(float acc[8][4], const float p[8][4], const bf16* tile) {
+    const int l = threadIdx.x % 32, mi = l / 8;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        FragA fa;
-        wmma::load_matrix_sync(fa, a + k * 16, LDH);
+        const uint32_t a[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), pack_bf16(p[2 * k][2], p[2 * k][3]), pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3])};
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
-            if constexpr (TRANS) {
-                FragBCol fb;
-                wmma::load_matrix_sync(fb, b + n * 16 * LDH + k * 16, LDH);
-                wmma::mma_sync(acc[n], fa, fb, acc[n]);
-            } else {
-                FragBRow fb;
-                wmma::load_matrix_sync(fb, b + k * 16 * LDH + n * 16, LDH);
-                wmma::mma_sync(acc[n], fa, fb, acc[n]);
-            }
+        for (int n = 0; n < 8; n += 2) {
+            uint32_t b[4];
+            ldsm_x4_t(b, tile + (k * 16 + (l % 8) + (mi & 1) * 8) * LDH + n * 8 + (mi >> 1) * 8);
+            mma16816(acc[n], a, b[0], b[1]);
+            mma16816(acc[n + 1], a, b[2], b[3]);
         }
     }
 }
 
-__device__ __forceinline__ void store_16x64(float* s, FragC acc[4]) {
+__device__ __forceinline__ void zero(float acc[8][4]) {
 #pragma unroll
-    for (int n = 0; n < 4; ++n) wmma::store_matrix_sync(s + n * 16, acc[n], LDS, wmma::mem_row_major);
+    for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 }
 
-// Writes the warp's 16 x 64 f32 rows (through smem) as bf16 to global rows row0.., if < rows.
-__device__ __forceinline__ void write_rows(bf16* dst, long long stride, const float* s, int row0, int rows, int lane) {
-    const int r = lane / 2, c0 = (lane & 1) * 32;
-    if (row0 + r >= rows) return;
-    bf16* d = dst + (long long)(row0 + r) * stride + c0;
+// Writes a warp's 16 x 64 accumulator (times `scale`) as bf16 rows row0.. of dst, if < rows.
+__device__ __forceinline__ void store_rows(bf16* dst, long long stride, const float acc[8][4], float s0, float s1, int row0, int rows) {
+    const int l = threadIdx.x % 32, g = l / 4, t = l % 4;
 #pragma unroll
-    for (int j = 0; j < 32; j += 8) {
-        uint4 v;
-        uint32_t* w = reinterpret_cast<uint32_t*>(&v);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const uint32_t lo = twofour::f32_to_bf16(s[r * LDS + c0 + j + 2 * e]);
-            const uint32_t hi = twofour::f32_to_bf16(s[r * LDS + c0 + j + 2 * e + 1]);
-            w[e] = lo | (hi << 16);
-        }
-        *reinterpret_cast<uint4*>(d + j) = v;
+    for (int n = 0; n < 8; ++n) {
+        if (row0 + g < rows) *reinterpret_cast<uint32_t*>(dst + (long long)(row0 + g) * stride + n * 8 + 2 * t) = pack_bf16(acc[n][0] * s0, acc[n][1] * s0);
+        if (row0 + g + 8 < rows) *reinterpret_cast<uint32_t*>(dst + (long long)(row0 + g + 8) * stride + n * 8 + 2 * t) = pack_bf16(acc[n][2] * s1, acc[n][3] * s1);
     }
 }
 
@@ -98,81 +128,94 @@ __device__ __forceinline__ void write_rows(bf16* dst, long long stride, const fl
 
 using namespace attn;
 
-// grid (ceil(T/64), B*NH), 128 threads, dynamic smem: Q, K, V, P (bf16 tiles) + S, O (f32 tiles).
+// grid (ceil(T/64), B*NH), 128 threads; smem: Q + 2 x (K, V) tiles.
 extern "C" __global__ void __launch_bounds__(128) gpt_attention_forward(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ qkv, int T, int NH, float scale) {
     extern __shared__ __align__(128) unsigned char attn_smem[];
     bf16* sQ = reinterpret_cast<bf16*>(attn_smem);
-    bf16* sK = sQ + TILE_H;
-    bf16* sV = sK + TILE_H;
-    bf16* sP = sV + TILE_H;
-    float* sS = reinterpret_cast<float*>(sP + TILE_H);
-    float* sO = sS + TILE_S;
+    bf16* sK = sQ + TILE;  // [2][TILE]
+    bf16* sV = sK + 2 * TILE;
 
-    const int qb = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int qb = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const long long stride = 3LL * C;
     const bf16* base = qkv + (long long)b * T * stride + h * HD;
     const int q0 = qb * BT;
+    const float sl2 = scale * LOG2E;  // scores in the log2 domain: exp2 is one instruction
 
     load_tile(sQ, base, stride, q0, T);
-    for (int i = threadIdx.x; i < TILE_S; i += blockDim.x) sO[i] = 0.f;
+    load_tile(sK, base + C, stride, 0, T);
+    load_tile(sV, base + 2 * C, stride, 0, T);
+    cp_async_commit();
 
-    // Each query row is shared by a lane pair: lane r/2 of the warp's 16 rows, 32 columns each.
-    const int r = warp * 16 + lane / 2, c0 = (lane & 1) * 32, q = q0 + r;
-    float m = -INFINITY, l = 0.f;
-    FragC acc[4];
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;  // this thread's two query rows
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    float o[8][4];
+    zero(o);
+    uint32_t qa[4][4];
     for (int kb = 0; kb <= qb; ++kb) {
-        const int k0 = kb * BT;
-        __syncthreads();  // the previous tiles are consumed
-        load_tile(sK, base + C, stride, k0, T);
-        load_tile(sV, base + 2 * C, stride, k0, T);
+        const int buf = kb & 1, k0 = kb * BT;
+        if (kb < qb) {  // prefetch the next K, V tiles into the other buffer
+            load_tile(sK + (buf ^ 1) * TILE, base + C, stride, k0 + BT, T);
+            load_tile(sV + (buf ^ 1) * TILE, base + 2 * C, stride, k0 + BT, T);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
+        if (kb == 0) load_a(qa, sQ, warp * 16);
 
-        // S = Q K^T for the warp's 16 rows.
-        mma_16x64<true>(acc, sQ + warp * 16 * LDH, sK, true);
-        store_16x64(sS + warp * 16 * LDS, acc);
-        __syncwarp();
-
-        // Online softmax (FlashAttention-2, Alg. 1): new running max, rescale O and l.
-        float p[32], mx = -INFINITY;
+        float s[8][4];
+        zero(s);
+        mma_abt(s, qa, sK + buf * TILE);
+        // Causal mask (only the diagonal tile has keys past a row), scale, running max.
+        float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const int key = k0 + c0 + j;
-            p[j] = key <= q ? sS[r * LDS + c0 + j] * scale : -INFINITY;
-            mx = fmaxf(mx, p[j]);
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int key = k0 + n * 8 + 2 * t + e;
+                s[n][e] = key <= r0 ? s[n][e] * sl2 : -INFINITY;
+                s[n][2 + e] = key <= r1 ? s[n][2 + e] * sl2 : -INFINITY;
+                mx0 = fmaxf(mx0, s[n][e]);
+                mx1 = fmaxf(mx1, s[n][2 + e]);
+            }
+#pragma unroll
+        for (int o_ = 1; o_ <= 2; o_ *= 2) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
         }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        const float m_new = fmaxf(m, mx);  // finite: key k0 <= q is always present
-        const float alpha = __expf(m - m_new);
-        float sum = 0.f;
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key k0 <= row always
+        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
+        float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            p[j] = __expf(p[j] - m_new);
-            sum += p[j];
+        for (int n = 0; n < 8; ++n) {
+            s[n][0] = exp2f(s[n][0] - mn0);
+            s[n][1] = exp2f(s[n][1] - mn0);
+            s[n][2] = exp2f(s[n][2] - mn1);
+            s[n][3] = exp2f(s[n][3] - mn1);
+            sum0 += s[n][0] + s[n][1];
+            sum1 += s[n][2] + s[n][3];
+            o[n][0] *= al0;
+            o[n][1] *= al0;
+            o[n][2] *= al1;
+            o[n][3] *= al1;
         }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        l = l * alpha + sum;
-        m = m_new;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            sP[r * LDH + c0 + j] = __float2bfloat16_rn(p[j]);
-            sO[r * LDS + c0 + j] *= alpha;
-        }
-        __syncwarp();
-
-        // O += P V.
-#pragma unroll
-        for (int n = 0; n < 4; ++n) wmma::load_matrix_sync(acc[n], sO + warp * 16 * LDS + n * 16, LDS, wmma::mem_row_major);
-        mma_16x64<false>(acc, sP + warp * 16 * LDH, sV, false);
-        store_16x64(sO + warp * 16 * LDS, acc);
-        __syncwarp();
+        l0 = l0 * al0 + sum0;  // partial per thread; the quad's sum is taken at the end
+        l1 = l1 * al1 + sum1;
+        m0 = mn0;
+        m1 = mn1;
+        mma_pb(o, s, sV + buf * TILE);
+        __syncthreads();  // this buffer is refilled two iterations on
     }
-    const float inv = 1.f / l;
 #pragma unroll
-    for (int j = 0; j < 32; ++j) sO[r * LDS + c0 + j] *= inv;
-    __syncwarp();
-    write_rows(out + (long long)b * T * C + h * HD, C, sO + warp * 16 * LDS, q0 + warp * 16, T, lane);
-    if ((lane & 1) == 0 && q < T) lse[(long long)bh * T + q] = m + __logf(l);
+    for (int o_ = 1; o_ <= 2; o_ *= 2) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
+    }
+    store_rows(out + (long long)b * T * C + h * HD, C, o, 1.f / l0, 1.f / l1, q0 + warp * 16, T);
+    if (t == 0) {
+        if (r0 < T) lse[(long long)bh * T + r0] = (m0 + log2f(l0)) / LOG2E;
+        if (r1 < T) lse[(long long)bh * T + r1] = (m1 + log2f(l1)) / LOG2E;
+    }
 }
 
 // D[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d] (FlashAttention-2's D_i). One warp each.
@@ -184,8 +227,7 @@ extern "C" __global__ void gpt_attention_backward_dot(float* __restrict__ D, con
     const long long bt = w / NH;  // b * T + t
     const int C = NH * HD;
     const long long off = bt * C + h * HD + lane * 2;
-    const float s = __bfloat162float(dout[off]) * __bfloat162float(out[off]) + __bfloat162float(dout[off + 1]) * __bfloat162float(out[off + 1]);
-    float v = s;
+    float v = __bfloat162float(dout[off]) * __bfloat162float(out[off]) + __bfloat162float(dout[off + 1]) * __bfloat162float(out[off + 1]);
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     const long long b = bt / T, t = bt % T;
@@ -193,150 +235,162 @@ extern "C" __global__ void gpt_attention_backward_dot(float* __restrict__ D, con
 }
 
 // dK and dV of 64 keys: walk every query tile at or after them. grid (ceil(T/64), B*NH).
-// smem: K, V, Q, dO, P (bf16 tiles), S and P (f32 tiles: P in f32 for dS, which holding it in
-// registers next to the dK and dV accumulators would spill), lse and D of the query tile.
+// smem: K, V tiles, 2 x (Q, dO) tiles, 2 x (lse, D) of the query tile.
 extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dkdv(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
     extern __shared__ __align__(128) unsigned char attn_smem[];
     bf16* sK = reinterpret_cast<bf16*>(attn_smem);
-    bf16* sV = sK + TILE_H;
-    bf16* sQ = sV + TILE_H;
-    bf16* sdO = sQ + TILE_H;
-    bf16* sP = sdO + TILE_H;
-    float* sS = reinterpret_cast<float*>(sP + TILE_H);
-    float* sPf = sS + TILE_S;
-    float* sL = sPf + TILE_S;
-    float* sD = sL + BT;
+    bf16* sV = sK + TILE;
+    bf16* sQ = sV + TILE;     // [2][TILE]
+    bf16* sdO = sQ + 2 * TILE;  // [2][TILE]
+    float* sL = reinterpret_cast<float*>(sdO + 2 * TILE);  // [2][BT]
+    float* sD = sL + 2 * BT;                               // [2][BT]
 
-    const int kb = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int tiles = (T + BT - 1) / BT;
+    const int kb = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;  // first key tiles: most work
+    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const long long stride = 3LL * C;
     const bf16* base = qkv + (long long)b * T * stride + h * HD;
     const bf16* dbase = dout + (long long)b * T * C + h * HD;
-    const int k0 = kb * BT, tiles = (T + BT - 1) / BT;
+    const int k0 = kb * BT;
+    const float sl2 = scale * LOG2E;
+
+    auto load_q = [&](int qb, int buf) {
+        load_tile(sQ + buf * TILE, base, stride, qb * BT, T);
+        load_tile(sdO + buf * TILE, dbase, C, qb * BT, T);
+        if (threadIdx.x < BT) {
+            const int q = qb * BT + threadIdx.x;
+            sL[buf * BT + threadIdx.x] = q < T ? lse[(long long)bh * T + q] * LOG2E : INFINITY;
+            sD[buf * BT + threadIdx.x] = q < T ? D[(long long)bh * T + q] : 0.f;
+        }
+    };
     load_tile(sK, base + C, stride, k0, T);
     load_tile(sV, base + 2 * C, stride, k0, T);
+    load_q(kb, 0);
+    cp_async_commit();
 
-    const int r = warp * 16 + lane / 2, c0 = (lane & 1) * 32, key = k0 + r;
-    FragC dK[4], dV[4], acc[4];
-#pragma unroll
-    for (int n = 0; n < 4; ++n) {
-        wmma::fill_fragment(dK[n], 0.f);
-        wmma::fill_fragment(dV[n], 0.f);
-    }
+    const int key0 = k0 + warp * 16 + g, key1 = key0 + 8;  // this thread's two key rows
+    float dk[8][4], dv[8][4];
+    zero(dk);
+    zero(dv);
+    uint32_t ka[4][4], va[4][4];
     for (int qb = kb; qb < tiles; ++qb) {
-        const int q0 = qb * BT;
+        const int buf = (qb - kb) & 1, q0 = qb * BT;
+        if (qb + 1 < tiles) load_q(qb + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
         __syncthreads();
-        load_tile(sQ, base, stride, q0, T);
-        load_tile(sdO, dbase, C, q0, T);
-        for (int i = threadIdx.x; i < BT; i += blockDim.x) {
-            const bool ok = q0 + i < T;
-            sL[i] = ok ? lse[(long long)bh * T + q0 + i] : INFINITY;
-            sD[i] = ok ? D[(long long)bh * T + q0 + i] : 0.f;
+        if (qb == kb) {
+            load_a(ka, sK, warp * 16);
+            load_a(va, sV, warp * 16);
         }
-        __syncthreads();
+        const bf16* q = sQ + buf * TILE;
+        const bf16* d = sdO + buf * TILE;
+        const float* L = sL + buf * BT;
+        const float* Dq = sD + buf * BT;
 
-        // S^T = K Q^T (16 keys x 64 queries), P^T = exp(scale S^T - lse), causal: query >= key.
-        mma_16x64<true>(acc, sK + warp * 16 * LDH, sQ, true);
-        store_16x64(sS + warp * 16 * LDS, acc);
-        __syncwarp();
-#pragma unroll 8  // fully unrolled, sm_80 spills next to the two accumulators
-        for (int j = 0; j < 32; ++j) {
-            const int q = q0 + c0 + j;
-            const float p = (q >= key && q < T) ? __expf(sS[r * LDS + c0 + j] * scale - sL[c0 + j]) : 0.f;
-            sPf[r * LDS + c0 + j] = p;
-            sP[r * LDH + c0 + j] = __float2bfloat16_rn(p);
-        }
-        __syncwarp();
-        // dV += P^T dO.
-        mma_16x64<false>(dV, sP + warp * 16 * LDH, sdO, false);
-        // dP^T = V dO^T.
-        mma_16x64<true>(acc, sV + warp * 16 * LDH, sdO, true);
-        store_16x64(sS + warp * 16 * LDS, acc);
-        __syncwarp();
-        // dS^T = P^T (dP^T - D); dK += dS^T Q (scaled at the end).
-#pragma unroll 8  // fully unrolled, sm_80 spills next to the two accumulators
-        for (int j = 0; j < 32; ++j) sP[r * LDH + c0 + j] = __float2bfloat16_rn(sPf[r * LDS + c0 + j] * (sS[r * LDS + c0 + j] - sD[c0 + j]));
-        __syncwarp();
-        mma_16x64<false>(dK, sP + warp * 16 * LDH, sQ, false);
-        __syncwarp();
-    }
+        // P^T = exp(scale K Q^T - lse) (16 keys x 64 queries), causal: query >= key.
+        float p[8][4];
+        zero(p);
+        mma_abt(p, ka, q);
 #pragma unroll
-    for (int n = 0; n < 4; ++n)
-        for (int i = 0; i < dK[n].num_elements; ++i) dK[n].x[i] *= scale;
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int c = n * 8 + 2 * t + e, qq = q0 + c;
+                p[n][e] = qq >= key0 ? exp2f(p[n][e] * sl2 - L[c]) : 0.f;
+                p[n][2 + e] = qq >= key1 ? exp2f(p[n][2 + e] * sl2 - L[c]) : 0.f;
+            }
+        // dV += P^T dO.
+        mma_pb(dv, p, d);
+        // dP^T = V dO^T; dS^T = P^T (dP^T - D).
+        float ds[8][4];
+        zero(ds);
+        mma_abt(ds, va, d);
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const float dq = Dq[n * 8 + 2 * t + e];
+                ds[n][e] = p[n][e] * (ds[n][e] - dq);
+                ds[n][2 + e] = p[n][2 + e] * (ds[n][2 + e] - dq);
+            }
+        // dK += dS^T Q (scaled at the end).
+        mma_pb(dk, ds, q);
+        __syncthreads();
+    }
     bf16* dbase_qkv = dqkv + (long long)b * T * stride + h * HD;
-    store_16x64(sS + warp * 16 * LDS, dK);
-    __syncwarp();
-    write_rows(dbase_qkv + C, stride, sS + warp * 16 * LDS, k0 + warp * 16, T, lane);
-    __syncwarp();
-    store_16x64(sS + warp * 16 * LDS, dV);
-    __syncwarp();
-    write_rows(dbase_qkv + 2 * C, stride, sS + warp * 16 * LDS, k0 + warp * 16, T, lane);
+    store_rows(dbase_qkv + C, stride, dk, scale, scale, k0 + warp * 16, T);
+    store_rows(dbase_qkv + 2 * C, stride, dv, 1.f, 1.f, k0 + warp * 16, T);
 }
 
 // dQ of 64 queries: walk every key tile at or before them. grid (ceil(T/64), B*NH).
-// smem: Q, dO, K, V, P (bf16 tiles), S (f32 tile), lse and D of the query tile.
+// smem: Q, dO tiles, 2 x (K, V) tiles.
 extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
     extern __shared__ __align__(128) unsigned char attn_smem[];
     bf16* sQ = reinterpret_cast<bf16*>(attn_smem);
-    bf16* sdO = sQ + TILE_H;
-    bf16* sK = sdO + TILE_H;
-    bf16* sV = sK + TILE_H;
-    bf16* sP = sV + TILE_H;
-    float* sS = reinterpret_cast<float*>(sP + TILE_H);
-    float* sL = sS + TILE_S;
-    float* sD = sL + BT;
+    bf16* sdO = sQ + TILE;
+    bf16* sK = sdO + TILE;      // [2][TILE]
+    bf16* sV = sK + 2 * TILE;   // [2][TILE]
 
-    const int qb = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int qb = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
+    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const long long stride = 3LL * C;
     const bf16* base = qkv + (long long)b * T * stride + h * HD;
     const int q0 = qb * BT;
+    const float sl2 = scale * LOG2E;
     load_tile(sQ, base, stride, q0, T);
     load_tile(sdO, dout + (long long)b * T * C + h * HD, C, q0, T);
-    for (int i = threadIdx.x; i < BT; i += blockDim.x) {
-        const bool ok = q0 + i < T;
-        sL[i] = ok ? lse[(long long)bh * T + q0 + i] : INFINITY;
-        sD[i] = ok ? D[(long long)bh * T + q0 + i] : 0.f;
-    }
+    load_tile(sK, base + C, stride, 0, T);
+    load_tile(sV, base + 2 * C, stride, 0, T);
+    cp_async_commit();
 
-    const int r = warp * 16 + lane / 2, c0 = (lane & 1) * 32, q = q0 + r;
-    FragC dQ[4], acc[4];
-#pragma unroll
-    for (int n = 0; n < 4; ++n) wmma::fill_fragment(dQ[n], 0.f);
+    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+    const float L0 = r0 < T ? lse[(long long)bh * T + r0] * LOG2E : INFINITY;
+    const float L1 = r1 < T ? lse[(long long)bh * T + r1] * LOG2E : INFINITY;
+    const float D0 = r0 < T ? D[(long long)bh * T + r0] : 0.f;
+    const float D1 = r1 < T ? D[(long long)bh * T + r1] : 0.f;
+    float dq[8][4];
+    zero(dq);
+    uint32_t qa[4][4], da[4][4];
     for (int kb = 0; kb <= qb; ++kb) {
-        const int k0 = kb * BT;
-        __syncthreads();
-        load_tile(sK, base + C, stride, k0, T);
-        load_tile(sV, base + 2 * C, stride, k0, T);
-        __syncthreads();
-
-        // S = Q K^T, P = exp(scale S - lse), causal: key <= query.
-        mma_16x64<true>(acc, sQ + warp * 16 * LDH, sK, true);
-        store_16x64(sS + warp * 16 * LDS, acc);
-        __syncwarp();
-        float p[32];
-        const float lq = sL[r];
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const int key = k0 + c0 + j;
-            p[j] = key <= q ? __expf(sS[r * LDS + c0 + j] * scale - lq) : 0.f;
+        const int buf = kb & 1, k0 = kb * BT;
+        if (kb < qb) {
+            load_tile(sK + (buf ^ 1) * TILE, base + C, stride, k0 + BT, T);
+            load_tile(sV + (buf ^ 1) * TILE, base + 2 * C, stride, k0 + BT, T);
         }
-        __syncwarp();
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        if (kb == 0) {
+            load_a(qa, sQ, warp * 16);
+            load_a(da, sdO, warp * 16);
+        }
+        const bf16* k = sK + buf * TILE;
+        // P = exp(scale Q K^T - lse), causal: key <= query.
+        float p[8][4];
+        zero(p);
+        mma_abt(p, qa, k);
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int key = k0 + n * 8 + 2 * t + e;
+                p[n][e] = key <= r0 ? exp2f(p[n][e] * sl2 - L0) : 0.f;
+                p[n][2 + e] = key <= r1 ? exp2f(p[n][2 + e] * sl2 - L1) : 0.f;
+            }
         // dP = dO V^T; dS = P (dP - D); dQ += dS K (scaled at the end).
-        mma_16x64<true>(acc, sdO + warp * 16 * LDH, sV, true);
-        store_16x64(sS + warp * 16 * LDS, acc);
-        __syncwarp();
-        const float dq = sD[r];
+        float ds[8][4];
+        zero(ds);
+        mma_abt(ds, da, sV + buf * TILE);
 #pragma unroll
-        for (int j = 0; j < 32; ++j) sP[r * LDH + c0 + j] = __float2bfloat16_rn(p[j] * (sS[r * LDS + c0 + j] - dq));
-        __syncwarp();
-        mma_16x64<false>(dQ, sP + warp * 16 * LDH, sK, false);
+        for (int n = 0; n < 8; ++n) {
+            ds[n][0] = p[n][0] * (ds[n][0] - D0);
+            ds[n][1] = p[n][1] * (ds[n][1] - D0);
+            ds[n][2] = p[n][2] * (ds[n][2] - D1);
+            ds[n][3] = p[n][3] * (ds[n][3] - D1);
+        }
+        mma_pb(dq, ds, k);
+        __syncthreads();
     }
-#pragma unroll
-    for (int n = 0; n < 4; ++n)
-        for (int i = 0; i < dQ[n].num_elements; ++i) dQ[n].x[i] *= scale;
-    __syncwarp();
-    store_16x64(sS + warp * 16 * LDS, dQ);
-    __syncwarp();
-    write_rows(dqkv + (long long)b * T * stride + h * HD, stride, sS + warp * 16 * LDS, q0 + warp * 16, T, lane);
+    store_rows(dqkv + (long long)b * T * stride + h * HD, stride, dq, scale, scale, q0 + warp * 16, T);
 }

@@ -85,46 +85,50 @@ extern "C" __global__ void gpt_gelu_backward(bf16* dinp, const bf16* __restrict_
     *reinterpret_cast<uint4*>(dinp + i) = d;
 }
 
-// Stage 1 of a column sum over N rows of dout (N x C bf16): partial[chunk][c] = sum of the
-// chunk's rows in order. With x != null (LayerNorm), also partial[chunks + chunk][c] = sum of
-// dout * (x - mean) * rstd. Block (32, 8): 64 columns (two a thread) x 8 row lanes;
-// grid (ceil(C / 64), chunks).
+// Stage 1 of a column sum over N rows of dout (N x C bf16, C % 8 == 0): partial[chunk][c] = sum
+// of the chunk's rows in order. With x != null (LayerNorm), also partial[chunks + chunk][c] = sum
+// of dout * (x - mean) * rstd. Block (8, 32): 64 columns (8 a thread, 16-byte loads) x 32 row
+// lanes; grid (ceil(C / 64), chunks).
 extern "C" __global__ void __launch_bounds__(256) gpt_colsum_partial(float* __restrict__ partial, const bf16* __restrict__ dout, const bf16* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ rstd, int N, int C, int rows_per_chunk) {
-    __shared__ float s_db[8][64], s_dw[8][64];
-    const int c = blockIdx.x * 64 + threadIdx.x * 2;
+    __shared__ float s_db[32][65], s_dw[32][65];
+    const int c = blockIdx.x * 64 + threadIdx.x * 8;
     const int chunk = blockIdx.y, chunks = gridDim.y;
     const int r0 = chunk * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
-    float db0 = 0.f, db1 = 0.f, dw0 = 0.f, dw1 = 0.f;
+    float db[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, dw[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (c < C) {
-        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
-            const __nv_bfloat162 d = *reinterpret_cast<const __nv_bfloat162*>(dout + (long long)r * C + c);
-            const float d0 = __low2float(d), d1 = __high2float(d);
-            db0 += d0;
-            db1 += d1;
+        for (int r = r0 + threadIdx.y; r < r1; r += 32) {
+            const uint4 dv = *reinterpret_cast<const uint4*>(dout + (long long)r * C + c);
+            const uint32_t* wd = reinterpret_cast<const uint32_t*>(&dv);
+            float d[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                d[e] = __uint_as_float(e & 1 ? wd[e / 2] & 0xffff0000u : wd[e / 2] << 16);
+                db[e] += d[e];
+            }
             if (x) {
-                const __nv_bfloat162 xv = *reinterpret_cast<const __nv_bfloat162*>(x + (long long)r * C + c);
+                const uint4 xv = *reinterpret_cast<const uint4*>(x + (long long)r * C + c);
+                const uint32_t* wx = reinterpret_cast<const uint32_t*>(&xv);
                 const float m = mean[r], rs = rstd[r];
-                dw0 += d0 * (__low2float(xv) - m) * rs;
-                dw1 += d1 * (__high2float(xv) - m) * rs;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dw[e] += d[e] * (__uint_as_float(e & 1 ? wx[e / 2] & 0xffff0000u : wx[e / 2] << 16) - m) * rs;
             }
         }
     }
-    s_db[threadIdx.y][threadIdx.x * 2] = db0;
-    s_db[threadIdx.y][threadIdx.x * 2 + 1] = db1;
-    s_dw[threadIdx.y][threadIdx.x * 2] = dw0;
-    s_dw[threadIdx.y][threadIdx.x * 2 + 1] = dw1;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        s_db[threadIdx.y][threadIdx.x * 8 + e] = db[e];
+        s_dw[threadIdx.y][threadIdx.x * 8 + e] = dw[e];
+    }
     __syncthreads();
-    if (threadIdx.y < 2) {
-        const int cc = threadIdx.x * 2 + threadIdx.y;
-        if (blockIdx.x * 64 + cc < C) {
-            float sb = 0.f, sw = 0.f;
-            for (int y = 0; y < 8; ++y) {
-                sb += s_db[y][cc];
-                sw += s_dw[y][cc];
-            }
-            partial[(long long)chunk * C + blockIdx.x * 64 + cc] = sb;
-            if (x) partial[(long long)(chunks + chunk) * C + blockIdx.x * 64 + cc] = sw;
+    const int tid = threadIdx.y * 8 + threadIdx.x;
+    if (tid < 64 && blockIdx.x * 64 + tid < C) {
+        float sb = 0.f, sw = 0.f;
+        for (int y = 0; y < 32; ++y) {
+            sb += s_db[y][tid];
+            sw += s_dw[y][tid];
         }
+        partial[(long long)chunk * C + blockIdx.x * 64 + tid] = sb;
+        if (x) partial[(long long)(chunks + chunk) * C + blockIdx.x * 64 + tid] = sw;
     }
 }
 

@@ -324,6 +324,7 @@ fn bench(dev: twofour::Device, model: &str, c: Config, batch: usize, seq: usize,
         step(&mut g).map_err(|e| e.to_string())?;
     }
     g.synchronize().map_err(|e| e.to_string())?;
+    g.reset_profile();
     let mut times = Vec::new();
     let mut last = 0.0;
     for _ in 0..steps.max(1) {
@@ -331,6 +332,9 @@ fn bench(dev: twofour::Device, model: &str, c: Config, batch: usize, seq: usize,
         last = step(&mut g).map_err(|e| e.to_string())?;
         g.synchronize().map_err(|e| e.to_string())?;
         times.push(t0.elapsed().as_secs_f64());
+    }
+    if let Some(r) = g.profile_report() {
+        eprintln!("per-kernel time over the timed steps (each launch synchronized, TWOFOUR_PROFILE=1):\n{r}");
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];

@@ -144,16 +144,18 @@ fn gpu_training_is_reproducible_and_resumes_exactly() {
     let c = Config { max_seq: 256, ..CFG };
     let (b, t) = (4, 256);
     let w = params(&c, 3);
-    let mut a = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
-    let first = run_steps(&mut a, 0, 6);
-    let mut again = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
-    assert_eq!(run_steps(&mut again, 0, 6), first, "same seed, same losses");
+    // One model alive at a time (racecheck's shadow state is per allocation).
+    let first = run_steps(&mut GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap(), 0, 6);
+    assert_eq!(run_steps(&mut GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap(), 0, 6), first, "same seed, same losses");
     // Interrupt after 3 steps, carry the state through the host (what a checkpoint stores).
-    let mut half = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
-    assert_eq!(run_steps(&mut half, 0, 3), first[..3]);
-    let (p, m, v) = half.state().unwrap();
+    let (p, m, v, step) = {
+        let mut half = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
+        assert_eq!(run_steps(&mut half, 0, 3), first[..3]);
+        let (p, m, v) = half.state().unwrap();
+        (p, m, v, half.step)
+    };
     let mut resumed = GpuModel::new(Device::new(0).unwrap(), c, b, t, &p).unwrap();
-    resumed.load_state(&p, &m, &v, half.step).unwrap();
+    resumed.load_state(&p, &m, &v, step).unwrap();
     assert_eq!(run_steps(&mut resumed, 3, 6), first[3..], "a resume gives the same next losses");
 }
 

@@ -43,6 +43,8 @@ pub struct Gemm {
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
     plans: HashMap<Key, Plan>,
+    /// With `TWOFOUR_PROFILE=1`: seconds and calls per GEMM kind (each call synchronized).
+    pub profile: Option<std::collections::BTreeMap<String, (f64, usize)>>,
 }
 
 impl Gemm {
@@ -50,7 +52,8 @@ impl Gemm {
         let handle = lt::create_handle().map_err(lt_err)?;
         // SAFETY: filled by cuBLASLt before it is read.
         let workspace = unsafe { stream.alloc::<u8>(32 << 20) }.map_err(|e| Error::Driver { during: "allocating the cuBLASLt workspace".into(), source: e })?;
-        Ok(Self { handle, workspace, stream, plans: HashMap::new() })
+        let profile = (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default);
+        Ok(Self { handle, workspace, stream, plans: HashMap::new(), profile })
     }
 
     fn plan(&mut self, key: Key) -> Result<&Plan> {
@@ -108,11 +111,23 @@ impl Gemm {
             unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p as *const u64 as *const c_void, 8) }.map_err(lt_err)?;
         }
         let alpha = 1.0f32;
+        let t0 = self.profile.is_some().then(|| {
+            let _ = stream.synchronize();
+            std::time::Instant::now()
+        });
+        let plan = &self.plans[&key];
         // SAFETY: the caller's contract; the plan's layouts describe these matrices.
-        unsafe {
+        let r = unsafe {
             lt::matmul(handle, plan.desc, &alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void, a as *const c_void, plan.a, b as *const c_void, plan.b, d as *const c_void, plan.c, d as *mut c_void, plan.c, &plan.algo, ws as *mut c_void, ws_len, stream.cu_stream() as sys::cudaStream_t)
         }
-        .map_err(lt_err)
+        .map_err(lt_err);
+        if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
+            let _ = stream.synchronize();
+            let e = p.entry(format!("gemm {}{} -> {} (m {m} n {n} k {k})", if transa { "T" } else { "N" }, if transb { "T" } else { "N" }, if out_f32 { "f32" } else { "bf16" })).or_insert((0.0, 0));
+            e.0 += t0.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
+        r
     }
 }
 

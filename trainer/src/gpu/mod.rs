@@ -18,7 +18,7 @@ use twofour::{Device, Error, Result};
 /// The head size every fused attention kernel is built for.
 pub const HEAD_SIZE: usize = 64;
 /// Rows of a column-sum chunk (gpt_colsum_partial).
-const CHUNK_ROWS: usize = 256;
+const CHUNK_ROWS: usize = 512;
 /// Blocks of the gradient-norm reduction: fixed, so the sum's order is too.
 const NORM_BLOCKS: usize = 1024;
 
@@ -57,12 +57,12 @@ struct Kernels {
     f32_to_bf16: CudaFunction,
 }
 
-/// Bytes of dynamic shared memory of the attention kernels (see cuda/gpt_attention.cu).
-const ATT_TILE_H: usize = 64 * 72 * 2;
-const ATT_TILE_S: usize = 64 * 68 * 4;
-const ATT_FWD_SMEM: usize = 4 * ATT_TILE_H + 2 * ATT_TILE_S;
-const ATT_DKDV_SMEM: usize = 5 * ATT_TILE_H + 2 * ATT_TILE_S + 2 * 64 * 4;
-const ATT_DQ_SMEM: usize = 5 * ATT_TILE_H + ATT_TILE_S + 2 * 64 * 4;
+/// Bytes of dynamic shared memory of the attention kernels (see cuda/gpt_attention.cu): 64 x 72
+/// bf16 tiles; forward Q + 2 x (K, V); dK/dV K, V + 2 x (Q, dO) + 2 x (lse, D); dQ Q, dO + 2 x (K, V).
+const ATT_TILE: usize = 64 * 72 * 2;
+const ATT_FWD_SMEM: usize = 5 * ATT_TILE;
+const ATT_DKDV_SMEM: usize = 6 * ATT_TILE + 4 * 64 * 4;
+const ATT_DQ_SMEM: usize = 6 * ATT_TILE;
 
 /// Activations of one forward pass (bf16 unless noted), every layer's side by side.
 struct Acts {
@@ -118,6 +118,8 @@ pub struct GpuModel {
     /// Distinct tokens of the last forward pass's batch, grouped for the wte gradient.
     wte_groups: usize,
     wte_csr: CudaSlice<i32>,
+    /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
+    prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
 
 /// Why a configuration cannot run on the GPU path, if it cannot.
@@ -229,6 +231,7 @@ impl GpuModel {
             wte_csr: stream.alloc_zeros::<i32>(3 * n + 1).map_err(drv("allocating tokens"))?,
             stream,
             dev,
+            prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
         Ok(me)
@@ -254,10 +257,55 @@ impl GpuModel {
             };
         }
         let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem as u32 };
+        let t0 = self.prof.as_ref().map(|_| {
+            let _ = self.stream.synchronize();
+            std::time::Instant::now()
+        });
         // SAFETY: every pointer argument is an offset inside a live buffer of this model, sized
         // from the same dimensions the kernel receives (see each call site).
         unsafe { lb.launch(cfg) }.map_err(drv(what))?;
+        if let (Some(t0), Some(p)) = (t0, self.prof.as_ref()) {
+            self.stream.synchronize().map_err(drv(what))?;
+            let mut p = p.borrow_mut();
+            let e = p.entry(what.trim_start_matches("launching ")).or_insert((0.0, 0));
+            e.0 += t0.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
         Ok(())
+    }
+
+    /// Clears the `TWOFOUR_PROFILE=1` counts (after warm-up).
+    pub fn reset_profile(&mut self) {
+        if let Some(p) = &self.prof {
+            p.borrow_mut().clear();
+        }
+        if let Some(p) = &mut self.gemm.profile {
+            p.clear();
+        }
+    }
+
+    /// The vocabulary dimension of the head GEMMs: padded to vp (a multiple of 64, which cuBLASLt
+    /// runs much faster than 50257) when the rows past wte in the flat buffer (wpe's first rows)
+    /// can stand in for the padding: their logits are ignored, and their gradient adds exact zeros
+    /// because the loss kernel zeroes the padded columns of dlogits.
+    fn head_rows(&self) -> usize {
+        if self.vp - self.cfg.vocab <= self.cfg.max_seq { self.vp } else { self.cfg.vocab }
+    }
+
+    /// The `TWOFOUR_PROFILE=1` table: milliseconds and calls per kernel and GEMM kind, largest first.
+    pub fn profile_report(&self) -> Option<String> {
+        let k = self.prof.as_ref()?.borrow();
+        let mut rows: Vec<(String, f64, usize)> = k.iter().map(|(n, (t, c))| (n.to_string(), *t, *c)).collect();
+        if let Some(g) = &self.gemm.profile {
+            rows.extend(g.iter().map(|(n, (t, c))| (n.clone(), *t, *c)));
+        }
+        rows.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let mut s = format!("{:<60} {:>10} {:>7} {:>6}\n", "kernel", "ms", "calls", "share");
+        for (n, t, c) in rows {
+            s += &format!("{n:<60} {:>10.2} {c:>7} {:>5.1}%\n", t * 1e3, 100.0 * t / total);
+        }
+        Some(s)
     }
 
     fn blocks(n: usize, per: usize) -> (u32, u32, u32) {
@@ -368,7 +416,8 @@ impl GpuModel {
         let (v, vp) = (self.cfg.vocab, self.vp);
         let (sh, lnf, lg) = (self.p(&self.shadow), self.p(&self.a.lnf), self.p(&self.a.logits));
         // SAFETY: wte is V x C, lnf n x C, logits n x vp.
-        unsafe { self.gemm.matmul(true, false, v, n, ch, sh + p.wte as u64 * 2, ch, lnf, ch, lg, false, vp, 0.0, None) }?;
+        let vh = self.head_rows();
+        unsafe { self.gemm.matmul(true, false, vh, n, ch, sh + p.wte as u64 * 2, ch, lnf, ch, lg, false, vp, 0.0, None) }?;
         let a = &self.a;
         let dscale = grad_scale.unwrap_or(0.0) / n as f32;
         self.launch(&self.k.softmax_cross_entropy, (n as u32, 1, 1), (512, 1, 1), 0, &[Arg::P(self.p(&a.logits)), Arg::P(self.p(&a.losses)), Arg::P(self.p(&a.targets)), Arg::I(v as i32), Arg::I(vp as i32), Arg::F(dscale), Arg::I(grad_scale.is_some() as i32)], "launching gpt_softmax_cross_entropy")?;
@@ -409,7 +458,7 @@ impl GpuModel {
         let n = b * t;
         let p = self.layout.clone();
         let fr = self.cfg.fc_rows();
-        let (v, vp) = (self.cfg.vocab, self.vp);
+        let (vp, vh) = (self.vp, self.head_rows());
         let g4 = self.p(&self.grads);
         let gw = |off: usize| g4 + off as u64 * 4;
         let m4 = self.p(&self.master);
@@ -423,8 +472,8 @@ impl GpuModel {
         let (sh, lnf, lg, dt) = (self.p(&self.shadow), self.p(&self.a.lnf), self.p(&self.a.logits), self.p(&self.a.dtmp));
         // SAFETY: wte is V x C, dlogits n x vp, lnf and dlnf n x C, the wte gradient V x C f32.
         unsafe {
-            self.gemm.matmul(false, false, ch, n, v, sh + p.wte as u64 * 2, ch, lg, vp, dt, false, ch, 0.0, None)?;
-            self.gemm.matmul(false, true, ch, v, n, lnf, ch, lg, vp, gw(p.wte), true, ch, 1.0, None)?;
+            self.gemm.matmul(false, false, ch, n, vh, sh + p.wte as u64 * 2, ch, lg, vp, dt, false, ch, 0.0, None)?;
+            self.gemm.matmul(false, true, ch, vh, n, lnf, ch, lg, vp, gw(p.wte), true, ch, 1.0, None)?;
         }
         self.stream.memset_zeros(&mut self.a.dres).map_err(drv("zeroing the residual gradient"))?;
         let last = bf(&self.a.residual3, (l - 1) * n * ch);
@@ -484,7 +533,7 @@ impl GpuModel {
         let chunks = n.div_ceil(CHUNK_ROWS);
         let part = self.p(&self.a.partial);
         let (xp, mp, rp) = x.unwrap_or((0, 0, 0));
-        self.launch(&self.k.colsum_partial, (cols.div_ceil(64) as u32, chunks as u32, 1), (32, 8, 1), 0, &[Arg::P(part), Arg::P(dout), Arg::P(xp), Arg::P(mp), Arg::P(rp), Arg::I(n as i32), Arg::I(cols as i32), Arg::I(CHUNK_ROWS as i32)], "launching gpt_colsum_partial")?;
+        self.launch(&self.k.colsum_partial, (cols.div_ceil(64) as u32, chunks as u32, 1), (8, 32, 1), 0, &[Arg::P(part), Arg::P(dout), Arg::P(xp), Arg::P(mp), Arg::P(rp), Arg::I(n as i32), Arg::I(cols as i32), Arg::I(CHUNK_ROWS as i32)], "launching gpt_colsum_partial")?;
         self.launch(&self.k.colsum_finalize, Self::blocks(cols, 256), (256, 1, 1), 0, &[Arg::P(db), Arg::P(dw.unwrap_or(0)), Arg::P(part), Arg::I(chunks as i32), Arg::I(cols as i32)], "launching gpt_colsum_finalize")
     }
 
