@@ -1,4 +1,5 @@
-//! The GPU path against the CPU reference (issue 7): logits, loss, every parameter gradient, then
+//! The GPU path against the CPU reference (issue 7), GELU fused into cuBLASLt epilogues or not,
+//! SwiGLU: logits, loss, every parameter gradient, then
 //! 10 AdamW steps of losses; and reproducibility (same seed, same losses; a resume from the
 //! downloaded state gives the same next losses, bit for bit).
 //!
@@ -51,11 +52,12 @@ fn names(p: &ParamLayout) -> Vec<(&'static str, usize, usize)> {
     ]
 }
 
-fn check_against_reference(c: Config, b: usize, t: usize) {
+fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
     let dev = Device::new(0).expect("GPU");
     let w = params(&c, 7);
     let (x, y) = (tokens(1, b * t, c.vocab), tokens(2, b * t, c.vocab));
     let mut gpu = GpuModel::new(dev, c, b, t, &w).unwrap();
+    gpu.fused_gelu = fused_gelu;
 
     // Logits (as probabilities) and loss.
     let (loss_ref, acts) = forward(&c, &w, &x, &y, b, t);
@@ -71,7 +73,7 @@ fn check_against_reference(c: Config, b: usize, t: usize) {
             max_dp = max_dp.max((pg - acts.probs[i * c.vocab + j] as f64).abs());
         }
     }
-    println!("{c:?} B={b} T={t}: loss gpu {loss_fwd:.6} cpu {loss_ref:.6}; max |dprob| {max_dp:.2e}");
+    println!("{c:?} B={b} T={t} fused GELU {fused_gelu}: loss gpu {loss_fwd:.6} cpu {loss_ref:.6}; max |dprob| {max_dp:.2e}");
     assert!(max_dp < 2e-3, "probabilities differ by {max_dp}");
     assert!((loss_fwd - loss_ref).abs() < 1e-2, "loss {loss_fwd} vs {loss_ref}");
 
@@ -96,6 +98,7 @@ fn check_against_reference(c: Config, b: usize, t: usize) {
     let mut wc = w.clone();
     let mut opt = AdamW::new(wc.len());
     let mut gpu = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
+    gpu.fused_gelu = fused_gelu;
     for s in 0..10 {
         let (x, y) = (tokens(100 + s, b * t, c.vocab), tokens(200 + s, b * t, c.vocab));
         let (lc, acts) = forward(&c, &wc, &x, &y, b, t);
@@ -115,13 +118,19 @@ fn check_against_reference(c: Config, b: usize, t: usize) {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_matches_reference_gelu() {
     // T = 80: two attention tiles, the second partial.
-    check_against_reference(CFG, 2, 80);
+    check_against_reference(CFG, 2, 80, true);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_reference_gelu_separate_kernels() {
+    check_against_reference(CFG, 2, 80, false);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_matches_reference_swiglu() {
-    check_against_reference(Config { swiglu: true, ..CFG }, 1, 64);
+    check_against_reference(Config { swiglu: true, ..CFG }, 1, 64, true);
 }
 
 fn run_steps(gpu: &mut GpuModel, from: u64, to: u64) -> Vec<u32> {

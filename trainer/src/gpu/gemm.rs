@@ -26,7 +26,31 @@ struct Key {
     ldb: i64,
     ldc: i64,
     out_f32: bool,
-    bias: bool,
+    epi: u8,
+}
+
+/// What the GEMM's epilogue adds (cuBLASLt epilogues; pointers to bf16 device memory).
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue {
+    None,
+    /// D = AB + bias[row].
+    Bias(u64),
+    /// aux = AB + bias (kept for the backward pass), D = gelu(aux) (tanh form); aux has D's shape,
+    /// leading dimension `ld`.
+    GeluAuxBias { bias: u64, aux: u64, ld: usize },
+    /// D = AB * gelu'(aux): the GELU backward fused into the GEMM that makes its input gradient.
+    DGelu { aux: u64, ld: usize },
+}
+
+impl Epilogue {
+    fn code(&self) -> u8 {
+        match self {
+            Epilogue::None => 0,
+            Epilogue::Bias(_) => 1,
+            Epilogue::GeluAuxBias { .. } => 2,
+            Epilogue::DGelu { .. } => 3,
+        }
+    }
 }
 
 struct Plan {
@@ -56,7 +80,7 @@ impl Gemm {
         Ok(Self { handle, workspace, stream, plans: HashMap::new(), profile })
     }
 
-    fn plan(&mut self, key: Key) -> Result<&Plan> {
+    fn plan(&mut self, key: Key, epi_arg: Epilogue) -> Result<&Plan> {
         if !self.plans.contains_key(&key) {
             let bf = sys::cudaDataType_t::CUDA_R_16BF;
             let out = if key.out_f32 { sys::cudaDataType_t::CUDA_R_32F } else { bf };
@@ -72,8 +96,19 @@ impl Gemm {
             };
             set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, key.transa as i32)?;
             set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, key.transb as i32)?;
-            if key.bias {
-                set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as i32)?;
+            let epi = match key.epi {
+                1 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
+                2 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS),
+                3 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU),
+                _ => None,
+            };
+            if let Some(e) = epi {
+                set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, e as i32)?;
+            }
+            if let Some((_, ld)) = aux_of(&epi_arg) {
+                let ld = ld as i64;
+                // SAFETY: desc is live; the attribute takes an int64.
+                unsafe { lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld as *const i64 as *const c_void, 8) }.map_err(lt_err)?;
             }
             let pref = lt::create_matmul_pref().map_err(lt_err)?;
             let size = self.workspace.len();
@@ -100,15 +135,23 @@ impl Gemm {
     /// Every pointer must address a live allocation holding the matrix its layout describes,
     /// on this handle's stream.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul(&mut self, transa: bool, transb: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, d: u64, out_f32: bool, ldc: usize, beta: f32, bias: Option<u64>) -> Result<()> {
-        let key = Key { transa, transb, m: m as u64, n: n as u64, k: k as u64, lda: lda as i64, ldb: ldb as i64, ldc: ldc as i64, out_f32, bias: bias.is_some() };
+    pub unsafe fn matmul(&mut self, transa: bool, transb: bool, m: usize, n: usize, k: usize, a: u64, lda: usize, b: u64, ldb: usize, d: u64, out_f32: bool, ldc: usize, beta: f32, epi: Epilogue) -> Result<()> {
+        let key = Key { transa, transb, m: m as u64, n: n as u64, k: k as u64, lda: lda as i64, ldb: ldb as i64, ldc: ldc as i64, out_f32, epi: epi.code() };
         let stream = self.stream.clone();
         let (handle, ws_len) = (self.handle, self.workspace.len());
         let ws = self.workspace.device_ptr(&stream).0;
-        let plan = self.plan(key)?;
+        let plan = self.plan(key, epi)?;
+        let bias = match epi {
+            Epilogue::Bias(b) | Epilogue::GeluAuxBias { bias: b, .. } => Some(b),
+            _ => None,
+        };
         if let Some(p) = bias {
             // SAFETY: desc is live; the attribute takes a device pointer.
             unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p as *const u64 as *const c_void, 8) }.map_err(lt_err)?;
+        }
+        if let Some((p, _)) = aux_of(&epi) {
+            // SAFETY: as above.
+            unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &p as *const u64 as *const c_void, 8) }.map_err(lt_err)?;
         }
         let alpha = 1.0f32;
         let t0 = self.profile.is_some().then(|| {
@@ -123,11 +166,18 @@ impl Gemm {
         .map_err(lt_err);
         if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
             let _ = stream.synchronize();
-            let e = p.entry(format!("gemm {}{} -> {} (m {m} n {n} k {k})", if transa { "T" } else { "N" }, if transb { "T" } else { "N" }, if out_f32 { "f32" } else { "bf16" })).or_insert((0.0, 0));
+            let e = p.entry(format!("gemm {}{} -> {}{} (m {m} n {n} k {k})", if transa { "T" } else { "N" }, if transb { "T" } else { "N" }, if out_f32 { "f32" } else { "bf16" }, ["", " +bias", " +bias+gelu", " *gelu'"][key.epi as usize])).or_insert((0.0, 0));
             e.0 += t0.elapsed().as_secs_f64();
             e.1 += 1;
         }
         r
+    }
+}
+
+fn aux_of(e: &Epilogue) -> Option<(u64, usize)> {
+    match *e {
+        Epilogue::GeluAuxBias { aux, ld, .. } | Epilogue::DGelu { aux, ld } => Some((aux, ld)),
+        _ => None,
     }
 }
 

@@ -10,7 +10,7 @@ pub mod gemm;
 
 use crate::reference::{Config, ParamLayout};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
-use gemm::Gemm;
+use gemm::{Epilogue, Gemm};
 use half::bf16;
 use std::sync::Arc;
 use twofour::{Device, Error, Result};
@@ -118,6 +118,9 @@ pub struct GpuModel {
     /// Distinct tokens of the last forward pass's batch, grouped for the wte gradient.
     wte_groups: usize,
     wte_csr: CudaSlice<i32>,
+    /// GELU fused into the fc GEMM's epilogue and its gradient into fcproj's dX GEMM (cuBLASLt);
+    /// off: separate gpt_gelu_* kernels. On by default; `TWOFOUR_UNFUSED_GELU=1` turns it off.
+    pub fused_gelu: bool,
     /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
@@ -231,6 +234,7 @@ impl GpuModel {
             wte_csr: stream.alloc_zeros::<i32>(3 * n + 1).map_err(drv("allocating tokens"))?,
             stream,
             dev,
+            fused_gelu: std::env::var("TWOFOUR_UNFUSED_GELU").as_deref() != Ok("1"),
             prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
@@ -394,14 +398,18 @@ impl GpuModel {
             let a = &self.a;
             let res_in = if li == 0 { bf(&a.encoded, 0) } else { bf(&a.residual3, (li - 1) * n * ch) };
             self.launch(&self.k.residual_layernorm_forward, rows, (256, 1, 1), 0, &[Arg::P(bf(&a.residual2, li * n * ch)), Arg::P(bf(&a.ln2, li * n * ch)), Arg::P(ff(&a.ln2_stats, li * 2 * n)), Arg::P(ff(&a.ln2_stats, li * 2 * n + n)), Arg::P(res_in), Arg::P(bf(&a.proj, 0)), Arg::P(w32(p.ln2w + li * ch)), Arg::P(w32(p.ln2b + li * ch)), Arg::I(n as i32), Arg::I(ch as i32)], "launching gpt_residual_layernorm_forward")?;
-            self.linear_forward(&LinearIo { x: (Buf::Ln2, li * n * ch), w: p.fcw + li * fr * ch, bias: p.fcb + li * fr, y: (Buf::Fch, li * n * fr), ic: ch, oc: fr })?;
+            let fc = LinearIo { x: (Buf::Ln2, li * n * ch), w: p.fcw + li * fr * ch, bias: p.fcb + li * fr, y: (Buf::Fch, li * n * fr), ic: ch, oc: fr };
+            let fused = self.fused_gelu && !self.cfg.swiglu;
+            self.linear_forward_gelu(&fc, fused.then_some((Buf::FchAct, li * n * 4 * ch)))?;
             let a = &self.a;
             let (fch, act) = (bf(&a.fch, li * n * fr), bf(&a.fch_act, li * n * 4 * ch));
-            if self.cfg.swiglu {
-                // twofour's gated kernel, token-major: up = fch[:, :4C], gate = fch[:, 4C:].
-                self.launch(&self.k.gated_forward, Self::gated_grid(n * 4 * ch), (256, 1, 1), 0, &[Arg::P(fch), Arg::P(act), Arg::L(n as i64), Arg::I(4 * ch as i32), Arg::I(0), Arg::I(0)], "launching gated_forward")?;
-            } else {
-                self.launch(&self.k.gelu_forward, Self::blocks(n * 4 * ch / 8, 256), (256, 1, 1), 0, &[Arg::P(act), Arg::P(fch), Arg::L((n * 4 * ch) as i64)], "launching gpt_gelu_forward")?;
+            if !fused {
+                if self.cfg.swiglu {
+                    // twofour's gated kernel, token-major: up = fch[:, :4C], gate = fch[:, 4C:].
+                    self.launch(&self.k.gated_forward, Self::gated_grid(n * 4 * ch), (256, 1, 1), 0, &[Arg::P(fch), Arg::P(act), Arg::L(n as i64), Arg::I(4 * ch as i32), Arg::I(0), Arg::I(0)], "launching gated_forward")?;
+                } else {
+                    self.launch(&self.k.gelu_forward, Self::blocks(n * 4 * ch / 8, 256), (256, 1, 1), 0, &[Arg::P(act), Arg::P(fch), Arg::L((n * 4 * ch) as i64)], "launching gpt_gelu_forward")?;
+                }
             }
             self.linear_forward(&LinearIo { x: (Buf::FchAct, li * n * 4 * ch), w: p.fcprojw + li * 4 * ch * ch, bias: p.fcprojb + li * ch, y: (Buf::Proj, 0), ic: 4 * ch, oc: ch })?;
             let a = &self.a;
@@ -417,7 +425,7 @@ impl GpuModel {
         let (sh, lnf, lg) = (self.p(&self.shadow), self.p(&self.a.lnf), self.p(&self.a.logits));
         // SAFETY: wte is V x C, lnf n x C, logits n x vp.
         let vh = self.head_rows();
-        unsafe { self.gemm.matmul(true, false, vh, n, ch, sh + p.wte as u64 * 2, ch, lnf, ch, lg, false, vp, 0.0, None) }?;
+        unsafe { self.gemm.matmul(true, false, vh, n, ch, sh + p.wte as u64 * 2, ch, lnf, ch, lg, false, vp, 0.0, Epilogue::None) }?;
         let a = &self.a;
         let dscale = grad_scale.unwrap_or(0.0) / n as f32;
         self.launch(&self.k.softmax_cross_entropy, (n as u32, 1, 1), (512, 1, 1), 0, &[Arg::P(self.p(&a.logits)), Arg::P(self.p(&a.losses)), Arg::P(self.p(&a.targets)), Arg::I(v as i32), Arg::I(vp as i32), Arg::F(dscale), Arg::I(grad_scale.is_some() as i32)], "launching gpt_softmax_cross_entropy")?;
@@ -472,8 +480,8 @@ impl GpuModel {
         let (sh, lnf, lg, dt) = (self.p(&self.shadow), self.p(&self.a.lnf), self.p(&self.a.logits), self.p(&self.a.dtmp));
         // SAFETY: wte is V x C, dlogits n x vp, lnf and dlnf n x C, the wte gradient V x C f32.
         unsafe {
-            self.gemm.matmul(false, false, ch, n, vh, sh + p.wte as u64 * 2, ch, lg, vp, dt, false, ch, 0.0, None)?;
-            self.gemm.matmul(false, true, ch, vh, n, lnf, ch, lg, vp, gw(p.wte), true, ch, 1.0, None)?;
+            self.gemm.matmul(false, false, ch, n, vh, sh + p.wte as u64 * 2, ch, lg, vp, dt, false, ch, 0.0, Epilogue::None)?;
+            self.gemm.matmul(false, true, ch, vh, n, lnf, ch, lg, vp, gw(p.wte), true, ch, 1.0, Epilogue::None)?;
         }
         self.stream.memset_zeros(&mut self.a.dres).map_err(drv("zeroing the residual gradient"))?;
         let last = bf(&self.a.residual3, (l - 1) * n * ch);
@@ -483,13 +491,17 @@ impl GpuModel {
             let a = &self.a;
             let res_in = if li == 0 { bf(&a.encoded, 0) } else { bf(&a.residual3, (li - 1) * n * ch) };
             // fcproj
-            self.linear_backward(Buf::Dres, (Buf::FchAct, li * n * 4 * ch), p.fcprojw + li * 4 * ch * ch, p.fcprojb + li * ch, Buf::Dact, 4 * ch, ch)?;
+            let fused = self.fused_gelu && !self.cfg.swiglu;
+            let (dx, pre) = if fused { (Buf::Dfch, Some(li * n * fr)) } else { (Buf::Dact, None) };
+            self.linear_backward_dgelu(Buf::Dres, (Buf::FchAct, li * n * 4 * ch), p.fcprojw + li * 4 * ch * ch, p.fcprojb + li * ch, dx, 4 * ch, ch, pre)?;
             let a = &self.a;
             let (fch, dact, dfch) = (bf(&a.fch, li * n * fr), bf(&a.dact, 0), bf(&a.dfch, 0));
-            if self.cfg.swiglu {
-                self.launch(&self.k.gated_backward, Self::gated_grid(n * 4 * ch), (256, 1, 1), 0, &[Arg::P(fch), Arg::P(dact), Arg::P(dfch), Arg::L(n as i64), Arg::I(4 * ch as i32), Arg::I(0), Arg::I(0)], "launching gated_backward")?;
-            } else {
-                self.launch(&self.k.gelu_backward, Self::blocks(n * 4 * ch / 8, 256), (256, 1, 1), 0, &[Arg::P(dfch), Arg::P(fch), Arg::P(dact), Arg::L((n * 4 * ch) as i64)], "launching gpt_gelu_backward")?;
+            if !fused {
+                if self.cfg.swiglu {
+                    self.launch(&self.k.gated_backward, Self::gated_grid(n * 4 * ch), (256, 1, 1), 0, &[Arg::P(fch), Arg::P(dact), Arg::P(dfch), Arg::L(n as i64), Arg::I(4 * ch as i32), Arg::I(0), Arg::I(0)], "launching gated_backward")?;
+                } else {
+                    self.launch(&self.k.gelu_backward, Self::blocks(n * 4 * ch / 8, 256), (256, 1, 1), 0, &[Arg::P(dfch), Arg::P(fch), Arg::P(dact), Arg::L((n * 4 * ch) as i64)], "launching gpt_gelu_backward")?;
+                }
             }
             // fc
             self.linear_backward(Buf::Dfch, (Buf::Ln2, li * n * ch), p.fcw + li * fr * ch, p.fcb + li * fr, Buf::Dtmp, ch, fr)?;
@@ -557,25 +569,47 @@ impl GpuModel {
 
     /// y (n x oc) = x (n x ic) W^T + bias, W (oc x ic) and bias from the bf16 shadow.
     fn linear_forward(&mut self, io: &LinearIo) -> Result<()> {
+        self.linear_forward_gelu(io, None)
+    }
+
+    /// With `gelu_out` (buffer, offset): y keeps the pre-activation and gelu(y) goes to gelu_out
+    /// (cuBLASLt's GELU_AUX_BIAS epilogue: no separate activation pass).
+    fn linear_forward_gelu(&mut self, io: &LinearIo, gelu_out: Option<(Buf, usize)>) -> Result<()> {
         let n = self.b * self.t;
         let (x, y, sh) = (self.bptr(io.x.0) + io.x.1 as u64 * 2, self.bptr(io.y.0) + io.y.1 as u64 * 2, self.p(&self.shadow));
+        let bias = sh + io.bias as u64 * 2;
+        let (d, epi) = match gelu_out {
+            None => (y, Epilogue::Bias(bias)),
+            Some((b, off)) => (self.bptr(b) + off as u64 * 2, Epilogue::GeluAuxBias { bias, aux: y, ld: io.oc }),
+        };
         // Column-major view: y^T (oc x n) = (W viewed ic x oc)^T x^T (ic x n).
-        // SAFETY: x holds n x ic, y n x oc, W oc x ic and bias oc values at these offsets.
-        unsafe { self.gemm.matmul(true, false, io.oc, n, io.ic, sh + io.w as u64 * 2, io.ic, x, io.ic, y, false, io.oc, 0.0, Some(sh + io.bias as u64 * 2)) }
+        // SAFETY: x holds n x ic, y (and the GELU output) n x oc, W oc x ic and bias oc values.
+        unsafe { self.gemm.matmul(true, false, io.oc, n, io.ic, sh + io.w as u64 * 2, io.ic, x, io.ic, d, false, io.oc, 0.0, epi) }
     }
 
     /// dx (n x ic) = dy W; dW (oc x ic) += dy^T x (f32); db += column sums of dy.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(&mut self, dy: Buf, x: (Buf, usize), w: usize, bias: usize, dx: Buf, ic: usize, oc: usize) -> Result<()> {
+        self.linear_backward_dgelu(dy, x, w, bias, dx, ic, oc, None)
+    }
+
+    /// With `gelu_in` (the pre-activation of x's GELU, offset in `fch`): dx = (dy W) * gelu'(pre),
+    /// cuBLASLt's DGELU epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_dgelu(&mut self, dy: Buf, x: (Buf, usize), w: usize, bias: usize, dx: Buf, ic: usize, oc: usize, gelu_in: Option<usize>) -> Result<()> {
         let n = self.b * self.t;
+        let epi = match gelu_in {
+            None => Epilogue::None,
+            Some(off) => Epilogue::DGelu { aux: self.p(&self.a.fch) + off as u64 * 2, ld: ic },
+        };
         let (dyp, xp, dxp) = (self.bptr(dy), self.bptr(x.0) + x.1 as u64 * 2, self.bptr(dx));
         let (wp, g) = (self.p(&self.shadow) + w as u64 * 2, self.p(&self.grads));
         // SAFETY: dy holds n x oc, x n x ic, dx n x ic, W oc x ic, the gradient oc x ic f32.
         unsafe {
             // dx^T (ic x n) = W (ic x oc, column-major view) dy^T (oc x n)
-            self.gemm.matmul(false, false, ic, n, oc, wp, ic, dyp, oc, dxp, false, ic, 0.0, None)?;
+            self.gemm.matmul(false, false, ic, n, oc, wp, ic, dyp, oc, dxp, false, ic, 0.0, epi)?;
             // dW^T (ic x oc) += x^T (ic x n) dy (n x oc)
-            self.gemm.matmul(false, true, ic, oc, n, xp, ic, dyp, oc, g + w as u64 * 4, true, ic, 1.0, None)?;
+            self.gemm.matmul(false, true, ic, oc, n, xp, ic, dyp, oc, g + w as u64 * 4, true, ic, 1.0, Epilogue::None)?;
         }
         self.colsum(dyp, None, n, oc, g + bias as u64 * 4, None)
     }
