@@ -1,4 +1,5 @@
-//! The GPU path against the CPU reference (issue 7), GELU fused into cuBLASLt epilogues or not,
+//! The GPU path against the CPU reference (issue 7), GELU and bias gradients fused into cuBLASLt
+//! epilogues or done by separate kernels,
 //! SwiGLU: logits, loss, every parameter gradient, then
 //! 10 AdamW steps of losses; and reproducibility (same seed, same losses; a resume from the
 //! downloaded state gives the same next losses, bit for bit).
@@ -58,6 +59,7 @@ fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
     let (x, y) = (tokens(1, b * t, c.vocab), tokens(2, b * t, c.vocab));
     let mut gpu = GpuModel::new(dev, c, b, t, &w).unwrap();
     gpu.fused_gelu = fused_gelu;
+    gpu.fused_bgrad = fused_gelu;
 
     // Logits (as probabilities) and loss.
     let (loss_ref, acts) = forward(&c, &w, &x, &y, b, t);
@@ -99,6 +101,7 @@ fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
     let mut opt = AdamW::new(wc.len());
     let mut gpu = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
     gpu.fused_gelu = fused_gelu;
+    gpu.fused_bgrad = fused_gelu;
     for s in 0..10 {
         let (x, y) = (tokens(100 + s, b * t, c.vocab), tokens(200 + s, b * t, c.vocab));
         let (lc, acts) = forward(&c, &wc, &x, &y, b, t);

@@ -40,6 +40,9 @@ pub enum Epilogue {
     GeluAuxBias { bias: u64, aux: u64, ld: usize },
     /// D = AB * gelu'(aux): the GELU backward fused into the GEMM that makes its input gradient.
     DGelu { aux: u64, ld: usize },
+    /// bias_out (f32, one per column of D) = the sum of B over the GEMM's k: a weight-gradient
+    /// GEMM (k = tokens) that also makes the bias gradient.
+    BGradB { bias_out: u64 },
 }
 
 impl Epilogue {
@@ -49,6 +52,7 @@ impl Epilogue {
             Epilogue::Bias(_) => 1,
             Epilogue::GeluAuxBias { .. } => 2,
             Epilogue::DGelu { .. } => 3,
+            Epilogue::BGradB { .. } => 4,
         }
     }
 }
@@ -100,8 +104,12 @@ impl Gemm {
                 1 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
                 2 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS),
                 3 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU),
+                4 => Some(sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADB),
                 _ => None,
             };
+            if key.epi >= 4 {
+                set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, sys::cudaDataType_t::CUDA_R_32F as i32)?;
+            }
             if let Some(e) = epi {
                 set(sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, e as i32)?;
             }
@@ -142,7 +150,7 @@ impl Gemm {
         let ws = self.workspace.device_ptr(&stream).0;
         let plan = self.plan(key, epi)?;
         let bias = match epi {
-            Epilogue::Bias(b) | Epilogue::GeluAuxBias { bias: b, .. } => Some(b),
+            Epilogue::Bias(b) | Epilogue::GeluAuxBias { bias: b, .. } | Epilogue::BGradB { bias_out: b } => Some(b),
             _ => None,
         };
         if let Some(p) = bias {
@@ -166,7 +174,7 @@ impl Gemm {
         .map_err(lt_err);
         if let (Some(t0), Some(p)) = (t0, self.profile.as_mut()) {
             let _ = stream.synchronize();
-            let e = p.entry(format!("gemm {}{} -> {}{} (m {m} n {n} k {k})", if transa { "T" } else { "N" }, if transb { "T" } else { "N" }, if out_f32 { "f32" } else { "bf16" }, ["", " +bias", " +bias+gelu", " *gelu'"][key.epi as usize])).or_insert((0.0, 0));
+            let e = p.entry(format!("gemm {}{} -> {}{} (m {m} n {n} k {k})", if transa { "T" } else { "N" }, if transb { "T" } else { "N" }, if out_f32 { "f32" } else { "bf16" }, ["", " +bias", " +bias+gelu", " *gelu'", " +dbias"][key.epi as usize])).or_insert((0.0, 0));
             e.0 += t0.elapsed().as_secs_f64();
             e.1 += 1;
         }

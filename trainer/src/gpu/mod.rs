@@ -93,6 +93,8 @@ struct Acts {
     dqkv: CudaSlice<bf16>,
     att_d: CudaSlice<f32>,
     partial: CudaSlice<f32>,
+    /// Bias gradients written by GEMM epilogues, added to the gradients by gpt_colsum_finalize.
+    dbias: CudaSlice<f32>,
     norm_partial: CudaSlice<f32>,
 }
 
@@ -121,6 +123,9 @@ pub struct GpuModel {
     /// GELU fused into the fc GEMM's epilogue and its gradient into fcproj's dX GEMM (cuBLASLt);
     /// off: separate gpt_gelu_* kernels. On by default; `TWOFOUR_UNFUSED_GELU=1` turns it off.
     pub fused_gelu: bool,
+    /// Bias gradients from the GEMMs' epilogues (BGRADB, DGELU_BGRAD) instead of column-sum
+    /// passes; switched off on its own if cuBLASLt refuses them. `TWOFOUR_UNFUSED_BGRAD=1`: off.
+    pub fused_bgrad: bool,
     /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
@@ -211,6 +216,7 @@ impl GpuModel {
             dqkv: zb(n * 3 * ch)?,
             att_d: zf(b * nh * t)?,
             partial: zf(2 * chunks * fr.max(3 * ch))?,
+            dbias: zf(fr.max(3 * ch))?,
             norm_partial: zf(NORM_BLOCKS)?,
         };
         let total = layout.total;
@@ -235,6 +241,7 @@ impl GpuModel {
             stream,
             dev,
             fused_gelu: std::env::var("TWOFOUR_UNFUSED_GELU").as_deref() != Ok("1"),
+            fused_bgrad: std::env::var("TWOFOUR_UNFUSED_BGRAD").as_deref() != Ok("1"),
             prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
@@ -593,25 +600,47 @@ impl GpuModel {
         self.linear_backward_dgelu(dy, x, w, bias, dx, ic, oc, None)
     }
 
-    /// With `gelu_in` (the pre-activation of x's GELU, offset in `fch`): dx = (dy W) * gelu'(pre),
-    /// cuBLASLt's DGELU epilogue.
+    /// With `gelu_in` (offset of x's pre-activation in `fch`): dx = (dy W) * gelu'(pre),
+    /// cuBLASLt's DGELU epilogue (that pre-activation's bias gradient comes from the next
+    /// layer's weight-gradient GEMM, as for every linear layer).
     #[allow(clippy::too_many_arguments)]
     fn linear_backward_dgelu(&mut self, dy: Buf, x: (Buf, usize), w: usize, bias: usize, dx: Buf, ic: usize, oc: usize, gelu_in: Option<usize>) -> Result<()> {
         let n = self.b * self.t;
+        let (dyp, xp, dxp) = (self.bptr(dy), self.bptr(x.0) + x.1 as u64 * 2, self.bptr(dx));
+        let (wp, g, db) = (self.p(&self.shadow) + w as u64 * 2, self.p(&self.grads), self.p(&self.a.dbias));
         let epi = match gelu_in {
             None => Epilogue::None,
             Some(off) => Epilogue::DGelu { aux: self.p(&self.a.fch) + off as u64 * 2, ld: ic },
         };
-        let (dyp, xp, dxp) = (self.bptr(dy), self.bptr(x.0) + x.1 as u64 * 2, self.bptr(dx));
-        let (wp, g) = (self.p(&self.shadow) + w as u64 * 2, self.p(&self.grads));
-        // SAFETY: dy holds n x oc, x n x ic, dx n x ic, W oc x ic, the gradient oc x ic f32.
-        unsafe {
-            // dx^T (ic x n) = W (ic x oc, column-major view) dy^T (oc x n)
-            self.gemm.matmul(false, false, ic, n, oc, wp, ic, dyp, oc, dxp, false, ic, 0.0, epi)?;
-            // dW^T (ic x oc) += x^T (ic x n) dy (n x oc)
-            self.gemm.matmul(false, true, ic, oc, n, xp, ic, dyp, oc, g + w as u64 * 4, true, ic, 1.0, Epilogue::None)?;
+        // dx^T (ic x n) = W (ic x oc, column-major view) dy^T (oc x n)
+        // SAFETY: dy holds n x oc, dx n x ic, W oc x ic, aux (pre-activation) n x ic.
+        unsafe { self.gemm.matmul(false, false, ic, n, oc, wp, ic, dyp, oc, dxp, false, ic, 0.0, epi) }?;
+        // dW^T (ic x oc) += x^T (ic x n) dy (n x oc); the bias gradient (column sums of dy) from
+        // the same GEMM's epilogue when it can.
+        let dw_gemm = |me: &mut Self, epi| {
+            // SAFETY: x holds n x ic, dy n x oc, the weight gradient oc x ic f32, dbias oc f32.
+            unsafe { me.gemm.matmul(false, true, ic, oc, n, xp, ic, dyp, oc, g + w as u64 * 4, true, ic, 1.0, epi) }
+        };
+        if self.fused_bgrad && dw_gemm(self, Epilogue::BGradB { bias_out: db }).map_err(|e| self.refused(e)).is_ok() {
+            return self.add_dbias(g + bias as u64 * 4, oc);
         }
+        dw_gemm(self, Epilogue::None)?;
         self.colsum(dyp, None, n, oc, g + bias as u64 * 4, None)
+    }
+
+    /// A cuBLASLt refusal of a fused epilogue turns the fusion off (once, with a note).
+    fn refused(&mut self, e: Error) -> Error {
+        if self.fused_bgrad {
+            eprintln!("twofour-train: cuBLASLt refused a bias-gradient epilogue ({e}); using column-sum kernels");
+            self.fused_bgrad = false;
+        }
+        e
+    }
+
+    /// grads[dst..dst + len] += dbias[..len].
+    fn add_dbias(&self, dst: u64, len: usize) -> Result<()> {
+        let db = self.p(&self.a.dbias);
+        self.launch(&self.k.colsum_finalize, Self::blocks(len, 256), (256, 1, 1), 0, &[Arg::P(dst), Arg::P(0), Arg::P(db), Arg::I(1), Arg::I(len as i32)], "launching gpt_colsum_finalize")
     }
 
     /// Squared-norm reduction, clipping scale and one AdamW step (reference: AdamW::update).
