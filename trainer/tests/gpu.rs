@@ -59,7 +59,7 @@ fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
     let (x, y) = (tokens(1, b * t, c.vocab), tokens(2, b * t, c.vocab));
     let mut gpu = GpuModel::new(dev, c, b, t, &w).unwrap();
     gpu.fused_gelu = fused_gelu;
-    gpu.fused_bgrad = fused_gelu;
+    gpu.fused_bgrad = fused_gelu; // both epilogue fusions, or neither
 
     // Logits (as probabilities) and loss.
     let (loss_ref, acts) = forward(&c, &w, &x, &y, b, t);
@@ -101,7 +101,7 @@ fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
     let mut opt = AdamW::new(wc.len());
     let mut gpu = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
     gpu.fused_gelu = fused_gelu;
-    gpu.fused_bgrad = fused_gelu;
+    gpu.fused_bgrad = fused_gelu; // both epilogue fusions, or neither
     for s in 0..10 {
         let (x, y) = (tokens(100 + s, b * t, c.vocab), tokens(200 + s, b * t, c.vocab));
         let (lc, acts) = forward(&c, &wc, &x, &y, b, t);

@@ -123,8 +123,10 @@ pub struct GpuModel {
     /// GELU fused into the fc GEMM's epilogue and its gradient into fcproj's dX GEMM (cuBLASLt);
     /// off: separate gpt_gelu_* kernels. On by default; `TWOFOUR_UNFUSED_GELU=1` turns it off.
     pub fused_gelu: bool,
-    /// Bias gradients from the GEMMs' epilogues (BGRADB, DGELU_BGRAD) instead of column-sum
-    /// passes; switched off on its own if cuBLASLt refuses them. `TWOFOUR_UNFUSED_BGRAD=1`: off.
+    /// Bias gradients from the weight-gradient GEMMs' BGRADB epilogue instead of column-sum
+    /// passes (switched off on its own if cuBLASLt refuses it). Off by default: on the H100 the
+    /// epilogue slowed those GEMMs by more than the passes cost (docs/bench/notes.md);
+    /// `TWOFOUR_FUSED_BGRAD=1` turns it on.
     pub fused_bgrad: bool,
     /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
@@ -241,7 +243,7 @@ impl GpuModel {
             stream,
             dev,
             fused_gelu: std::env::var("TWOFOUR_UNFUSED_GELU").as_deref() != Ok("1"),
-            fused_bgrad: std::env::var("TWOFOUR_UNFUSED_BGRAD").as_deref() != Ok("1"),
+            fused_bgrad: std::env::var("TWOFOUR_FUSED_BGRAD").as_deref() == Ok("1"),
             prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
