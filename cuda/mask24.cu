@@ -117,20 +117,15 @@ __device__ __forceinline__ void write_outputs(const uint16_t (*tile)[PITCH], con
     wt_mask[(long long)(32 * tj + lane) * (rows / 32) + ti] = m;
 }
 
+// One warp, one 32 x 32 tile of W.
 template <bool APPLY>
-__device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, int cols, uint32_t* __restrict__ mask,
-                                    uint16_t* __restrict__ w_vals, uint32_t* __restrict__ w_meta,
-                                    uint16_t* __restrict__ wt_vals, uint32_t* __restrict__ wt_meta,
-                                    uint32_t* __restrict__ wt_mask, uint32_t* __restrict__ error) {
-    __shared__ __align__(16) uint16_t tiles[4][32][PITCH];
-    __shared__ uint16_t blks[4][64];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+__device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PITCH], uint16_t* blk, int lane,
+                                         const uint16_t* __restrict__ w, int rows, int cols, uint32_t* __restrict__ mask,
+                                         uint16_t* __restrict__ w_vals, uint32_t* __restrict__ w_meta,
+                                         uint16_t* __restrict__ wt_vals, uint32_t* __restrict__ wt_meta,
+                                         uint32_t* __restrict__ wt_mask, uint32_t* __restrict__ error) {
     const int tiles_c = cols / 32;
-    const long long tile_id = (long long)blockIdx.x * 4 + warp;
-    if (tile_id >= (long long)(rows / 32) * tiles_c) return;  // whole warps only: no barrier below is CTA-wide
     const int ti = (int)(tile_id / tiles_c), tj = (int)(tile_id % tiles_c);
-    uint16_t (*tile)[PITCH] = tiles[warp];
-    uint16_t* blk = blks[warp];
 
     const uint4* src = reinterpret_cast<const uint4*>(w + (long long)(32 * ti + lane) * cols + 32 * tj);
 #pragma unroll
@@ -207,16 +202,35 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, in
     write_outputs(tile, blk, lane, ti, tj, rows, cols, w_vals, w_meta, wt_vals, wt_meta, wt_mask);
 }
 
+// WARPS warps a block, each walking tiles with a grid stride: the launch shape (warps a block,
+// blocks in the grid) is a tuning parameter (twofour::launch) and never changes a result.
+template <bool APPLY, int WARPS>
+__device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, int cols, uint32_t* __restrict__ mask,
+                                    uint16_t* __restrict__ w_vals, uint32_t* __restrict__ w_meta,
+                                    uint16_t* __restrict__ wt_vals, uint32_t* __restrict__ wt_meta,
+                                    uint32_t* __restrict__ wt_mask, uint32_t* __restrict__ error) {
+    __shared__ __align__(16) uint16_t tiles[WARPS][32][PITCH];
+    __shared__ uint16_t blks[WARPS][64];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long total = (long long)(rows / 32) * (cols / 32);
+    // Whole warps only: no barrier in a tile is CTA-wide.
+    for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
+        run_tile<APPLY>(id, tiles[warp], blks[warp], lane, w, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);
+        __syncwarp();  // the warp's smem tile is reused by its next tile
+    }
+}
+
 }  // namespace mask24
 
-extern "C" __global__ void __launch_bounds__(128) transposable_mask_compress(
-    const uint16_t* w, int rows, int cols, uint32_t* mask, uint16_t* w_vals, uint32_t* w_meta, uint16_t* wt_vals,
-    uint32_t* wt_meta, uint32_t* wt_mask, uint32_t* error) {
-    mask24::run<false>(w, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);
-}
-
-extern "C" __global__ void __launch_bounds__(128) apply_mask_compress(
-    const uint16_t* w, int rows, int cols, uint32_t* mask, uint16_t* w_vals, uint32_t* w_meta, uint16_t* wt_vals,
-    uint32_t* wt_meta, uint32_t* wt_mask, uint32_t* error) {
-    mask24::run<true>(w, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);
-}
+#define TWOFOUR_MASK24(NAME, APPLY, WARPS)                                                                            \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                                                    \
+        const uint16_t* w, int rows, int cols, uint32_t* mask, uint16_t* w_vals, uint32_t* w_meta, uint16_t* wt_vals, \
+        uint32_t* wt_meta, uint32_t* wt_mask, uint32_t* error) {                                                      \
+        mask24::run<APPLY, WARPS>(w, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);            \
+    }
+TWOFOUR_MASK24(transposable_mask_compress_w2, false, 2)
+TWOFOUR_MASK24(transposable_mask_compress_w4, false, 4)
+TWOFOUR_MASK24(transposable_mask_compress_w8, false, 8)
+TWOFOUR_MASK24(apply_mask_compress_w2, true, 2)
+TWOFOUR_MASK24(apply_mask_compress_w4, true, 4)
+TWOFOUR_MASK24(apply_mask_compress_w8, true, 8)

@@ -70,17 +70,14 @@ __device__ __forceinline__ void pick(const float p[4], float u, int& k0, int& k1
 
 }  // namespace mvue
 
-extern "C" __global__ void __launch_bounds__(128) mvue24_compress(const uint16_t* __restrict__ dy, int tokens, int feats,
-                                                                  unsigned long long seed, unsigned int step,
-                                                                  uint16_t* __restrict__ vals, uint32_t* __restrict__ meta,
-                                                                  uint32_t* __restrict__ mask) {
-    __shared__ __align__(16) uint16_t tiles[4][32][mvue::PITCH];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+namespace mvue {
+
+// One warp, one 32 x 32 tile of dY (tokens 32 ti.., features 32 tj..).
+__device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PITCH], int lane, const uint16_t* __restrict__ dy, int tokens, int feats,
+                                         unsigned long long seed, unsigned int step, uint16_t* __restrict__ vals,
+                                         uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
     const int tiles_c = feats / 32;
-    const long long tile_id = (long long)blockIdx.x * 4 + warp;
-    if (tile_id >= (long long)(tokens / 32) * tiles_c) return;  // whole warps; only __syncwarp below
-    const int ti = (int)(tile_id / tiles_c), tj = (int)(tile_id % tiles_c);  // tokens 32 ti.., features 32 tj..
-    uint16_t (*tile)[mvue::PITCH] = tiles[warp];
+    const int ti = (int)(tile_id / tiles_c), tj = (int)(tile_id % tiles_c);
     const uint4* src = reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + lane) * feats + 32 * tj);
 #pragma unroll
     for (int v = 0; v < 4; ++v) *reinterpret_cast<uint4*>(&tile[lane][8 * v]) = src[v];
@@ -127,3 +124,28 @@ extern "C" __global__ void __launch_bounds__(128) mvue24_compress(const uint16_t
     if (t == 0) mask[r0 * (tokens / 32) + ti] = kept_bits[0] | (other0 << 16);
     else mask[(r0 + 8) * (tokens / 32) + ti] = other1 | (kept_bits[1] << 16);
 }
+
+// WARPS warps a block walking tiles with a grid stride (the launch shape is a tuning parameter).
+template <int WARPS>
+__device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,
+                                    uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
+    __shared__ __align__(16) uint16_t tiles[WARPS][32][PITCH];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long total = (long long)(tokens / 32) * (feats / 32);
+    for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
+        run_tile(id, tiles[warp], lane, dy, tokens, feats, seed, step, vals, meta, mask);
+        __syncwarp();
+    }
+}
+
+}  // namespace mvue
+
+#define TWOFOUR_MVUE24(WARPS)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS) mvue24_compress_w##WARPS(                                \
+        const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,           \
+        uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {                      \
+        mvue::run<WARPS>(dy, tokens, feats, seed, step, vals, meta, mask);                                            \
+    }
+TWOFOUR_MVUE24(2)
+TWOFOUR_MVUE24(4)
+TWOFOUR_MVUE24(8)

@@ -6,6 +6,7 @@ use crate::error::{shape, unsupported, During};
 use crate::matrix::DeviceMatrix;
 use crate::reference::Gate;
 use crate::Result;
+use crate::launch::{self, Family, LaunchShape};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
@@ -42,13 +43,26 @@ fn out_shape(layout: GatedLayout, t: usize, f: usize) -> (usize, usize) {
     }
 }
 
-fn grid(n: usize) -> LaunchConfig {
-    let blocks = (n / 8).div_ceil(256).clamp(1, 132 * 16) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+/// The launch of `kernel` over y's t x f elements (8 a thread): the given shape, else the shape
+/// table's, else the default.
+fn grid(dev: &Device, kernel: &str, gate: Gate, layout: GatedLayout, t: usize, f: usize, shape: Option<LaunchShape>) -> LaunchConfig {
+    let shape = shape.unwrap_or_else(|| launch::resolve(dev, Family::Gated, kernel, &table_layout(gate, layout), t, f));
+    let blocks = shape.grid(t * f / 8, shape.block as usize, launch::sms(dev));
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (shape.block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The shape-table layout name of a gated kernel: gate and H's layout ("swiglu-token-major", ...).
+pub fn table_layout(gate: Gate, layout: GatedLayout) -> String {
+    format!("{}-{}", if gate == Gate::GeGlu { "geglu" } else { "swiglu" }, if layout == GatedLayout::TokenMajor { "token-major" } else { "feature-major" })
 }
 
 /// y = act(gate) * up.
 pub fn gated_forward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMatrix<bf16>, y: &mut DeviceMatrix<bf16>) -> Result<()> {
+    gated_forward_with(dev, gate, layout, h, y, None)
+}
+
+/// `gated_forward` with an explicit launch shape (None: the shape table's or the default).
+pub fn gated_forward_with(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMatrix<bf16>, y: &mut DeviceMatrix<bf16>, launch_shape: Option<LaunchShape>) -> Result<()> {
     let (t, f) = dims("gated_forward", layout, h)?;
     if (y.rows(), y.cols()) != out_shape(layout, t, f) {
         return Err(shape("gated_forward", format!("y is {} x {}, need {:?}", y.rows(), y.cols(), out_shape(layout, t, f))));
@@ -58,12 +72,17 @@ pub fn gated_forward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMa
     let mut b = dev.stream().launch_builder(&func);
     b.arg(h.data()).arg(y.data_mut()).arg(&ti).arg(&fi).arg(&fm).arg(&kind);
     // SAFETY: H holds tokens x 2F, y tokens x F elements; the contiguous axis is a multiple of 8.
-    unsafe { b.launch(grid(t * f)) }.during("launching gated_forward")?;
+    unsafe { b.launch(grid(dev, "gated_forward", gate, layout, t, f, launch_shape)) }.during("launching gated_forward")?;
     Ok(())
 }
 
 /// dH (H's layout and shape) from H and dy: d_up = dy act(gate), d_gate = dy up act'(gate).
 pub fn gated_backward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMatrix<bf16>, dy: &DeviceMatrix<bf16>, dh: &mut DeviceMatrix<bf16>) -> Result<()> {
+    gated_backward_with(dev, gate, layout, h, dy, dh, None)
+}
+
+/// `gated_backward` with an explicit launch shape.
+pub fn gated_backward_with(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceMatrix<bf16>, dy: &DeviceMatrix<bf16>, dh: &mut DeviceMatrix<bf16>, launch_shape: Option<LaunchShape>) -> Result<()> {
     let (t, f) = dims("gated_backward", layout, h)?;
     if (dy.rows(), dy.cols()) != out_shape(layout, t, f) || (dh.rows(), dh.cols()) != (h.rows(), h.cols()) {
         return Err(shape("gated_backward", format!("dy is {} x {} and dH {} x {}, for H {} x {}", dy.rows(), dy.cols(), dh.rows(), dh.cols(), h.rows(), h.cols())));
@@ -73,6 +92,6 @@ pub fn gated_backward(dev: &Device, gate: Gate, layout: GatedLayout, h: &DeviceM
     let mut b = dev.stream().launch_builder(&func);
     b.arg(h.data()).arg(dy.data()).arg(dh.data_mut()).arg(&ti).arg(&fi).arg(&fm).arg(&kind);
     // SAFETY: as in gated_forward; dH has H's shape.
-    unsafe { b.launch(grid(t * f)) }.during("launching gated_backward")?;
+    unsafe { b.launch(grid(dev, "gated_backward", gate, layout, t, f, launch_shape)) }.during("launching gated_backward")?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::error::{invalid, shape, unsupported, During};
 use crate::matrix::DeviceMatrix;
 use crate::sparse24::Sparse24;
 use crate::Result;
+use crate::launch::{self, Family, LaunchShape};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
@@ -21,12 +22,15 @@ fn check(op: &'static str, w: &DeviceMatrix<bf16>, out_w: &Sparse24, out_wt: &Sp
     Ok(())
 }
 
-fn launch(dev: &Device, kernel: &str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24) -> Result<u32> {
+fn launch(dev: &Device, kernel: &str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<u32> {
     let (r, c) = (w.rows() as i32, w.cols() as i32);
     let tiles = (w.rows() / 32) * (w.cols() / 32);
+    let table_name = if kernel == "apply_mask_compress" { "mask24_apply" } else { "mask24_search" };
+    let shape = shape.unwrap_or_else(|| launch::resolve(dev, Family::Mask24, table_name, "row-major", w.rows(), w.cols()));
     let mut err = dev.stream().alloc_zeros::<u32>(1).during("allocating the error flag")?;
-    let f = dev.function(kernel)?;
-    let cfg = LaunchConfig { grid_dim: (tiles.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let f = dev.function(&format!("{kernel}{}", shape.warps_suffix()))?;
+    let block = shape.tile_block();
+    let cfg = LaunchConfig { grid_dim: (shape.grid(tiles, block as usize / 32, launch::sms(dev)), 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
     let mut b = dev.stream().launch_builder(&f);
     b.arg(w.data()).arg(&r).arg(&c).arg(&mut out_w.mask).arg(&mut out_w.values).arg(&mut out_w.meta);
     b.arg(&mut out_wt.values).arg(&mut out_wt.meta).arg(&mut out_wt.mask).arg(&mut err);
@@ -39,8 +43,14 @@ fn launch(dev: &Device, kernel: &str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse
 /// to the first pattern in `reference::patterns()` order) and writes W compressed (with the mask)
 /// into `out_w` and W^T compressed into `out_wt`, in one pass over W.
 pub fn transposable_mask_compress_into(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24) -> Result<()> {
+    transposable_mask_compress_with(dev, w, out_w, out_wt, None)
+}
+
+/// `transposable_mask_compress_into` with an explicit launch shape (None: the shape table's or
+/// the default; the tuner and the launch-shape tests name one).
+pub fn transposable_mask_compress_with(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<()> {
     check("transposable_mask_compress", w, out_w, out_wt)?;
-    if launch(dev, "transposable_mask_compress", w, out_w, out_wt)? & 2 != 0 {
+    if launch(dev, "transposable_mask_compress", w, out_w, out_wt, shape)? & 2 != 0 {
         return Err(invalid("transposable_mask_compress", "W contains NaN: no mask is defined; check the weights"));
     }
     Ok(())
@@ -58,8 +68,13 @@ pub fn transposable_mask_compress(dev: &Device, w: &DeviceMatrix<bf16>) -> Resul
 /// earlier search): the step the recipe runs after every optimizer update. The mask must be
 /// transposable (two of every four along rows and columns of each 4x4 block).
 pub fn apply_mask_compress_into(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24) -> Result<()> {
+    apply_mask_compress_with(dev, w, out_w, out_wt, None)
+}
+
+/// `apply_mask_compress_into` with an explicit launch shape.
+pub fn apply_mask_compress_with(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<()> {
     check("apply_mask_compress", w, out_w, out_wt)?;
-    if launch(dev, "apply_mask_compress", w, out_w, out_wt)? & 1 != 0 {
+    if launch(dev, "apply_mask_compress", w, out_w, out_wt, shape)? & 1 != 0 {
         return Err(invalid("apply_mask_compress", "the stored mask is not transposable 2:4 (a 4x4 block keeps other than two per row and column)"));
     }
     Ok(())

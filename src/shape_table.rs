@@ -6,6 +6,7 @@
 //! A table made on another GPU or for another kernel build is rejected with a warning.
 
 use crate::error::invalid;
+use crate::launch::LaunchShape;
 use crate::sparse_gemm::TileConfig;
 use crate::Result;
 use serde::{Deserialize, Serialize};
@@ -18,10 +19,11 @@ pub const TABLE_VERSION: u32 = 1;
 /// The table shipped for the H100 (tables/h100.json, made by `twofour-tune`).
 static EMBEDDED_H100: &str = include_str!("../tables/h100.json");
 
-/// One tuned shape.
+/// One tuned shape: a sparse GEMM (`config`) or a memory-bound kernel's launch shape (`launch`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableEntry {
-    /// "sparse_gemm"
+    /// "sparse_gemm", or "mask24_search", "mask24_apply", "mvue24", "gated_forward",
+    /// "gated_backward" (launch shapes; m, n = the operand's rows and columns, k = 0).
     pub kernel: String,
     /// How B is read and D written: `sparse_gemm::storage_layout` ("kmajor-colmajor" for a linear
     /// layer's forward and input gradient, "nmajor-rowmajor" for its weight gradient).
@@ -31,7 +33,12 @@ pub struct TableEntry {
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    pub config: TileConfig,
+    /// The GEMM's tile configuration (sparse_gemm entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<TileConfig>,
+    /// The launch shape (the other kernels' entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LaunchShape>,
     /// Median time of `config`, and of the untuned default, in ms.
     pub ms: f64,
     pub default_ms: f64,
@@ -118,14 +125,26 @@ impl ShapeTable {
     /// The configuration for a shape: the exact entry, else the nearest tuned shape of the same
     /// kernel and layout (Euclidean distance of log2 M, N, K), else `None`.
     pub fn lookup(&self, kernel: &str, layout: &str, m: usize, n: usize, k: usize) -> Option<TileConfig> {
-        if let Some(e) = self.exact(kernel, layout, m, n, k) {
-            return Some(e.config);
+        if let Some(c) = self.exact(kernel, layout, m, n, k).and_then(|e| e.config) {
+            return Some(c);
         }
         let l = |x: usize| (x.max(1) as f64).log2();
         self.entries
             .iter()
             .filter(|e| e.kernel == kernel && e.layout == layout)
-            .map(|e| ((l(e.m) - l(m)).powi(2) + (l(e.n) - l(n)).powi(2) + (l(e.k) - l(k)).powi(2), e.config))
+            .filter_map(|e| Some(((l(e.m) - l(m)).powi(2) + (l(e.n) - l(n)).powi(2) + (l(e.k) - l(k)).powi(2), e.config?)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c)
+    }
+
+    /// The launch shape for a rows x cols operand of `kernel`: the exact entry, else the nearest
+    /// tuned shape of the same kernel and layout (log2 distance), else `None`.
+    pub fn lookup_launch(&self, kernel: &str, layout: &str, rows: usize, cols: usize) -> Option<LaunchShape> {
+        let l = |x: usize| (x.max(1) as f64).log2();
+        self.entries
+            .iter()
+            .filter(|e| e.kernel == kernel && e.layout == layout)
+            .filter_map(|e| Some(((l(e.m) - l(rows)).powi(2) + (l(e.n) - l(cols)).powi(2), e.launch?)))
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, c)| c)
     }

@@ -227,6 +227,39 @@ fn embedded_shape_table_fits_this_build() {
     assert_eq!(t.gpu, "NVIDIA H100 80GB HBM3");
     assert_eq!(t.kernels_hash, twofour::shape_table::kernels_hash(), "tables/h100.json is stale: re-tune on an H100");
     // Fallback: an untuned shape takes the nearest tuned shape's configuration.
-    let e = &t.entries[0];
-    assert_eq!(t.lookup(&e.kernel, &e.layout, e.m + 16, e.n, e.k), Some(e.config));
+    let e = t.entries.iter().find(|e| e.config.is_some()).expect("GEMM entries");
+    assert_eq!(t.lookup(&e.kernel, &e.layout, e.m + 16, e.n, e.k), e.config);
+    // Launch shapes of the memory-bound kernels are in it too, and fall back the same way.
+    for kernel in ["mask24_search", "mask24_apply", "mvue24", "gated_forward", "gated_backward"] {
+        let e = t.entries.iter().find(|e| e.kernel == kernel).unwrap_or_else(|| panic!("no {kernel} entry"));
+        assert_eq!(t.lookup_launch(kernel, &e.layout, e.m, e.n), e.launch);
+        assert!(t.lookup_launch(kernel, &e.layout, e.m * 2 + 32, e.n).is_some(), "{kernel}: an untuned shape falls back");
+    }
+}
+
+/// Table entries: a GEMM entry written before launch shapes existed still parses; a launch entry
+/// round-trips; lookups pick the nearest tuned shape of the same kernel and layout only.
+#[test]
+fn shape_table_entries_and_fallback() {
+    use twofour::shape_table::TableEntry;
+    use twofour::LaunchShape;
+    let old = r#"{"version":1,"gpu":"G","compute_capability":[9,0],"driver":"","twofour_version":"0.1.0","kernels_hash":"x",
+        "entries":[{"kernel":"sparse_gemm","layout":"kmajor-colmajor","pass":"p","m":1024,"n":4096,"k":1024,
+        "config":{"bn":256,"stages":4,"group_m":8,"schedule":"DataParallel"},"ms":0.1,"default_ms":0.2}]}"#;
+    let mut t = twofour::ShapeTable::parse(old, "old").unwrap();
+    assert!(t.entries[0].config.is_some() && t.entries[0].launch.is_none());
+    let shape = |block, blocks_per_sm| LaunchShape { block, blocks_per_sm };
+    let entry = |m: usize, n: usize, l: LaunchShape| TableEntry { kernel: "mvue24".into(), layout: "row-major".into(), pass: "x".into(), m, n, k: 0, config: None, launch: Some(l), ms: 1.0, default_ms: 1.0 };
+    t.insert(entry(16384, 1024, shape(64, 8)));
+    t.insert(entry(16384, 4096, shape(256, 0)));
+    let back = twofour::ShapeTable::parse(&serde_json::to_string(&t).unwrap(), "round trip").unwrap();
+    assert_eq!(back, t);
+    assert_eq!(t.lookup_launch("mvue24", "row-major", 16384, 1024), Some(shape(64, 8)));
+    assert_eq!(t.lookup_launch("mvue24", "row-major", 16384, 3072), Some(shape(256, 0)), "nearest in log2 distance");
+    assert_eq!(t.lookup_launch("mask24_search", "row-major", 16384, 1024), None, "other kernels do not count");
+    assert_eq!(t.lookup("sparse_gemm", "kmajor-colmajor", 1000, 4000, 1000).map(|c| c.bn), Some(256), "launch entries do not disturb the GEMM lookup");
+    // Grids: the cap is in blocks per multiprocessor, 0 means one work item per thread or warp.
+    assert_eq!(shape(128, 0).grid(1000, 4, 132), 250);
+    assert_eq!(shape(128, 1).grid(1000, 4, 132), 132);
+    assert_eq!(LaunchShape::candidates(twofour::launch::Family::Gated).len(), 15);
 }

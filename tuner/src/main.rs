@@ -1,5 +1,7 @@
 //! `twofour-tune`: finds the fastest `TileConfig` of the sparse GEMM for each shape and layout of a
-//! model on this GPU and writes a `ShapeTable` the library then uses on its own
+//! model on this GPU, and the fastest launch shape of the memory-bound sparse-training kernels
+//! (mask search and apply on each weight, MVUE on each output gradient, SwiGLU forward and backward
+//! on each fc1 output in both layouts), and writes a `ShapeTable` the library then uses on its own
 //! (`TWOFOUR_SHAPE_TABLE=path`, or embed it as tables/<gpu>.json).
 //!
 //! For every (shape, pass) it enumerates the compiled tile instances x schedules x raster groups,
@@ -8,6 +10,8 @@
 //! reference), times it (warm-up, CUDA events, median, two rotating B operands so L2 does not
 //! flatter small shapes) and keeps the best. The table is written atomically after every shape,
 //! so an interrupted run resumes where it stopped.
+
+mod launch;
 
 use clap::Parser;
 use half::bf16;
@@ -19,7 +23,8 @@ use twofour::shape_table::{ShapeTable, TableEntry};
 use twofour::shapes::{parse_shapes, LinearShape, Pass};
 use twofour::sparse_gemm::storage_layout;
 use twofour::timing::{median, time_calls};
-use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, Error, GemmOptions, MatLayout, Schedule, TileConfig};
+use twofour::launch::LaunchShape;
+use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, Error, GatedLayout, GemmOptions, MatLayout, Schedule, TileConfig};
 
 #[derive(Parser)]
 #[command(name = "twofour-tune", version, about = "Tune twofour's sparse GEMM for a model's shapes on this GPU")]
@@ -60,6 +65,9 @@ struct Args {
     /// Write a PNG of the speedup tuning bought per shape.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// What to tune: any of gemm, mask, mvue, gated (comma-separated).
+    #[arg(long, default_value = "gemm,mask,mvue,gated")]
+    kernels: String,
 }
 
 fn preset(name: &str, tokens: usize) -> Result<Vec<LinearShape>, String> {
@@ -182,6 +190,73 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     Ok((best.0, best.1, default_ms))
 }
 
+/// The memory-bound kernels' problems of a model's linear layers, deduplicated against the table.
+fn launch_problems(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &ShapeTable) -> twofour::Result<Vec<(String, launch::Problem)>> {
+    let rnd = |r: usize, c: usize, seed: u64| random(dev, r, c, seed);
+    let mut v: Vec<(String, launch::Problem)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in shapes {
+        let (t, din, dout) = (s.tokens, s.d_in, s.d_out);
+        if t % 32 != 0 || din % 32 != 0 || dout % 32 != 0 {
+            continue;
+        }
+        let mut cand: Vec<(String, Box<dyn Fn() -> twofour::Result<launch::Problem> + '_>)> = Vec::new();
+        if kinds.contains(&"mask") {
+            cand.push((format!("{} W", s.name), Box::new(move || launch::Problem::mask(dev, false, dout, din, &rnd))));
+            cand.push((format!("{} W", s.name), Box::new(move || launch::Problem::mask(dev, true, dout, din, &rnd))));
+        }
+        if kinds.contains(&"mvue") {
+            cand.push((format!("{} dY", s.name), Box::new(move || launch::Problem::mvue(dev, t, dout, &rnd))));
+        }
+        if kinds.contains(&"gated") && s.name.ends_with("fc1") && dout % 8 == 0 {
+            for layout in [GatedLayout::TokenMajor, GatedLayout::FeatureMajor] {
+                for backward in [false, true] {
+                    cand.push((format!("{} H", s.name), Box::new(move || launch::Problem::gated(dev, backward, layout, t, dout, &rnd))));
+                }
+            }
+        }
+        for (name, make) in cand {
+            let p = make()?;
+            let k = p.key();
+            if table.entries.iter().any(|e| e.kernel == k.kernel && e.layout == k.layout && (e.m, e.n) == (k.rows, k.cols)) || !seen.insert((k.kernel, k.layout.clone(), k.rows, k.cols)) {
+                continue;
+            }
+            v.push((name, p));
+        }
+    }
+    Ok(v)
+}
+
+/// Tunes the launch shapes; returns whether --budget-s stopped it.
+fn tune_launches(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &mut ShapeTable, args: &Args, start: Instant) -> Result<bool, String> {
+    if !kinds.iter().any(|k| *k != "gemm") {
+        return Ok(false);
+    }
+    let problems = launch_problems(dev, shapes, kinds, table).map_err(|e| e.to_string())?;
+    let total: usize = problems.iter().map(|(_, p)| LaunchShape::candidates(p.key().family).len()).sum();
+    let bar = ProgressBar::new(total as u64);
+    let style = ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} launch shapes, ETA {eta} {msg}").map_err(|e| e.to_string())?;
+    bar.set_style(style.progress_chars("=> "));
+    for (name, mut p) in problems {
+        if args.budget_s.is_some_and(|b| start.elapsed().as_secs_f64() > b) {
+            bar.finish_and_clear();
+            return Ok(true);
+        }
+        let k = p.key();
+        let (best, ms, default_ms) = p
+            .tune(dev, args.reps, |sh| {
+                bar.set_message(format!("{} {} block {} cap {}", k.kernel, name, sh.block, sh.blocks_per_sm));
+                bar.inc(1);
+            })
+            .map_err(|e| e.to_string())?;
+        table.insert(TableEntry { kernel: k.kernel.into(), layout: k.layout.clone(), pass: format!("{name} {}", k.kernel), m: k.rows, n: k.cols, k: 0, config: None, launch: Some(best), ms, default_ms });
+        table.save(&args.out).map_err(|e| e.to_string())?;
+        bar.println(format!("{:<14} {:<22} {:<20} {:>6}x{:<6} best {:>8.4} ms  default {:>8.4} ms  x{:.3}  block {} cap {}", k.kernel, name, k.layout, k.rows, k.cols, ms, default_ms, default_ms / ms, best.block, best.blocks_per_sm));
+    }
+    bar.finish_and_clear();
+    Ok(false)
+}
+
 fn main() {
     let args = Args::parse();
     if let Err(e) = run(args) {
@@ -225,8 +300,12 @@ fn run(args: Args) -> Result<(), String> {
         }
         Err(_) => ShapeTable::new(dev.name(), dev.compute_capability(), &driver),
     };
+    let kinds: Vec<&str> = args.kernels.split(',').map(str::trim).collect();
+    if let Some(bad) = kinds.iter().find(|k| !["gemm", "mask", "mvue", "gated"].contains(k)) {
+        return Err(format!("--kernels: unknown kind {bad:?} (gemm, mask, mvue, gated)"));
+    }
     let mut todo = Vec::new();
-    for s in &shapes {
+    for s in shapes.iter().filter(|_| kinds.contains(&"gemm")) {
         for pass in Pass::ALL {
             let (m, n, k) = s.mnk(pass);
             let layout = storage_layout(pass == Pass::GradWeight, pass != Pass::GradWeight);
@@ -249,11 +328,14 @@ fn run(args: Args) -> Result<(), String> {
             break;
         }
         let (cfg, ms, default_ms) = tune(&dev, &s, pass, args.reps, &bar).map_err(|e| e.to_string())?;
-        table.insert(TableEntry { kernel: "sparse_gemm".into(), layout, pass: format!("{} {}", s.name, pass.name()), m, n, k, config: cfg, ms, default_ms });
+        table.insert(TableEntry { kernel: "sparse_gemm".into(), layout, pass: format!("{} {}", s.name, pass.name()), m, n, k, config: Some(cfg), launch: None, ms, default_ms });
         table.save(&args.out).map_err(|e| e.to_string())?;
         bar.println(format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, cfg.schedule, cfg.group_m));
     }
     bar.finish_and_clear();
+    if !stopped {
+        stopped = tune_launches(&dev, &shapes, &kinds, &mut table, &args, start)?;
+    }
     let took = start.elapsed().as_secs_f64();
     let gains: Vec<f64> = table.entries.iter().map(|e| e.default_ms / e.ms).collect();
     let geo = (gains.iter().map(|g| g.ln()).sum::<f64>() / gains.len().max(1) as f64).exp();
@@ -272,6 +354,18 @@ fn run(args: Args) -> Result<(), String> {
                 let pick_ms = p.time(&dev, pick, args.reps).map_err(|e| e.to_string())?;
                 println!("holdout {:<24} {:<3} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick bn{} {:?} g{}; best bn{} {:?} g{})", s.name, pass.name(), pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.bn, pick.schedule, pick.group_m, best.bn, best.schedule, best.group_m);
             }
+        }
+    }
+    if let Some(spec) = &args.holdout {
+        // Held-out shapes, launch shapes: exhaustive best vs the fallback's (nearest tuned shape).
+        let empty = ShapeTable::new(dev.name(), dev.compute_capability(), &driver);
+        let held = parse_shapes(spec)?;
+        for (name, mut p) in launch_problems(&dev, &held, &kinds, &empty).map_err(|e| e.to_string())? {
+            let k = p.key();
+            let Some(pick) = table.lookup_launch(k.kernel, &k.layout, k.rows, k.cols) else { continue };
+            let (best, best_ms, _) = p.tune(&dev, args.reps, |_| {}).map_err(|e| e.to_string())?;
+            let pick_ms = p.time(&dev, pick, args.reps).map_err(|e| e.to_string())?;
+            println!("holdout {:<14} {:<22} {:<20} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick {}/{}; best {}/{})", k.kernel, name, k.layout, pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.block, pick.blocks_per_sm, best.block, best.blocks_per_sm);
         }
     }
     if let Some(png) = &args.report {
