@@ -22,7 +22,30 @@ fn check(op: &'static str, w: &DeviceMatrix<bf16>, out_w: &Sparse24, out_wt: &Sp
     Ok(())
 }
 
-fn launch(dev: &Device, kernel: &str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<u32> {
+/// The error word of a queued mask kernel (bit 0: a stored mask is not transposable 2:4; bit 1: W
+/// holds NaN). Checking it waits for the kernel; until then the GPU runs ahead, so a training
+/// step can queue the mask work and check once at its end (the asynchronous error flag).
+#[must_use = "a mask kernel's errors are only seen by checking its status"]
+pub struct MaskStatus {
+    op: &'static str,
+    flag: cudarc::driver::CudaSlice<u32>,
+}
+
+impl MaskStatus {
+    /// Waits for the kernel and turns its error word into a typed error.
+    pub fn check(self, dev: &Device) -> Result<()> {
+        let e = dev.download(&self.flag)?[0];
+        if e & 2 != 0 {
+            return Err(invalid(self.op, "W contains NaN: no mask is defined; check the weights"));
+        }
+        if e & 1 != 0 {
+            return Err(invalid(self.op, "the stored mask is not transposable 2:4 (a 4x4 block keeps other than two per row and column)"));
+        }
+        Ok(())
+    }
+}
+
+fn launch(dev: &Device, kernel: &'static str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<MaskStatus> {
     let (r, c) = (w.rows() as i32, w.cols() as i32);
     let tiles = (w.rows() / 32) * (w.cols() / 32);
     let table_name = if kernel == "apply_mask_compress" { "mask24_apply" } else { "mask24_search" };
@@ -36,7 +59,7 @@ fn launch(dev: &Device, kernel: &str, w: &DeviceMatrix<bf16>, out_w: &mut Sparse
     b.arg(&mut out_wt.values).arg(&mut out_wt.meta).arg(&mut out_wt.mask).arg(&mut err);
     // SAFETY: shapes checked (multiples of 32, outputs sized for W and W^T); one warp per 32x32 tile.
     unsafe { b.launch(cfg) }.during(format!("launching {kernel}"))?;
-    Ok(dev.download(&err)?[0])
+    Ok(MaskStatus { op: kernel, flag: err })
 }
 
 /// Searches the transposable 2:4 mask of W (best of the 90 patterns per 4x4 block by kept L1, ties
@@ -49,11 +72,14 @@ pub fn transposable_mask_compress_into(dev: &Device, w: &DeviceMatrix<bf16>, out
 /// `transposable_mask_compress_into` with an explicit launch shape (None: the shape table's or
 /// the default; the tuner and the launch-shape tests name one).
 pub fn transposable_mask_compress_with(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<()> {
+    transposable_mask_compress_async(dev, w, out_w, out_wt, shape)?.check(dev)
+}
+
+/// Queues the mask search without waiting: shape errors come back now, NaN in W through the
+/// returned status.
+pub fn transposable_mask_compress_async(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<MaskStatus> {
     check("transposable_mask_compress", w, out_w, out_wt)?;
-    if launch(dev, "transposable_mask_compress", w, out_w, out_wt, shape)? & 2 != 0 {
-        return Err(invalid("transposable_mask_compress", "W contains NaN: no mask is defined; check the weights"));
-    }
-    Ok(())
+    launch(dev, "transposable_mask_compress", w, out_w, out_wt, shape)
 }
 
 /// Allocating form of `transposable_mask_compress_into`: returns (W compressed, W^T compressed).
@@ -73,9 +99,11 @@ pub fn apply_mask_compress_into(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mu
 
 /// `apply_mask_compress_into` with an explicit launch shape.
 pub fn apply_mask_compress_with(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<()> {
+    apply_mask_compress_async(dev, w, out_w, out_wt, shape)?.check(dev)
+}
+
+/// Queues the recompression without waiting: an invalid stored mask comes back through the status.
+pub fn apply_mask_compress_async(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<MaskStatus> {
     check("apply_mask_compress", w, out_w, out_wt)?;
-    if launch(dev, "apply_mask_compress", w, out_w, out_wt, shape)? & 1 != 0 {
-        return Err(invalid("apply_mask_compress", "the stored mask is not transposable 2:4 (a 4x4 block keeps other than two per row and column)"));
-    }
-    Ok(())
+    launch(dev, "apply_mask_compress", w, out_w, out_wt, shape)
 }

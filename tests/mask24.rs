@@ -76,6 +76,12 @@ fn nan_weights_are_rejected() {
     v[77] = bf16::NAN;
     let w = DeviceMatrix::from_host(&dev, 64, 64, &v).unwrap();
     assert!(matches!(transposable_mask_compress(&dev, &w), Err(Error::InvalidData { .. })));
+    // The asynchronous form queues the kernel and reports the same error through its status.
+    let (mut ow, mut owt) = (Sparse24::alloc(&dev, 64, 64).unwrap(), Sparse24::alloc(&dev, 64, 64).unwrap());
+    let status = twofour::transposable_mask_compress_async(&dev, &w, &mut ow, &mut owt, None).unwrap();
+    assert!(matches!(status.check(&dev), Err(Error::InvalidData { .. })));
+    let ok = DeviceMatrix::from_host(&dev, 64, 64, &normal_bf16(4, 64 * 64)).unwrap();
+    twofour::transposable_mask_compress_async(&dev, &ok, &mut ow, &mut owt, None).unwrap().check(&dev).unwrap();
 }
 
 #[test]

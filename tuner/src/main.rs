@@ -58,6 +58,10 @@ struct Args {
     /// Timed repeats per candidate.
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Timed repeats per launch-shape candidate (those kernels run for tens of microseconds, so
+    /// more repeats are cheap and their medians need them).
+    #[arg(long, default_value_t = 31)]
+    launch_reps: usize,
     /// Shapes held out of the table: tune them exhaustively and compare with what the table's
     /// fallback (nearest tuned shape) picks. name:tokens:d_in:d_out[,...]
     #[arg(long)]
@@ -244,7 +248,7 @@ fn tune_launches(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &m
         }
         let k = p.key();
         let (best, ms, default_ms) = p
-            .tune(dev, args.reps, |sh| {
+            .tune(dev, args.launch_reps, |sh| {
                 bar.set_message(format!("{} {} block {} cap {}", k.kernel, name, sh.block, sh.blocks_per_sm));
                 bar.inc(1);
             })
@@ -363,8 +367,8 @@ fn run(args: Args) -> Result<(), String> {
         for (name, mut p) in launch_problems(&dev, &held, &kinds, &empty).map_err(|e| e.to_string())? {
             let k = p.key();
             let Some(pick) = table.lookup_launch(k.kernel, &k.layout, k.rows, k.cols) else { continue };
-            let (best, best_ms, _) = p.tune(&dev, args.reps, |_| {}).map_err(|e| e.to_string())?;
-            let pick_ms = p.time(&dev, pick, args.reps).map_err(|e| e.to_string())?;
+            let (best, best_ms, _) = p.tune(&dev, args.launch_reps, |_| {}).map_err(|e| e.to_string())?;
+            let pick_ms = p.time(&dev, pick, args.launch_reps).map_err(|e| e.to_string())?;
             println!("holdout {:<14} {:<22} {:<20} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick {}/{}; best {}/{})", k.kernel, name, k.layout, pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.block, pick.blocks_per_sm, best.block, best.blocks_per_sm);
         }
     }
