@@ -39,7 +39,11 @@ done
     want "$n" || continue
     "$t" --list --ignored 2>/dev/null | grep -q ': test' || continue
     log="$out/logs/$n.$tool.log"
-    "$san" --tool "$tool" --error-exitcode 99 --print-limit 20 "$t" --ignored --test-threads=1 >"$log" 2>&1
+    # The trainer's tests also run cuBLASLt's kernels, which racecheck cannot instrument (the
+    # process dies inside them, reporting no hazard): racecheck only twofour's own gpt_* kernels there.
+    filt=()
+    [ "$n" = gpu ] && [ "$tool" = racecheck ] && filt=(--kernel-name kns=gpt_)
+    "$san" --tool "$tool" "${filt[@]}" --error-exitcode 99 --print-limit 20 "$t" --ignored --test-threads=1 >"$log" 2>&1
     rc=$?
     errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
     record "$tool $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "${errs:-rc=$rc} $(summary "$log")"
@@ -63,23 +67,25 @@ done
 if [ "${RUN_TRAINER:-1}" = 1 ] && [ -x "$pack/bin/twofour-train" ]; then
   tb="$out/trainer-bench.jsonl"
   : >"$tb"
-  for spec in "124m 32" "350m 16"; do
+  [ "${TRAINER_BENCH:-1}" = 1 ] && for spec in "124m 32" "350m 16"; do
     set -- $spec
     "$pack/bin/twofour-train" --bench --model "$1" --batch "$2" --seq 1024 --steps ${TRAIN_BENCH_STEPS:-10} >>"$tb" 2>"$out/logs/trainer-bench-$1.log"
     rc=$?
     record "trainer bench $1" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(tail -1 "$tb")"
   done
-  if [ "${RUN_PEER:-1}" = 1 ] && [ -x /opt/torch/.venv/bin/python ]; then
+  if [ "${TRAINER_BENCH:-1}" = 1 ] && [ "${RUN_PEER:-1}" = 1 ] && [ -x /opt/torch/.venv/bin/python ]; then
     OUT="$out" PEER_MODELS=gpt2-124M,gpt2-350M /opt/torch/.venv/bin/python "$pack/peers/gpt2_torch_bench.py" >"$out/logs/torch-peer.log" 2>&1
     rc=$?
     record "pytorch peer (torch.compile)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c tok_s "$out/logs/torch-peer.log") models"
   fi
   if [ "${RUN_MAIN:-1}" = 1 ]; then
-    "$pack/bin/twofour-train" --out "$out/run-124m" ${MAIN_ARGS:-} >"$out/logs/train-124m.log" 2>&1
+    # The README's main job on the H100: GPT-2 124M on the embedded corpus, a few minutes.
+    "$pack/bin/twofour-train" --out "$out/run-124m" ${MAIN_ARGS:---steps 3000} >"$out/logs/train-124m.log" 2>&1
     rc=$?
     record "main job (twofour-train)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep 'val loss' "$out/logs/train-124m.log" | tail -1)"
     cp "$out/run-124m/loss.png" "$out/loss-124m.png" 2>/dev/null
-    cp "$out/run-124m/losses.tsv" "$out/logs/" 2>/dev/null
+    cp "$out/run-124m/losses.tsv" "$out/losses-124m.tsv" 2>/dev/null
+    grep -E "^(step|GPU|model|data|sample|checkpoint)" "$out/logs/train-124m.log" >"$out/train-124m.txt"
     rm -rf "$out/run-124m"
   fi
 fi
