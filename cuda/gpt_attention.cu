@@ -218,20 +218,28 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_forward(bf16* __
     }
 }
 
-// D[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d] (FlashAttention-2's D_i). One warp each.
+// D[b, h, t] = sum_d dout[b, t, h, d] * out[b, t, h, d] (FlashAttention-2's D_i). One warp per
+// token, 16-byte loads: 8 lanes cover one head's 64 values, so a head's sum is a reduction over an
+// aligned group of 8 lanes.
 extern "C" __global__ void gpt_attention_backward_dot(float* __restrict__ D, const bf16* __restrict__ dout, const bf16* __restrict__ out, int B, int T, int NH) {
-    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const long long bt = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;  // b * T + t
     const int lane = threadIdx.x % 32;
-    if (w >= (long long)B * T * NH) return;
-    const int h = (int)(w % NH);
-    const long long bt = w / NH;  // b * T + t
+    if (bt >= (long long)B * T) return;
     const int C = NH * HD;
-    const long long off = bt * C + h * HD + lane * 2;
-    float v = __bfloat162float(dout[off]) * __bfloat162float(out[off]) + __bfloat162float(dout[off + 1]) * __bfloat162float(out[off + 1]);
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     const long long b = bt / T, t = bt % T;
-    if (lane == 0) D[(b * NH + h) * T + t] = v;
+    for (int c = lane * 8; c < C; c += 256) {  // C % 256 may be 0, 64, 128 or 192: whole heads
+        const uint4 dv = *reinterpret_cast<const uint4*>(dout + bt * C + c);
+        const uint4 ov = *reinterpret_cast<const uint4*>(out + bt * C + c);
+        const uint32_t* wd = reinterpret_cast<const uint32_t*>(&dv);
+        const uint32_t* wo = reinterpret_cast<const uint32_t*>(&ov);
+        float v = 0.f;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v += __uint_as_float(wd[e] << 16) * __uint_as_float(wo[e] << 16) + __uint_as_float(wd[e] & 0xffff0000u) * __uint_as_float(wo[e] & 0xffff0000u);
+        const unsigned group = __activemask();
+#pragma unroll
+        for (int o = 4; o > 0; o /= 2) v += __shfl_xor_sync(group, v, o);
+        if (lane % 8 == 0) D[(b * NH + c / HD) * T + t] = v;
+    }
 }
 
 // dK and dV of 64 keys: walk every query tile at or after them. grid (ceil(T/64), B*NH).

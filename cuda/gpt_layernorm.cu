@@ -1,5 +1,6 @@
 // LayerNorm of the GPT trainer (eps 1e-5), alone and fused with the residual add that precedes it
-// (llm.c's fused_residual_forward). One warp per row, 16-byte accesses (C % 8 == 0), f32 math;
+// (llm.c's fused_residual_forward). One warp per row, 16-byte accesses (C % 8 == 0, C <= 2048), each row read once and held in
+// registers, f32 math;
 // mean and 1/std are kept for the backward pass. The weight gradients are column sums over rows:
 // gpt_colsum_partial (gpt_elementwise.cu) computes them in a fixed order, so they are reproducible.
 // Reference: trainer/src/reference.rs (layernorm_forward / layernorm_backward).
@@ -32,31 +33,36 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Normalizes the row x (already in bf16 in global memory) into out; two passes for the variance.
-__device__ __forceinline__ void normalize_row(bf16* out, float* mean, float* rstd, const bf16* x, const float* w, const float* b, int C, long long row) {
+// The row is held in registers between the passes: lane-chunk k covers columns lane*8 + 256k,
+// up to MAXK chunks (C <= 2048, checked by the host).
+constexpr int MAXK = 8;
+
+// Normalizes a row held in registers (f[k][e] = column lane*8 + 256k + e) into out.
+__device__ __forceinline__ void normalize_cached(bf16* out, float* mean, float* rstd, float f[MAXK][8], const float* w, const float* b, int C, long long row) {
     const int lane = threadIdx.x % 32;
     float s = 0.f;
-    for (int c = lane * 8; c < C; c += 256) {
-        float f[8];
-        unpack8(*reinterpret_cast<const uint4*>(x + c), f);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) s += f[i];
-    }
+    for (int k = 0; k < MAXK; ++k)
+        if (lane * 8 + 256 * k < C)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s += f[k][e];
     const float m = warp_sum(s) / C;
     float v = 0.f;
-    for (int c = lane * 8; c < C; c += 256) {
-        float f[8];
-        unpack8(*reinterpret_cast<const uint4*>(x + c), f);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) v += (f[i] - m) * (f[i] - m);
-    }
+    for (int k = 0; k < MAXK; ++k)
+        if (lane * 8 + 256 * k < C)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v += (f[k][e] - m) * (f[k][e] - m);
     const float rs = rsqrtf(warp_sum(v) / C + 1e-5f);
-    for (int c = lane * 8; c < C; c += 256) {
-        float f[8];
-        unpack8(*reinterpret_cast<const uint4*>(x + c), f);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) f[i] = (f[i] - m) * rs * w[c + i] + b[c + i];
-        *reinterpret_cast<uint4*>(out + c) = pack8(f);
+    for (int k = 0; k < MAXK; ++k) {
+        const int c = lane * 8 + 256 * k;
+        if (c < C) {
+            float o[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) o[e] = (f[k][e] - m) * rs * w[c + e] + b[c + e];
+            *reinterpret_cast<uint4*>(out + c) = pack8(o);
+        }
     }
     if (lane == 0) {
         mean[row] = m;
@@ -72,7 +78,12 @@ using namespace gptln;
 extern "C" __global__ void __launch_bounds__(256) gpt_layernorm_forward(bf16* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const bf16* __restrict__ inp, const float* __restrict__ w, const float* __restrict__ b, int N, int C) {
     const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (row >= N) return;
-    normalize_row(out + row * C, mean, rstd, inp + row * C, w, b, C, row);
+    const int lane = threadIdx.x % 32;
+    float f[MAXK][8];
+#pragma unroll
+    for (int k = 0; k < MAXK; ++k)
+        if (lane * 8 + 256 * k < C) unpack8(*reinterpret_cast<const uint4*>(inp + row * C + lane * 8 + 256 * k), f[k]);
+    normalize_cached(out + row * C, mean, rstd, f, w, b, C, row);
 }
 
 // res = a + b (rounded to bf16 and stored: it is the next block's residual), out = LN(res).
@@ -80,16 +91,22 @@ extern "C" __global__ void __launch_bounds__(256) gpt_residual_layernorm_forward
     const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     if (row >= N) return;
     const int lane = threadIdx.x % 32;
-    for (int c = lane * 8; c < C; c += 256) {
-        float fa[8], fb[8];
-        unpack8(*reinterpret_cast<const uint4*>(a + row * C + c), fa);
-        unpack8(*reinterpret_cast<const uint4*>(b + row * C + c), fb);
+    float f[MAXK][8];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) fa[i] += fb[i];
-        *reinterpret_cast<uint4*>(res + row * C + c) = pack8(fa);
+    for (int k = 0; k < MAXK; ++k) {
+        const int c = lane * 8 + 256 * k;
+        if (c < C) {
+            float fb[8];
+            unpack8(*reinterpret_cast<const uint4*>(a + row * C + c), f[k]);
+            unpack8(*reinterpret_cast<const uint4*>(b + row * C + c), fb);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) f[k][i] += fb[i];
+            const uint4 r = pack8(f[k]);
+            *reinterpret_cast<uint4*>(res + row * C + c) = r;
+            unpack8(r, f[k]);  // normalize the stored (bf16-rounded) residual, as the next layer sees it
+        }
     }
-    __syncwarp();
-    normalize_row(out + row * C, mean, rstd, res + row * C, w, bias, C, row);
+    normalize_cached(out + row * C, mean, rstd, f, w, bias, C, row);
 }
 
 // dinp += LN backward of dout (the input gradient only; see the file comment for dw, db).

@@ -138,6 +138,9 @@ pub fn check_config(c: &Config, t: usize) -> Result<()> {
     if c.channels % HEAD_SIZE != 0 || c.channels / c.heads != HEAD_SIZE || c.channels % c.heads != 0 {
         return bad(format!("the fused attention kernel needs a head size of {HEAD_SIZE}; this model has {} channels over {} heads (every GPT-2 preset qualifies; the tiny CPU model does not)", c.channels, c.heads));
     }
+    if c.channels > 2048 {
+        return bad(format!("the LayerNorm kernels hold a row of up to 2048 channels in registers; this model has {}", c.channels));
+    }
     if t == 0 || t > c.max_seq {
         return bad(format!("sequence length {t} must be in 1..={}", c.max_seq));
     }
@@ -521,7 +524,7 @@ impl GpuModel {
             // attention
             let a = &self.a;
             let (datty, atty, qkv, lse, dd, dqkv) = (bf(&a.dtmp, 0), bf(&a.atty, li * n * ch), bf(&a.qkv, li * n * 3 * ch), ff(&a.lse, li * b * nh * t), ff(&a.att_d, 0), bf(&a.dqkv, 0));
-            self.launch(&self.k.attention_backward_dot, Self::blocks(n * nh * 32, 256), (256, 1, 1), 0, &[Arg::P(dd), Arg::P(datty), Arg::P(atty), Arg::I(b as i32), Arg::I(t as i32), Arg::I(nh as i32)], "launching gpt_attention_backward_dot")?;
+            self.launch(&self.k.attention_backward_dot, Self::blocks(n * 32, 256), (256, 1, 1), 0, &[Arg::P(dd), Arg::P(datty), Arg::P(atty), Arg::I(b as i32), Arg::I(t as i32), Arg::I(nh as i32)], "launching gpt_attention_backward_dot")?;
             let grid = (t.div_ceil(64) as u32, (b * nh) as u32, 1);
             let args = [Arg::P(dqkv), Arg::P(qkv), Arg::P(datty), Arg::P(lse), Arg::P(dd), Arg::I(t as i32), Arg::I(nh as i32), Arg::F(scale)];
             self.launch(&self.k.attention_backward_dkdv, grid, (128, 1, 1), ATT_DKDV_SMEM, &args, "launching gpt_attention_backward_dkdv")?;
