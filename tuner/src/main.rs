@@ -212,7 +212,7 @@ fn launch_problems(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: 
         if kinds.contains(&"mvue") {
             cand.push((format!("{} dY", s.name), Box::new(move || launch::Problem::mvue(dev, t, dout, &rnd))));
         }
-        if kinds.contains(&"gated") && s.name.ends_with("fc1") && dout % 8 == 0 {
+        if kinds.contains(&"gated") && s.name.contains("fc1") && dout % 8 == 0 {
             for layout in [GatedLayout::TokenMajor, GatedLayout::FeatureMajor] {
                 for backward in [false, true] {
                     cand.push((format!("{} H", s.name), Box::new(move || launch::Problem::gated(dev, backward, layout, t, dout, &rnd))));
@@ -255,10 +255,19 @@ fn tune_launches(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &m
             .map_err(|e| e.to_string())?;
         table.insert(TableEntry { kernel: k.kernel.into(), layout: k.layout.clone(), pass: format!("{name} {}", k.kernel), m: k.rows, n: k.cols, k: 0, config: None, launch: Some(best), ms, default_ms });
         table.save(&args.out).map_err(|e| e.to_string())?;
-        bar.println(format!("{:<14} {:<22} {:<20} {:>6}x{:<6} best {:>8.4} ms  default {:>8.4} ms  x{:.3}  block {} cap {}", k.kernel, name, k.layout, k.rows, k.cols, ms, default_ms, default_ms / ms, best.block, best.blocks_per_sm));
+        say(&bar, format!("{:<14} {:<22} {:<20} {:>6}x{:<6} best {:>8.4} ms  default {:>8.4} ms  x{:.3}  block {} cap {}", k.kernel, name, k.layout, k.rows, k.cols, ms, default_ms, default_ms / ms, best.block, best.blocks_per_sm));
     }
     bar.finish_and_clear();
     Ok(false)
+}
+
+/// A line above the progress bar, or on stdout when there is no terminal (logs, CI).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn main() {
@@ -334,7 +343,7 @@ fn run(args: Args) -> Result<(), String> {
         let (cfg, ms, default_ms) = tune(&dev, &s, pass, args.reps, &bar).map_err(|e| e.to_string())?;
         table.insert(TableEntry { kernel: "sparse_gemm".into(), layout, pass: format!("{} {}", s.name, pass.name()), m, n, k, config: Some(cfg), launch: None, ms, default_ms });
         table.save(&args.out).map_err(|e| e.to_string())?;
-        bar.println(format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, cfg.schedule, cfg.group_m));
+        say(&bar, format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, cfg.schedule, cfg.group_m));
     }
     bar.finish_and_clear();
     if !stopped {
