@@ -15,8 +15,8 @@
 // so the C fragments of two adjacent 8-column tiles are, packed to bf16, exactly the A fragment of
 // one 16-wide k step: scores turn into the next product's operand without leaving registers.
 //
-// Tiles: a CTA of 4 warps owns 64 queries (forward, dQ) or 64 keys (dK/dV); each warp owns 16 of
-// them and the whole 64-wide head. The loop walks 64-wide tiles of the other side, double-buffered
+// Tiles: a CTA of 4 warps owns 128 queries (forward: 32 a warp), 64 queries (dQ) or 64 keys
+// (dK/dV: 16 a warp), always the whole 64-wide head. The loop walks 64-wide tiles of the other side, double-buffered
 // with cp.async; a block-sparse variant (Mixed Sparsity Training) only has to skip tiles in that
 // loop. The backward pass is two kernels (dK/dV over query tiles, dQ over key tiles) instead of one
 // with atomics, so every result is written once, in a fixed order: training is reproducible bit
@@ -128,93 +128,160 @@ __device__ __forceinline__ void store_rows(bf16* dst, long long stride, const fl
 
 using namespace attn;
 
-// grid (ceil(T/64), B*NH), 128 threads; smem: Q + 2 x (K, V) tiles.
+// The forward pass gives each warp two 16-row m tiles (32 queries; 128 a CTA), so every K and V
+// fragment loaded by ldmatrix feeds two mma instructions (FlashAttention-2's 128-row blocks).
+constexpr int FWD_MT = 2;
+constexpr int FWD_BQ = 64 * FWD_MT;
+
+// grid (ceil(T/128), B*NH), 128 threads; smem: Q (128 rows) + 2 x (K, V) tiles.
 extern "C" __global__ void __launch_bounds__(128) gpt_attention_forward(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ qkv, int T, int NH, float scale) {
     extern __shared__ __align__(128) unsigned char attn_smem[];
-    bf16* sQ = reinterpret_cast<bf16*>(attn_smem);
-    bf16* sK = sQ + TILE;  // [2][TILE]
+    bf16* sQ = reinterpret_cast<bf16*>(attn_smem);  // FWD_MT tiles
+    bf16* sK = sQ + FWD_MT * TILE;                  // [2][TILE]
     bf16* sV = sK + 2 * TILE;
 
     const int qb = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
     const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const long long stride = 3LL * C;
     const bf16* base = qkv + (long long)b * T * stride + h * HD;
-    const int q0 = qb * BT;
+    const int q0 = qb * FWD_BQ;
+    const int kb_end = (min(q0 + FWD_BQ, T) - 1) / BT;  // last key tile any valid query needs
     const float sl2 = scale * LOG2E;  // scores in the log2 domain: exp2 is one instruction
 
-    load_tile(sQ, base, stride, q0, T);
+#pragma unroll
+    for (int mt = 0; mt < FWD_MT; ++mt) load_tile(sQ + mt * TILE, base, stride, q0 + mt * BT, T);
     load_tile(sK, base + C, stride, 0, T);
     load_tile(sV, base + 2 * C, stride, 0, T);
     cp_async_commit();
 
-    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;  // this thread's two query rows
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    float o[8][4];
-    zero(o);
-    uint32_t qa[4][4];
-    for (int kb = 0; kb <= qb; ++kb) {
+    // Warp w owns rows q0 + 32w .. q0 + 32w + 31: m tile mt is rows 32w + 16mt .. of the block.
+    int r0[FWD_MT], r1[FWD_MT];
+    float m0[FWD_MT], m1[FWD_MT], l0[FWD_MT], l1[FWD_MT];
+    float o[FWD_MT][8][4];
+    uint32_t qa[FWD_MT][4][4];
+#pragma unroll
+    for (int mt = 0; mt < FWD_MT; ++mt) {
+        r0[mt] = q0 + warp * 32 + mt * 16 + g;
+        r1[mt] = r0[mt] + 8;
+        m0[mt] = m1[mt] = -INFINITY;
+        l0[mt] = l1[mt] = 0.f;
+        zero(o[mt]);
+    }
+    for (int kb = 0; kb <= kb_end; ++kb) {
         const int buf = kb & 1, k0 = kb * BT;
-        if (kb < qb) {  // prefetch the next K, V tiles into the other buffer
+        if (kb < kb_end) {  // prefetch the next K, V tiles into the other buffer
             load_tile(sK + (buf ^ 1) * TILE, base + C, stride, k0 + BT, T);
             load_tile(sV + (buf ^ 1) * TILE, base + 2 * C, stride, k0 + BT, T);
         }
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        if (kb == 0) load_a(qa, sQ, warp * 16);
+        if (kb == 0) {
+            // Row block 32w + 16mt of the 128-row Q: tile (32w + 16mt) / 64, row (32w + 16mt) % 64.
+#pragma unroll
+            for (int mt = 0; mt < FWD_MT; ++mt) {
+                const int row = warp * 32 + mt * 16;
+                load_a(qa[mt], sQ + (row / BT) * TILE, row % BT);
+            }
+        }
+        const bf16* kt = sK + buf * TILE;
+        const bf16* vt = sV + buf * TILE;
 
-        float s[8][4];
-        zero(s);
-        mma_abt(s, qa, sK + buf * TILE);
-        // Causal mask (only the diagonal tile has keys past a row), scale, running max.
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+        // S = Q K^T for both m tiles, each K fragment loaded once.
+        float s[FWD_MT][8][4];
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
+        for (int mt = 0; mt < FWD_MT; ++mt) zero(s[mt]);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int key = k0 + n * 8 + 2 * t + e;
-                s[n][e] = key <= r0 ? s[n][e] * sl2 : -INFINITY;
-                s[n][2 + e] = key <= r1 ? s[n][2 + e] * sl2 : -INFINITY;
-                mx0 = fmaxf(mx0, s[n][e]);
-                mx1 = fmaxf(mx1, s[n][2 + e]);
+        for (int k = 0; k < 4; ++k)
+#pragma unroll
+            for (int n = 0; n < 8; n += 2) {
+                uint32_t bb[4];
+                const int mi = lane / 8;
+                ldsm_x4(bb, kt + (n * 8 + (lane % 8) + (mi >> 1) * 8) * LDH + k * 16 + (mi & 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < FWD_MT; ++mt) {
+                    mma16816(s[mt][n], qa[mt][k], bb[0], bb[1]);
+                    mma16816(s[mt][n + 1], qa[mt][k], bb[2], bb[3]);
+                }
+            }
+        // Causal mask, scale, online softmax (FlashAttention-2, Alg. 1) per m tile.
+#pragma unroll
+        for (int mt = 0; mt < FWD_MT; ++mt) {
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int key = k0 + n * 8 + 2 * t + e;
+                    s[mt][n][e] = key <= r0[mt] ? s[mt][n][e] * sl2 : -INFINITY;
+                    s[mt][n][2 + e] = key <= r1[mt] ? s[mt][n][2 + e] * sl2 : -INFINITY;
+                    mx0 = fmaxf(mx0, s[mt][n][e]);
+                    mx1 = fmaxf(mx1, s[mt][n][2 + e]);
+                }
+#pragma unroll
+            for (int o_ = 1; o_ <= 2; o_ *= 2) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+            }
+            // Finite: the first key tile (key 0) is never masked, so m is finite from then on.
+            const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
+            const float al0 = exp2f(m0[mt] - mn0), al1 = exp2f(m1[mt] - mn1);
+            float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+                s[mt][n][0] = exp2f(s[mt][n][0] - mn0);
+                s[mt][n][1] = exp2f(s[mt][n][1] - mn0);
+                s[mt][n][2] = exp2f(s[mt][n][2] - mn1);
+                s[mt][n][3] = exp2f(s[mt][n][3] - mn1);
+                sum0 += s[mt][n][0] + s[mt][n][1];
+                sum1 += s[mt][n][2] + s[mt][n][3];
+                o[mt][n][0] *= al0;
+                o[mt][n][1] *= al0;
+                o[mt][n][2] *= al1;
+                o[mt][n][3] *= al1;
+            }
+            l0[mt] = l0[mt] * al0 + sum0;  // partial per thread; the quad's sum is taken at the end
+            l1[mt] = l1[mt] * al1 + sum1;
+            m0[mt] = mn0;
+            m1[mt] = mn1;
+        }
+        // O += P V for both m tiles, each V fragment loaded once.
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            uint32_t pa[FWD_MT][4];
+#pragma unroll
+            for (int mt = 0; mt < FWD_MT; ++mt) {
+                pa[mt][0] = pack_bf16(s[mt][2 * k][0], s[mt][2 * k][1]);
+                pa[mt][1] = pack_bf16(s[mt][2 * k][2], s[mt][2 * k][3]);
+                pa[mt][2] = pack_bf16(s[mt][2 * k + 1][0], s[mt][2 * k + 1][1]);
+                pa[mt][3] = pack_bf16(s[mt][2 * k + 1][2], s[mt][2 * k + 1][3]);
             }
 #pragma unroll
-        for (int o_ = 1; o_ <= 2; o_ *= 2) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-        }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key k0 <= row always
-        const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
-        float sum0 = 0.f, sum1 = 0.f;
+            for (int n = 0; n < 8; n += 2) {
+                uint32_t bb[4];
+                const int mi = lane / 8;
+                ldsm_x4_t(bb, vt + (k * 16 + (lane % 8) + (mi & 1) * 8) * LDH + n * 8 + (mi >> 1) * 8);
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-            s[n][0] = exp2f(s[n][0] - mn0);
-            s[n][1] = exp2f(s[n][1] - mn0);
-            s[n][2] = exp2f(s[n][2] - mn1);
-            s[n][3] = exp2f(s[n][3] - mn1);
-            sum0 += s[n][0] + s[n][1];
-            sum1 += s[n][2] + s[n][3];
-            o[n][0] *= al0;
-            o[n][1] *= al0;
-            o[n][2] *= al1;
-            o[n][3] *= al1;
+                for (int mt = 0; mt < FWD_MT; ++mt) {
+                    mma16816(o[mt][n], pa[mt], bb[0], bb[1]);
+                    mma16816(o[mt][n + 1], pa[mt], bb[2], bb[3]);
+                }
+            }
         }
-        l0 = l0 * al0 + sum0;  // partial per thread; the quad's sum is taken at the end
-        l1 = l1 * al1 + sum1;
-        m0 = mn0;
-        m1 = mn1;
-        mma_pb(o, s, sV + buf * TILE);
         __syncthreads();  // this buffer is refilled two iterations on
     }
 #pragma unroll
-    for (int o_ = 1; o_ <= 2; o_ *= 2) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
-    }
-    store_rows(out + (long long)b * T * C + h * HD, C, o, 1.f / l0, 1.f / l1, q0 + warp * 16, T);
-    if (t == 0) {
-        if (r0 < T) lse[(long long)bh * T + r0] = (m0 + log2f(l0)) / LOG2E;
-        if (r1 < T) lse[(long long)bh * T + r1] = (m1 + log2f(l1)) / LOG2E;
+    for (int mt = 0; mt < FWD_MT; ++mt) {
+#pragma unroll
+        for (int o_ = 1; o_ <= 2; o_ *= 2) {
+            l0[mt] += __shfl_xor_sync(0xffffffffu, l0[mt], o_);
+            l1[mt] += __shfl_xor_sync(0xffffffffu, l1[mt], o_);
+        }
+        store_rows(out + (long long)b * T * C + h * HD, C, o[mt], 1.f / l0[mt], 1.f / l1[mt], q0 + warp * 32 + mt * 16, T);
+        if (t == 0) {
+            if (r0[mt] < T) lse[(long long)bh * T + r0[mt]] = (m0[mt] + log2f(l0[mt])) / LOG2E;
+            if (r1[mt] < T) lse[(long long)bh * T + r1[mt]] = (m1[mt] + log2f(l1[mt])) / LOG2E;
+        }
     }
 }
 

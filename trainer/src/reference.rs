@@ -200,7 +200,7 @@ fn matmul_backward(dinp: &mut [f32], dw: &mut [f32], db: Option<&mut [f32]>, dou
 }
 
 /// Causal self-attention. qkv: (B, T, 3C); out: (B, T, C); att: softmax weights (B, NH, T, T).
-fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize) {
+pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     for bi in 0..b {
@@ -237,7 +237,7 @@ fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], b: usize, t: usize, c: usize, nh: usize) {
+pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], qkv: &[f32], att: &[f32], b: usize, t: usize, c: usize, nh: usize) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let mut datt = vec![0f32; t];

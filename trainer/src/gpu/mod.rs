@@ -58,9 +58,11 @@ struct Kernels {
 }
 
 /// Bytes of dynamic shared memory of the attention kernels (see cuda/gpt_attention.cu): 64 x 72
-/// bf16 tiles; forward Q + 2 x (K, V); dK/dV K, V + 2 x (Q, dO) + 2 x (lse, D); dQ Q, dO + 2 x (K, V).
+/// bf16 tiles; forward 2 Q tiles (128 queries) + 2 x (K, V); dK/dV K, V + 2 x (Q, dO) + 2 x (lse, D); dQ Q, dO + 2 x (K, V).
 const ATT_TILE: usize = 64 * 72 * 2;
-const ATT_FWD_SMEM: usize = 5 * ATT_TILE;
+const ATT_FWD_SMEM: usize = 6 * ATT_TILE;
+/// Queries per CTA of the forward kernel (two 16-row m tiles a warp).
+const ATT_FWD_ROWS: usize = 128;
 const ATT_DKDV_SMEM: usize = 6 * ATT_TILE + 4 * 64 * 4;
 const ATT_DQ_SMEM: usize = 6 * ATT_TILE;
 
@@ -405,7 +407,7 @@ impl GpuModel {
             // qkv = ln1 Wqkv^T + b
             self.linear_forward(&LinearIo { x: (Buf::Ln1, li * n * ch), w: p.qkvw + li * 3 * ch * ch, bias: p.qkvb + li * 3 * ch, y: (Buf::Qkv, li * n * 3 * ch), ic: ch, oc: 3 * ch })?;
             let a = &self.a;
-            self.launch(&self.k.attention_forward, ((t.div_ceil(64)) as u32, (b * nh) as u32, 1), (128, 1, 1), ATT_FWD_SMEM, &[Arg::P(bf(&a.atty, li * n * ch)), Arg::P(ff(&a.lse, li * b * nh * t)), Arg::P(bf(&a.qkv, li * n * 3 * ch)), Arg::I(t as i32), Arg::I(nh as i32), Arg::F(scale)], "launching gpt_attention_forward")?;
+            self.launch(&self.k.attention_forward, ((t.div_ceil(ATT_FWD_ROWS)) as u32, (b * nh) as u32, 1), (128, 1, 1), ATT_FWD_SMEM, &[Arg::P(bf(&a.atty, li * n * ch)), Arg::P(ff(&a.lse, li * b * nh * t)), Arg::P(bf(&a.qkv, li * n * 3 * ch)), Arg::I(t as i32), Arg::I(nh as i32), Arg::F(scale)], "launching gpt_attention_forward")?;
             self.linear_forward(&LinearIo { x: (Buf::Atty, li * n * ch), w: p.attprojw + li * ch * ch, bias: p.attprojb + li * ch, y: (Buf::Proj, 0), ic: ch, oc: ch })?;
             let a = &self.a;
             let res_in = if li == 0 { bf(&a.encoded, 0) } else { bf(&a.residual3, (li - 1) * n * ch) };
@@ -694,4 +696,48 @@ struct LinearIo {
     y: (Buf, usize),
     ic: usize,
     oc: usize,
+}
+
+/// The fused attention kernels alone, on host data, without cuBLASLt: forward (out, lse), then
+/// backward (dqkv) for `dout`. For tests against the reference, and for compute-sanitizer
+/// racecheck, which cannot run a process that also runs cuBLASLt's Hopper kernels.
+pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16], dout: &[bf16]) -> Result<(Vec<bf16>, Vec<f32>, Vec<bf16>)> {
+    let c = nh * HEAD_SIZE;
+    if qkv.len() != b * t * 3 * c || dout.len() != b * t * c {
+        return Err(Error::Shape { op: "attention_check", detail: format!("qkv {} and dout {} values for B={b} T={t} C={c}", qkv.len(), dout.len()) });
+    }
+    use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAXSMEM;
+    let st = dev.stream().clone();
+    let fwd = dev.function("gpt_attention_forward")?;
+    let dot = dev.function("gpt_attention_backward_dot")?;
+    let dkdv = dev.function("gpt_attention_backward_dkdv")?;
+    let dq = dev.function("gpt_attention_backward_dq")?;
+    fwd.set_attribute(MAXSMEM, ATT_FWD_SMEM as i32).map_err(drv("configuring attention"))?;
+    dkdv.set_attribute(MAXSMEM, ATT_DKDV_SMEM as i32).map_err(drv("configuring attention"))?;
+    dq.set_attribute(MAXSMEM, ATT_DQ_SMEM as i32).map_err(drv("configuring attention"))?;
+    let qkv_d = st.clone_htod(qkv).map_err(drv("uploading qkv"))?;
+    let dout_d = st.clone_htod(dout).map_err(drv("uploading dout"))?;
+    let mut out = dev.alloc_poisoned::<bf16>(b * t * c)?;
+    let mut lse = dev.alloc_poisoned::<f32>(b * nh * t)?;
+    let mut dd = dev.alloc_poisoned::<f32>(b * nh * t)?;
+    let mut dqkv = dev.alloc_poisoned::<bf16>(b * t * 3 * c)?;
+    let (ti, nhi, bi, scale) = (t as i32, nh as i32, b as i32, 1.0 / (HEAD_SIZE as f32).sqrt());
+    let grid = (t.div_ceil(64) as u32, (b * nh) as u32, 1);
+    let cfg = |grid, block, smem: usize| LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem as u32 };
+    // SAFETY: every buffer is sized from (b, t, nh) as the kernels index it (cuda/gpt_attention.cu).
+    unsafe {
+        let mut l = st.launch_builder(&fwd);
+        l.arg(&mut out).arg(&mut lse).arg(&qkv_d).arg(&ti).arg(&nhi).arg(&scale);
+        l.launch(cfg((t.div_ceil(ATT_FWD_ROWS) as u32, (b * nh) as u32, 1), (128, 1, 1), ATT_FWD_SMEM)).map_err(drv("launching gpt_attention_forward"))?;
+        let mut l = st.launch_builder(&dot);
+        l.arg(&mut dd).arg(&dout_d).arg(&out).arg(&bi).arg(&ti).arg(&nhi);
+        l.launch(cfg(((b * t * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0)).map_err(drv("launching gpt_attention_backward_dot"))?;
+        for (f, smem, what) in [(&dkdv, ATT_DKDV_SMEM, "launching gpt_attention_backward_dkdv"), (&dq, ATT_DQ_SMEM, "launching gpt_attention_backward_dq")] {
+            let mut l = st.launch_builder(f);
+            l.arg(&mut dqkv).arg(&qkv_d).arg(&dout_d).arg(&lse).arg(&dd).arg(&ti).arg(&nhi).arg(&scale);
+            l.launch(cfg(grid, (128, 1, 1), smem)).map_err(drv(what))?;
+        }
+    }
+    let d = |e| drv(e);
+    Ok((st.clone_dtoh(&out).map_err(d("downloading"))?, st.clone_dtoh(&lse).map_err(d("downloading"))?, st.clone_dtoh(&dqkv).map_err(d("downloading"))?))
 }
