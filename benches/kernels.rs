@@ -143,6 +143,22 @@ fn main() {
     println!("budget (GPT-2 medium FFN, 16384 tokens): mask search + both compressions + MVUE {overhead:.3} ms vs three sparse GEMMs x 2 layers {gemms:.3} ms = {:.1}%", 100.0 * overhead / gemms);
     recs.push(Rec { kernel: "budget: mask+compress+mvue / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * overhead / gemms), ms: overhead, floor_ms: gemms, peer_ms: None });
 
+    // The sm_80 path (mma.sp, cp.async, ldmatrix) on this GPU, against the wgmma.sp kernel on the
+    // same forward GEMM (D^T = W X^T, f32 out for both). floor_ms: the time at the sparse
+    // tensor-core peak (1979 dense-equivalent TFLOP/s on an H100 SXM). Not an A100 number.
+    for (name, m, n, k) in [("gpt2-medium.fc1 fwd", 4096usize, 16384usize, 1024usize), ("llama7b.up fwd", 11008, 16384, 4096)] {
+        let w = DeviceMatrix::from_host(&dev, m, k, &normal_bf16(11, m * k)).unwrap();
+        let sw = prune24_compress(&dev, &w).unwrap();
+        let x = DeviceMatrix::from_host(&dev, n, k, &normal_bf16(12, n * k)).unwrap();
+        let mut d = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
+        let ms80 = time(&mut flush, &mut || twofour::sparse_gemm_sm80(&dev, &sw, &x, &mut d));
+        let mut y = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
+        let ms90 = time(&mut flush, &mut || sparse_gemm(&dev, &sw, BOperand::KMajor(&x), &mut y, &GemmOptions::default()));
+        let tf = |ms: f64| 2.0 * (m * n * k) as f64 / (ms * 1e9);
+        println!("sparse_gemm_sm80 {name} {m}x{n}x{k}: {ms80:.4} ms ({:.0} TFLOP/s) vs wgmma.sp {ms90:.4} ms ({:.0} TFLOP/s)", tf(ms80), tf(ms90));
+        recs.push(Rec { kernel: "sparse_gemm_sm80 (mma.sp; peer = wgmma.sp kernel)".into(), shape: format!("{name} {m}x{n}x{k}"), ms: ms80, floor_ms: 2.0 * (m * n * k) as f64 / 1979e9, peer_ms: Some(ms90) });
+    }
+
     if let Some(path) = json {
         let body: Vec<String> = recs
             .iter()

@@ -55,3 +55,136 @@ extern "C" __global__ void sparse_mma_sm80_naive(const uint16_t* __restrict__ a_
     d[(long long)r1 * N + n0 + 2 * t + 1] = c[3];
 #endif
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fast sm_80 path: the same mma.sp m16n8k32 fed from shared memory by ldmatrix, through a
+// 3-stage cp.async pipeline (CUTLASS's sm80 multistage structure, written small).
+//
+// CTA tile 128 (M) x 128 (N) x 64 (dense K), 8 warps as 2 (M) x 4 (N), each warp 64 x 32:
+// 4 m16 tiles x 4 n8 tiles, 16 mma.sp per k32 step. Per stage in shared memory:
+//   A values: 128 rows x 32 kept values (bf16), rows padded to 40 (80 bytes: ldmatrix's 8 rows
+//             land in 8 distinct bank groups);
+//   A metadata: the 2 (k32 chunks) x 8 (m16 blocks) x 16 words of the tile, in Sparse24's
+//             register order, so lane 4g + t (t < 2) reads its word at [chunk][block][2g + t];
+//   B: 128 (n) rows x 64 (k) of B^T (K-major B, the X of Y = X W^T), rows padded to 72.
+// Fragments (PTX ISA 9.7.14.6.1, .m16n8k32 with bf16): A is the 16 x 16 block of kept values,
+// laid out as the dense m16n8k16 A fragment (one ldmatrix.x4); B (k32 x n8) is four 8 x 8 blocks
+// along k of B^T's rows (one ldmatrix.x4, non-transposed). D (M x N, f32) row-major.
+namespace sm80 {
+
+constexpr int BM = 128, BN = 128, BK = 64, STAGES = 3;
+constexpr int LDA = 40, LDB = 72;
+constexpr int A_ELEMS = BM * LDA, B_ELEMS = BN * LDB, META_WORDS = (BK / 32) * (BM / 16) * 16;
+constexpr int STAGE_BYTES = (A_ELEMS + B_ELEMS) * 2 + META_WORDS * 4;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void ldsm4(uint32_t r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+
+}  // namespace sm80
+
+// grid (ceil(N / 128), ceil(M / 128)), 256 threads, dynamic smem STAGES * STAGE_BYTES.
+// Requires K % 64 == 0 (checked by the host); rows past M and columns past N are zero-filled on
+// load and not stored.
+extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_t* __restrict__ a_vals,
+                                                                   const uint32_t* __restrict__ a_meta,
+                                                                   const uint16_t* __restrict__ bt,
+                                                                   float* __restrict__ d, int M, int N, int K) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using namespace sm80;
+    extern __shared__ __align__(128) unsigned char sm80_smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows 64 wm.., columns 32 wn..
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int kh = K / 2, chunks = K / 32, ktiles = K / BK;
+
+    auto stage_a = [&](int s) { return reinterpret_cast<uint16_t*>(sm80_smem + s * STAGE_BYTES); };
+    auto stage_b = [&](int s) { return stage_a(s) + A_ELEMS; };
+    auto stage_m = [&](int s) { return reinterpret_cast<uint32_t*>(stage_b(s) + B_ELEMS); };
+
+    // One k tile (64 dense K = 32 kept values) into stage s: A 128 x 32 values (512 x 16 B),
+    // B^T 128 x 64 (1024 x 16 B), metadata 256 words (64 x 16 B).
+    auto load = [&](int kt, int s) {
+        uint16_t* sa = stage_a(s);
+        uint16_t* sb = stage_b(s);
+        uint32_t* sm = stage_m(s);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int idx = tid + i * 256, r = idx >> 2, c = (idx & 3) * 8;
+            const bool ok = m0 + r < M;
+            cp16(sa + r * LDA + c, a_vals + (long long)(ok ? m0 + r : 0) * kh + kt * 32 + c, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int idx = tid + i * 256, r = idx >> 3, c = (idx & 7) * 8;
+            const bool ok = n0 + r < N;
+            cp16(sb + r * LDB + c, bt + (long long)(ok ? n0 + r : 0) * K + kt * BK + c, ok);
+        }
+        if (tid < 64) {
+            // word block (chunk cc, m16 block b) of the tile: 16 words = 4 x 16 B.
+            const int cc = tid >> 5, b = (tid >> 2) & 7, q = tid & 3;
+            const int rb = m0 / 16 + b;
+            const bool ok = rb * 16 < M;
+            cp16(sm + (cc * 8 + b) * 16 + q * 4, a_meta + ((long long)(ok ? rb : 0) * chunks + kt * 2 + cc) * 16 + q * 4, ok);
+        }
+    };
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load(s, s);
+        asm volatile("cp.async.commit_group;\n" ::);
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));
+        __syncthreads();  // stage kt % STAGES is in; every warp is done with the stage refilled next
+        if (kt + STAGES - 1 < ktiles) load(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+        asm volatile("cp.async.commit_group;\n" ::);
+        const int s = kt % STAGES;
+        const uint16_t* sa = stage_a(s);
+        const uint16_t* sb = stage_b(s);
+        const uint32_t* sm = stage_m(s);
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc) {  // two k32 steps per tile
+            uint32_t b[4][4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)  // n8 tile j: rows wn*32 + 8j.. of B^T, k 32cc + 8q (q = lane / 8)
+                ldsm4(b[j], sb + (wn * 32 + j * 8 + (lane & 7)) * LDB + cc * 32 + (lane >> 3) * 8);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {  // m16 tile i: rows wm*64 + 16i..
+                uint32_t a[4];
+                const int mi = lane >> 3;
+                ldsm4(a, sa + (wm * 64 + i * 16 + (lane & 7) + (mi & 1) * 8) * LDA + cc * 16 + (mi >> 1) * 8);
+                const uint32_t e = t < 2 ? sm[(cc * 8 + wm * 4 + i) * 16 + 2 * g + t] : 0u;
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    asm volatile(
+                        "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 "
+                        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0x0;\n"
+                        : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
+                        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[j][0]), "r"(b[j][1]), "r"(b[j][2]), "r"(b[j][3]), "r"(e));
+            }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int r = m0 + wm * 64 + i * 16 + g, c = n0 + wn * 32 + j * 8 + 2 * t;
+            if (c < N) {  // N % 8 == 0 (host check): c + 1 < N too
+                if (r < M) *reinterpret_cast<float2*>(d + (long long)r * N + c) = make_float2(acc[i][j][0], acc[i][j][1]);
+                if (r + 8 < M) *reinterpret_cast<float2*>(d + (long long)(r + 8) * N + c) = make_float2(acc[i][j][2], acc[i][j][3]);
+            }
+        }
+#endif
+}

@@ -52,7 +52,7 @@ pub use shape_table::ShapeTable;
 pub use sparse24::{Sparse24, Sparse24Host};
 pub use sparse_gemm::{sparse_gemm, BOperand, GemmOptions, GemmOut, Schedule, TileConfig};
 pub use sparse_linear::SparseLinear;
-pub use sparse_mma_sm80::{sparse_mma_naive, MetaReading};
+pub use sparse_mma_sm80::{sparse_gemm_sm80, sparse_mma_naive, MetaReading};
 
 /// Storage order of a matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,6 +1,8 @@
-//! The reference-grade sparse GEMM on mma.sp (cuda/sparse_mma_sm80.cu): one warp per 16x8 tile,
-//! operands from global memory. It defines the Sparse24 layout on the GPU; the fast kernels are
-//! checked against it and against `reference::matmul`.
+//! The sparse GEMM on the warp-level mma.sp (cuda/sparse_mma_sm80.cu), the Ampere (sm_80) path:
+//! - `sparse_mma_naive`: reference grade, one warp per 16x8 tile, operands from global memory. It
+//!   defines the Sparse24 layout on the GPU; the fast kernels are checked against it.
+//! - `sparse_gemm_sm80`: 128x128x64 CTA tiles, a 3-stage cp.async pipeline, ldmatrix fragments.
+//!   Its speed was measured on an H100 only (through the same instruction), never on an A100.
 
 use crate::device::Device;
 use crate::error::{shape, unsupported, During};
@@ -39,5 +41,33 @@ pub fn sparse_mma_naive(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf16>, d: 
     b.arg(&a.values).arg(&a.meta).arg(bt.data()).arg(d.data_mut()).arg(&mi).arg(&ni).arg(&ki).arg(&v);
     // SAFETY: shapes checked above against the kernel's indexing (M % 16, K % 32 by Sparse24).
     unsafe { b.launch(cfg) }.during("launching sparse_mma_sm80_naive")?;
+    Ok(())
+}
+
+/// Bytes of dynamic shared memory of sparse_gemm_sm80: 3 stages of (A values 128 x 40, B^T
+/// 128 x 72, 256 metadata words).
+const SM80_SMEM: usize = 3 * ((128 * 40 + 128 * 72) * 2 + 256 * 4);
+
+/// D (M x N, f32, row-major) = A (2:4, M x K) * B with B given as its transpose `bt` (N x K
+/// row-major): the fast mma.sp path (cp.async pipeline, ldmatrix). K must be a multiple of 64
+/// and N of 8. Gives the same bits as `sparse_mma_naive` (same fragments, same k order).
+pub fn sparse_gemm_sm80(dev: &Device, a: &Sparse24, bt: &DeviceMatrix<bf16>, d: &mut DeviceMatrix<f32>) -> Result<()> {
+    let (m, k, n) = (a.rows(), a.cols(), bt.rows());
+    if bt.cols() != k || d.rows() != m || d.cols() != n {
+        return Err(shape("sparse_gemm_sm80", format!("A {m}x{k}, B^T {}x{}, D {}x{}: need B^T n x {k} and D {m} x n", bt.rows(), bt.cols(), d.rows(), d.cols())));
+    }
+    if n % 8 != 0 || k % 64 != 0 {
+        return Err(unsupported("sparse_gemm_sm80", format!("N = {n} must be a multiple of 8 and K = {k} of 64 (the pipeline's k tile); pad the operands")));
+    }
+    let f = dev.function("sparse_gemm_sm80")?;
+    use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAXSMEM;
+    f.set_attribute(MAXSMEM, SM80_SMEM as i32).during("configuring sparse_gemm_sm80")?;
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: SM80_SMEM as u32 };
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(&a.values).arg(&a.meta).arg(bt.data()).arg(d.data_mut()).arg(&mi).arg(&ni).arg(&ki);
+    // SAFETY: shapes checked against the kernel's indexing (M % 16 by Sparse24, N % 8, K % 64);
+    // out-of-range rows and columns are zero-filled on load and never stored.
+    unsafe { b.launch(cfg) }.during("launching sparse_gemm_sm80")?;
     Ok(())
 }
