@@ -182,7 +182,7 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     for cfg in candidates(m) {
         bar.set_message(format!("{} {} bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
         let err = twofour::reference::rel_error(p.output(dev, cfg)?, reference.iter().copied());
-        if !(err < 1e-2) {
+        if err.is_nan() || err >= 1e-2 {
             return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{cfg:?} on {} {}: output differs from the default configuration's (relative {err:e})", s.name, pass.name()) });
         }
         let ms = p.time(dev, cfg, reps)?;
@@ -194,6 +194,9 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     Ok((best.0, best.1, default_ms))
 }
 
+/// Builds one launch-tuning problem (allocates its operands) when called.
+type MakeProblem<'a> = Box<dyn Fn() -> twofour::Result<launch::Problem> + 'a>;
+
 /// The memory-bound kernels' problems of a model's linear layers, deduplicated against the table.
 fn launch_problems(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &ShapeTable) -> twofour::Result<Vec<(String, launch::Problem)>> {
     let rnd = |r: usize, c: usize, seed: u64| random(dev, r, c, seed);
@@ -204,7 +207,7 @@ fn launch_problems(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: 
         if t % 32 != 0 || din % 32 != 0 || dout % 32 != 0 {
             continue;
         }
-        let mut cand: Vec<(String, Box<dyn Fn() -> twofour::Result<launch::Problem> + '_>)> = Vec::new();
+        let mut cand: Vec<(String, MakeProblem<'_>)> = Vec::new();
         if kinds.contains(&"mask") {
             cand.push((format!("{} W", s.name), Box::new(move || launch::Problem::mask(dev, false, dout, din, &rnd))));
             cand.push((format!("{} W", s.name), Box::new(move || launch::Problem::mask(dev, true, dout, din, &rnd))));
