@@ -178,3 +178,16 @@ fn gpu_path_refuses_unsupported_models_with_a_reason() {
     assert!(twofour_trainer::gpu::check_config(&Config::GPT2_124M, 1024).is_ok());
     assert!(twofour_trainer::gpu::check_config(&Config::GPT2_124M, 2048).is_err());
 }
+
+/// The embedding gradient's grouping (CPU side of gpt_encoder_backward_wte): every position once,
+/// grouped by token in ascending token order, positions ascending within a group.
+#[test]
+fn token_groups_are_a_sorted_csr() {
+    let inputs = [5u16, 3, 5, 0, 3, 5, 9];
+    let (toks, offs, pos) = twofour_trainer::gpu::token_groups(&inputs);
+    assert_eq!(toks, vec![0, 3, 5, 9]);
+    assert_eq!(offs, vec![0, 1, 3, 6, 7]);
+    assert_eq!(pos, vec![3, 1, 4, 0, 2, 5, 6]);
+    let (t, o, p) = twofour_trainer::gpu::token_groups(&[]);
+    assert!(t.is_empty() && o == vec![0] && p.is_empty());
+}

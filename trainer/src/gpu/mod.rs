@@ -134,6 +134,23 @@ pub struct GpuModel {
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
 
+/// The positions of a batch grouped by token id, as CSR: (distinct tokens ascending, offsets into
+/// positions with one extra end offset, positions ascending within each token). The embedding
+/// gradient sums each token's rows in this fixed order: no atomics, the same bits every run.
+pub fn token_groups(inputs: &[u16]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let mut order: Vec<(u16, i32)> = inputs.iter().enumerate().map(|(i, &x)| (x, i as i32)).collect();
+    order.sort_unstable();
+    let (mut toks, mut offs) = (Vec::new(), Vec::new());
+    for (i, &(tok, _)) in order.iter().enumerate() {
+        if i == 0 || order[i - 1].0 != tok {
+            toks.push(tok as i32);
+            offs.push(i as i32);
+        }
+    }
+    offs.push(order.len() as i32);
+    (toks, offs, order.iter().map(|x| x.1).collect())
+}
+
 /// Why a configuration cannot run on the GPU path, if it cannot.
 pub fn check_config(c: &Config, t: usize) -> Result<()> {
     let bad = |d: String| Err(Error::Unsupported { op: "GPU trainer", detail: d });
@@ -452,18 +469,9 @@ impl GpuModel {
         ((n / 8).div_ceil(256).clamp(1, 132 * 16) as u32, 1, 1)
     }
 
-    /// Groups the batch's positions by token (ascending positions) for gpt_encoder_backward_wte.
+    /// Groups the batch's positions by token for gpt_encoder_backward_wte (see `token_groups`).
     fn upload_wte_groups(&mut self, inputs: &[u16]) -> Result<()> {
-        let mut order: Vec<(u16, i32)> = inputs.iter().enumerate().map(|(i, &x)| (x, i as i32)).collect();
-        order.sort_unstable();
-        let (mut toks, mut offs, pos): (Vec<i32>, Vec<i32>, Vec<i32>) = (Vec::new(), Vec::new(), order.iter().map(|x| x.1).collect());
-        for (i, &(tok, _)) in order.iter().enumerate() {
-            if i == 0 || order[i - 1].0 != tok {
-                toks.push(tok as i32);
-                offs.push(i as i32);
-            }
-        }
-        offs.push(order.len() as i32);
+        let (toks, offs, pos) = token_groups(inputs);
         self.wte_groups = toks.len();
         let n = inputs.len();
         // CSR packed as [tokens (n) | offsets (n + 1) | positions (n)].
