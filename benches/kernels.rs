@@ -21,6 +21,11 @@ struct Rec {
     peer_ms: Option<f64>,
 }
 
+/// A number from the peer JSON.
+fn peer_num(peers: &Option<serde_json::Value>, key: &str) -> Option<f64> {
+    peers.as_ref()?.get(key)?.as_f64()
+}
+
 fn main() {
     let mut json = None;
     let mut reps = 20;
@@ -40,6 +45,11 @@ fn main() {
             return;
         }
     };
+    // PyTorch peers measured just before in the same device call (scripts/peers/kernels_torch_bench.py).
+    let peers: Option<serde_json::Value> = std::env::var("KERNELS_PEER_JSON").ok().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(p) = &peers {
+        println!("PyTorch peers from KERNELS_PEER_JSON: torch {}", p.get("torch").and_then(|v| v.as_str()).unwrap_or("?"));
+    }
     let mut flush = dev.stream().alloc_zeros::<u8>(FLUSH_BYTES).unwrap();
     let time = |flush: &mut _, f: &mut dyn FnMut() -> twofour::Result<()>| median(&time_calls(&dev, 3, reps, Some(flush), f).unwrap());
 
@@ -67,7 +77,9 @@ fn main() {
         // The asynchronous forms: the kernel's time, not a wait for its error flag (the recipe checks
         // the statuses once a step).
         let ms = time(&mut flush, &mut || transposable_mask_compress_async(&dev, &w, &mut sw, &mut swt, None).map(drop));
-        push(Rec { kernel: "transposable_mask_compress".into(), shape: format!("{name} {r}x{c}"), ms, floor_ms: floor(4.5 * n), peer_ms: None });
+        // Peer: PyTorch's greedy (not optimal, not always 2:4) 4x4 tile pruning, same weight shape.
+        let peer = peers.as_ref().and_then(|p| p.get("tile_prune_ms")?.get(format!("{r}x{c}"))?.as_f64());
+        push(Rec { kernel: "transposable_mask_compress".into(), shape: format!("{name} {r}x{c}"), ms, floor_ms: floor(4.5 * n), peer_ms: peer });
         let ms = time(&mut flush, &mut || apply_mask_compress_async(&dev, &w, &mut sw, &mut swt, None).map(drop));
         push(Rec { kernel: "apply_mask_compress".into(), shape: format!("{name} {r}x{c}"), ms, floor_ms: floor(4.5 * n + n / 8.0), peer_ms: None });
         let ms = time(&mut flush, &mut || prune24_compress(&dev, &w).map(|_| ()));
@@ -86,7 +98,8 @@ fn main() {
     }
     // Gated activations on LLaMA-7B's fc1 output, 16384 x 2*11008: forward reads 4 B and writes
     // 2 B per output element, backward reads 6 B and writes 4 B. Peer (the brief, same H100): SwiGLU
-    // forward 1.04 ms eager PyTorch, 0.44 ms torch.compile.
+    // forward 1.04 ms eager PyTorch, 0.44 ms torch.compile; with KERNELS_PEER_JSON (the runner
+    // measures scripts/peers/kernels_torch_bench.py first, same device call) the numbers of this run.
     let (t, f) = (16384usize, 11008usize);
     let h_tm = DeviceMatrix::from_host(&dev, t, 2 * f, &normal_bf16(3, t * 2 * f)).unwrap();
     let dy_tm = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(4, t * f)).unwrap();
@@ -95,10 +108,11 @@ fn main() {
     let n = (t * f) as f64;
     for gate in [Gate::SwiGlu, Gate::GeGlu] {
         let ms = time(&mut flush, &mut || gated_forward(&dev, gate, GatedLayout::TokenMajor, &h_tm, &mut y));
-        let peer = (gate == Gate::SwiGlu).then_some(0.44);
+        let peer = (gate == Gate::SwiGlu).then(|| peer_num(&peers, "swiglu_fwd_compile_ms").unwrap_or(0.44));
         push(Rec { kernel: format!("{gate:?} forward (token-major)"), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(6.0 * n), peer_ms: peer });
         let ms = time(&mut flush, &mut || gated_backward(&dev, gate, GatedLayout::TokenMajor, &h_tm, &dy_tm, &mut dh));
-        push(Rec { kernel: format!("{gate:?} backward (token-major)"), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(10.0 * n), peer_ms: None });
+        let peer = if gate == Gate::SwiGlu { peer_num(&peers, "swiglu_bwd_compile_ms") } else { None };
+        push(Rec { kernel: format!("{gate:?} backward (token-major)"), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(10.0 * n), peer_ms: peer });
     }
     drop((h_tm, dy_tm, y, dh));
     let h_fm = DeviceMatrix::from_host(&dev, 2 * f, t, &normal_bf16(3, t * 2 * f)).unwrap();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (no Rust there): every packed test executable with --include-ignored,
 # then the GPU tests again under compute-sanitizer memcheck and racecheck, then the benches, then
-# the SASS check. Logs go to $OUT (or ./gpu-logs); a pass/fail table is printed last.
+# the SASS check. Logs go to $OUT (or ./gpu-logs); a pass/fail table is printed last. At the end
+# $OUT holds summary.txt and results.tar.gz (everything else: at most 8 files come back).
 set -u
 pack=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$pack/../gpu-logs}
@@ -50,6 +51,15 @@ done
   done
 done
 
+# The kernels bench's PyTorch peers, measured first in the same call (read through KERNELS_PEER_JSON).
+if [ "${RUN_BENCHES:-1}" = 1 ] && [ "${RUN_PEER:-1}" = 1 ] && [ -x /opt/torch/.venv/bin/python ]; then
+  case " ${SKIP_BENCHES:-} " in *" kernels "*) ;; *)
+    OUT="$out" /opt/torch/.venv/bin/python "$pack/peers/kernels_torch_bench.py" >"$out/logs/kernels-torch.log" 2>&1
+    rc=$?
+    record "pytorch kernel peers" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(tail -c 120 "$out/logs/kernels-torch.log" | tr '\n' ' ')"
+    [ -f "$out/kernels-torch.json" ] && export KERNELS_PEER_JSON="$out/kernels-torch.json" ;;
+  esac
+fi
 [ "${RUN_BENCHES:-1}" = 1 ] && for b in "$pack"/benches/*; do
   n=$(basename "$b")
   log="$out/logs/bench-$n.log"
@@ -114,6 +124,9 @@ echo "== results"
 printf '%s\n' "${rows[@]}" | tee "$out/summary.txt"
 fails=$(printf '%s\n' "${rows[@]}" | grep -c " FAIL ")
 echo "$((${#rows[@]} - fails)) passed, $fails failed"
-# At most 8 files come back from the device: the logs travel as one archive.
-tar -C "$out" -czf "$out/logs.tar.gz" logs && rm -rf "$out/logs"
+# At most 8 files come back from the device: everything but the summary travels as one archive
+# (results.tar.gz: logs/, the bench JSONs, the trainer's loss plot, ...).
+# (A caller's own runner.log in $OUT stays as it is.)
+(cd "$out" && { tar -czf results.tar.gz --exclude=./results.tar.gz --exclude=./summary.txt --exclude=./runner.log . ; [ $? -le 1 ]; } \
+  && find . -mindepth 1 -maxdepth 1 ! -name results.tar.gz ! -name summary.txt ! -name runner.log -exec rm -rf {} +)
 [ "$fails" = 0 ]
