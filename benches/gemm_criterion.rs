@@ -9,18 +9,16 @@ use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
 use half::bf16;
 use std::time::Duration;
 use twofour::reference::philox::normal_bf16;
+use twofour::timing::time_iters;
 use twofour::{prune24_compress, sparse_gemm, sparse_gemm_sm80, BOperand, Device, DeviceMatrix, GemmOptions, MatLayout, SparseLinear};
 
-/// Times `iters` calls of `f` between two CUDA events.
+/// Times `iters` calls of `f` between two CUDA events (twofour::timing::time_iters).
 fn events(dev: &Device, iters: u64, mut f: impl FnMut()) -> Duration {
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = dev.stream().record_event(flags).unwrap();
-    for _ in 0..iters {
+    time_iters(dev, iters, || {
         f();
-    }
-    let stop = dev.stream().record_event(flags).unwrap();
-    stop.synchronize().unwrap();
-    Duration::from_secs_f64(start.elapsed_ms(&stop).unwrap() as f64 / 1e3)
+        Ok(())
+    })
+    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {

@@ -22,16 +22,7 @@ fn bench(c: &mut Criterion) {
         let mut out = prune24_compress(&dev, &w).unwrap();
         group.throughput(Throughput::Bytes((rows * cols * 2 + rows * cols + rows * cols / 4) as u64));
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let stream = dev.stream();
-                let start = stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
-                for _ in 0..iters {
-                    prune24_compress_into(&dev, &w, &mut out).unwrap();
-                }
-                let stop = stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
-                stop.synchronize().unwrap();
-                Duration::from_secs_f64(start.elapsed_ms(&stop).unwrap() as f64 / 1e3)
-            })
+            b.iter_custom(|iters| twofour::timing::time_iters(&dev, iters, || prune24_compress_into(&dev, &w, &mut out)).unwrap())
         });
     }
     group.finish();

@@ -31,6 +31,19 @@ pub fn time_calls(dev: &Device, warmup: usize, reps: usize, mut flush: Option<&m
     Ok(times)
 }
 
+/// Criterion's `iter_custom` on the GPU: `iters` calls of `f` between two CUDA events, the
+/// elapsed device time.
+pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut() -> Result<()>) -> Result<std::time::Duration> {
+    let stream = dev.stream();
+    let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("recording an event")?;
+    for _ in 0..iters {
+        f()?;
+    }
+    let stop = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).during("recording an event")?;
+    stop.synchronize().during("waiting for timed calls")?;
+    Ok(std::time::Duration::from_secs_f64(start.elapsed_ms(&stop).during("reading an event")? as f64 / 1e3))
+}
+
 /// Median of a non-empty slice.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

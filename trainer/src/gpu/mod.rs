@@ -151,6 +151,15 @@ pub fn token_groups(inputs: &[u16]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     (toks, offs, order.iter().map(|x| x.1).collect())
 }
 
+/// Lets the attention kernels (forward, dK/dV, dQ) use their dynamic shared memory (> 48 KB).
+fn allow_attention_smem(fwd: &CudaFunction, dkdv: &CudaFunction, dq: &CudaFunction) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAXSMEM;
+    for (f, bytes) in [(fwd, ATT_FWD_SMEM), (dkdv, ATT_DKDV_SMEM), (dq, ATT_DQ_SMEM)] {
+        f.set_attribute(MAXSMEM, bytes as i32).map_err(drv("configuring attention"))?;
+    }
+    Ok(())
+}
+
 /// Why a configuration cannot run on the GPU path, if it cannot.
 pub fn check_config(c: &Config, t: usize) -> Result<()> {
     let bad = |d: String| Err(Error::Unsupported { op: "GPU trainer", detail: d });
@@ -202,10 +211,7 @@ impl GpuModel {
             sumsq_partial: f("gpt_sumsq_partial")?,
             f32_to_bf16: f("gpt_f32_to_bf16")?,
         };
-        use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAXSMEM;
-        k.attention_forward.set_attribute(MAXSMEM, ATT_FWD_SMEM as i32).map_err(drv("configuring attention"))?;
-        k.attention_backward_dkdv.set_attribute(MAXSMEM, ATT_DKDV_SMEM as i32).map_err(drv("configuring attention"))?;
-        k.attention_backward_dq.set_attribute(MAXSMEM, ATT_DQ_SMEM as i32).map_err(drv("configuring attention"))?;
+        allow_attention_smem(&k.attention_forward, &k.attention_backward_dkdv, &k.attention_backward_dq)?;
 
         let (n, ch, l, nh) = (b * t, cfg.channels, cfg.layers, cfg.heads);
         let fr = cfg.fc_rows();
@@ -714,15 +720,12 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
     if qkv.len() != b * t * 3 * c || dout.len() != b * t * c {
         return Err(Error::Shape { op: "attention_check", detail: format!("qkv {} and dout {} values for B={b} T={t} C={c}", qkv.len(), dout.len()) });
     }
-    use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAXSMEM;
     let st = dev.stream().clone();
     let fwd = dev.function("gpt_attention_forward")?;
     let dot = dev.function("gpt_attention_backward_dot")?;
     let dkdv = dev.function("gpt_attention_backward_dkdv")?;
     let dq = dev.function("gpt_attention_backward_dq")?;
-    fwd.set_attribute(MAXSMEM, ATT_FWD_SMEM as i32).map_err(drv("configuring attention"))?;
-    dkdv.set_attribute(MAXSMEM, ATT_DKDV_SMEM as i32).map_err(drv("configuring attention"))?;
-    dq.set_attribute(MAXSMEM, ATT_DQ_SMEM as i32).map_err(drv("configuring attention"))?;
+    allow_attention_smem(&fwd, &dkdv, &dq)?;
     let qkv_d = st.clone_htod(qkv).map_err(drv("uploading qkv"))?;
     let dout_d = st.clone_htod(dout).map_err(drv("uploading dout"))?;
     let mut out = dev.alloc_poisoned::<bf16>(b * t * c)?;
