@@ -144,3 +144,77 @@ extern "C" __global__ void __launch_bounds__(256) gpt_layernorm_backward(bf16* _
         *reinterpret_cast<uint4*>(dinp + row * C + c) = pack8(fo);
     }
 }
+
+// LayerNorm backward with its weight gradients in the same pass (off by default in the trainer
+// until measured; `TWOFOUR_FUSED_LN_GRAD=1`): one warp per block walks `rows_per_chunk` rows in
+// order, adds each row's input gradient into dinp as gpt_layernorm_backward does, and keeps the
+// running sums of dout and dout * xhat for its columns in registers (K8 chunks of 8 columns a
+// lane: C <= 256 K8; instances up to 1280 channels, wider models use the separate sums). It writes partial[chunk][c] (db) and partial[chunks + chunk][c] (dw), the
+// layout gpt_colsum_finalize sums in a fixed order: reproducible, and dout and x are read once.
+template <int K8>
+__device__ __forceinline__ void ln_backward_fused(bf16* __restrict__ dinp, float* __restrict__ partial, const bf16* __restrict__ dout, const bf16* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ w, int N, int C, int rows_per_chunk) {
+    const int lane = threadIdx.x % 32, chunk = blockIdx.x, chunks = gridDim.x;
+    float db[K8][8], dw[K8][8];
+#pragma unroll
+    for (int k = 0; k < K8; ++k)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) db[k][e] = dw[k][e] = 0.f;
+    const long long r_end = min((long long)N, (long long)(chunk + 1) * rows_per_chunk);
+    for (long long row = (long long)chunk * rows_per_chunk; row < r_end; ++row) {
+        const float m = mean[row], rs = rstd[row];
+        float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int k = 0; k < K8; ++k) {
+            const int c = lane * 8 + 256 * k;
+            if (c < C) {
+                float fx[8], fd[8];
+                unpack8(*reinterpret_cast<const uint4*>(inp + row * C + c), fx);
+                unpack8(*reinterpret_cast<const uint4*>(dout + row * C + c), fd);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    const float xhat = (fx[e] - m) * rs, dn = w[c + e] * fd[e];
+                    s1 += dn;
+                    s2 += dn * xhat;
+                    db[k][e] += fd[e];
+                    dw[k][e] += fd[e] * xhat;
+                }
+            }
+        }
+        s1 = warp_sum(s1) / C;
+        s2 = warp_sum(s2) / C;
+#pragma unroll
+        for (int k = 0; k < K8; ++k) {
+            const int c = lane * 8 + 256 * k;
+            if (c < C) {  // second read of the row: L1 hits
+                float fx[8], fd[8], fo[8];
+                unpack8(*reinterpret_cast<const uint4*>(inp + row * C + c), fx);
+                unpack8(*reinterpret_cast<const uint4*>(dout + row * C + c), fd);
+                unpack8(*reinterpret_cast<const uint4*>(dinp + row * C + c), fo);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) fo[e] += rs * (w[c + e] * fd[e] - s1 - (fx[e] - m) * rs * s2);
+                *reinterpret_cast<uint4*>(dinp + row * C + c) = pack8(fo);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K8; ++k) {
+        const int c = lane * 8 + 256 * k;
+        if (c < C)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                partial[(long long)chunk * C + c + e] = db[k][e];
+                partial[(long long)(chunks + chunk) * C + c + e] = dw[k][e];
+            }
+    }
+}
+
+#define TWOFOUR_LN_BWD_FUSED(K8)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(32) gpt_layernorm_backward_fused_k##K8(                             \
+        bf16* __restrict__ dinp, float* __restrict__ partial, const bf16* __restrict__ dout, const bf16* __restrict__ inp, \
+        const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ w, int N, int C,  \
+        int rows_per_chunk) {                                                                                       \
+        ln_backward_fused<K8>(dinp, partial, dout, inp, mean, rstd, w, N, C, rows_per_chunk);                       \
+    }
+TWOFOUR_LN_BWD_FUSED(3)
+TWOFOUR_LN_BWD_FUSED(4)
+TWOFOUR_LN_BWD_FUSED(5)

@@ -54,12 +54,17 @@ fn names(p: &ParamLayout) -> Vec<(&'static str, usize, usize)> {
 }
 
 fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
+    check_against_reference_with(c, b, t, fused_gelu, false)
+}
+
+fn check_against_reference_with(c: Config, b: usize, t: usize, fused_gelu: bool, fused_ln_grad: bool) {
     let dev = Device::new(0).expect("GPU");
     let w = params(&c, 7);
     let (x, y) = (tokens(1, b * t, c.vocab), tokens(2, b * t, c.vocab));
     let mut gpu = GpuModel::new(dev, c, b, t, &w).unwrap();
     gpu.fused_gelu = fused_gelu;
     gpu.fused_bgrad = fused_gelu; // both epilogue fusions, or neither
+    gpu.fused_ln_grad = fused_ln_grad;
 
     // Logits (as probabilities) and loss.
     let (loss_ref, acts) = forward(&c, &w, &x, &y, b, t);
@@ -102,6 +107,7 @@ fn check_against_reference(c: Config, b: usize, t: usize, fused_gelu: bool) {
     let mut gpu = GpuModel::new(Device::new(0).unwrap(), c, b, t, &w).unwrap();
     gpu.fused_gelu = fused_gelu;
     gpu.fused_bgrad = fused_gelu; // both epilogue fusions, or neither
+    gpu.fused_ln_grad = fused_ln_grad;
     for s in 0..10 {
         let (x, y) = (tokens(100 + s, b * t, c.vocab), tokens(200 + s, b * t, c.vocab));
         let (lc, acts) = forward(&c, &wc, &x, &y, b, t);
@@ -128,6 +134,12 @@ fn gpu_matches_reference_gelu() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_matches_reference_gelu_separate_kernels() {
     check_against_reference(CFG, 2, 80, false);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_reference_fused_layernorm_grads() {
+    check_against_reference_with(CFG, 2, 80, true, true);
 }
 
 #[test]

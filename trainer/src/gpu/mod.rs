@@ -19,6 +19,8 @@ use twofour::{Device, Error, Result};
 pub const HEAD_SIZE: usize = 64;
 /// Rows of a column-sum chunk (gpt_colsum_partial).
 const CHUNK_ROWS: usize = 512;
+/// Rows a warp of the fused LayerNorm backward sums (its weight-gradient chunk).
+const LN_CHUNK_ROWS: usize = 16;
 /// Blocks of the gradient-norm reduction: fixed, so the sum's order is too.
 const NORM_BLOCKS: usize = 1024;
 
@@ -41,6 +43,8 @@ struct Kernels {
     layernorm_forward: CudaFunction,
     residual_layernorm_forward: CudaFunction,
     layernorm_backward: CudaFunction,
+    /// gpt_layernorm_backward_fused_k{3,4,5}: C <= 768, 1024, 1280.
+    layernorm_backward_fused: [CudaFunction; 3],
     attention_forward: CudaFunction,
     attention_backward_dot: CudaFunction,
     attention_backward_dkdv: CudaFunction,
@@ -130,6 +134,10 @@ pub struct GpuModel {
     /// epilogue slowed those GEMMs by more than the passes cost (docs/bench/notes.md);
     /// `TWOFOUR_FUSED_BGRAD=1` turns it on.
     pub fused_bgrad: bool,
+    /// LayerNorm weight gradients summed inside the LayerNorm backward pass (one read of dout and
+    /// x) instead of a column-sum pass; models up to 1280 channels. Off until measured on a GPU;
+    /// `TWOFOUR_FUSED_LN_GRAD=1` turns it on.
+    pub fused_ln_grad: bool,
     /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
@@ -196,6 +204,7 @@ impl GpuModel {
             layernorm_forward: f("gpt_layernorm_forward")?,
             residual_layernorm_forward: f("gpt_residual_layernorm_forward")?,
             layernorm_backward: f("gpt_layernorm_backward")?,
+            layernorm_backward_fused: [f("gpt_layernorm_backward_fused_k3")?, f("gpt_layernorm_backward_fused_k4")?, f("gpt_layernorm_backward_fused_k5")?],
             attention_forward: f("gpt_attention_forward")?,
             attention_backward_dot: f("gpt_attention_backward_dot")?,
             attention_backward_dkdv: f("gpt_attention_backward_dkdv")?,
@@ -245,7 +254,7 @@ impl GpuModel {
             dfch: zb(n * fr)?,
             dqkv: zb(n * 3 * ch)?,
             att_d: zf(b * nh * t)?,
-            partial: zf(2 * chunks * fr.max(3 * ch))?,
+            partial: zf((2 * chunks * fr.max(3 * ch)).max(2 * n.div_ceil(LN_CHUNK_ROWS) * ch))?,
             dbias: zf(fr.max(3 * ch))?,
             norm_partial: zf(NORM_BLOCKS)?,
         };
@@ -272,6 +281,7 @@ impl GpuModel {
             dev,
             fused_gelu: std::env::var("TWOFOUR_UNFUSED_GELU").as_deref() != Ok("1"),
             fused_bgrad: std::env::var("TWOFOUR_FUSED_BGRAD").as_deref() == Ok("1"),
+            fused_ln_grad: std::env::var("TWOFOUR_FUSED_LN_GRAD").as_deref() == Ok("1"),
             prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
@@ -564,6 +574,13 @@ impl GpuModel {
         let ch = self.cfg.channels;
         let dres = self.p(&self.a.dres);
         let rstd = stats + n as u64 * 4;
+        if self.fused_ln_grad && ch <= 1280 {
+            let f = &self.k.layernorm_backward_fused[if ch <= 768 { 0 } else if ch <= 1024 { 1 } else { 2 }];
+            let (chunks, part) = (n.div_ceil(LN_CHUNK_ROWS), self.p(&self.a.partial));
+            let args = [Arg::P(dres), Arg::P(part), Arg::P(dout), Arg::P(inp), Arg::P(stats), Arg::P(rstd), Arg::P(w), Arg::I(n as i32), Arg::I(ch as i32), Arg::I(LN_CHUNK_ROWS as i32)];
+            self.launch(f, (chunks as u32, 1, 1), (32, 1, 1), 0, &args, "launching gpt_layernorm_backward_fused")?;
+            return self.launch(&self.k.colsum_finalize, Self::blocks(ch, 256), (256, 1, 1), 0, &[Arg::P(db), Arg::P(dw), Arg::P(part), Arg::I(chunks as i32), Arg::I(ch as i32)], "launching gpt_colsum_finalize");
+        }
         self.launch(&self.k.layernorm_backward, Self::blocks(n, 8), (256, 1, 1), 0, &[Arg::P(dres), Arg::P(dout), Arg::P(inp), Arg::P(stats), Arg::P(rstd), Arg::P(w), Arg::I(n as i32), Arg::I(ch as i32)], "launching gpt_layernorm_backward")?;
         self.colsum(dout, Some((inp, stats, rstd)), n, ch, db, Some(dw))
     }
