@@ -144,3 +144,30 @@ extern "C" __global__ void gpt_colsum_finalize(float* __restrict__ db, float* __
         dw[c] += sw;
     }
 }
+
+// Stage 2 for many chunks (the fused LayerNorm backward writes one per block, a few hundred): a
+// 32 x 32 block sums 32 columns, thread row y the chunks y, y + 32, ... in order, then row 0 adds
+// the 32 partial sums in order: a fixed order (reproducible) with 32x more loads in flight than
+// gpt_colsum_finalize's one thread per column.
+extern "C" __global__ void __launch_bounds__(1024) gpt_colsum_finalize_wide(float* __restrict__ db, float* __restrict__ dw, const float* __restrict__ partial, int chunks, int C) {
+    __shared__ float s[2][32][33];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    float sb = 0.f, sw = 0.f;
+    if (c < C)
+        for (int k = threadIdx.y; k < chunks; k += 32) {
+            sb += partial[(long long)k * C + c];
+            if (dw) sw += partial[(long long)(chunks + k) * C + c];
+        }
+    s[0][threadIdx.y][threadIdx.x] = sb;
+    s[1][threadIdx.y][threadIdx.x] = sw;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float tb = 0.f, tw = 0.f;
+        for (int y = 0; y < 32; ++y) {
+            tb += s[0][y][threadIdx.x];
+            tw += s[1][y][threadIdx.x];
+        }
+        db[c] += tb;
+        if (dw) dw[c] += tw;
+    }
+}

@@ -145,38 +145,41 @@ extern "C" __global__ void __launch_bounds__(256) gpt_layernorm_backward(bf16* _
     }
 }
 
-// LayerNorm backward with its weight gradients in the same pass (off by default in the trainer
-// until measured; `TWOFOUR_FUSED_LN_GRAD=1`): one warp per block walks `rows_per_chunk` rows in
+// LayerNorm backward with its weight gradients in the same pass (`fused_ln_grad`): a block of 8
+// warps owns rows_per_chunk consecutive rows (a multiple of 8); warp w walks rows w, w + 8, ... in
 // order, adds each row's input gradient into dinp as gpt_layernorm_backward does, and keeps the
-// running sums of dout and dout * xhat for its columns in registers (K8 chunks of 8 columns a
-// lane: C <= 256 K8; instances up to 1280 channels, wider models use the separate sums). It writes partial[chunk][c] (db) and partial[chunks + chunk][c] (dw), the
-// layout gpt_colsum_finalize sums in a fixed order: reproducible, and dout and x are read once.
+// running sums of dout and dout * xhat for its columns in registers (K8 chunks of 8 columns a lane:
+// C <= 256 K8; instances up to 1280 channels, wider models use the separate sums). The 8 warps'
+// sums are then added in warp order through shared memory and written as partial[chunk][c] (db)
+// and partial[chunks + chunk][c] (dw), which gpt_colsum_finalize_wide sums in a fixed order:
+// reproducible, and dout and x are read once instead of twice.
 template <int K8>
 __device__ __forceinline__ void ln_backward_fused(bf16* __restrict__ dinp, float* __restrict__ partial, const bf16* __restrict__ dout, const bf16* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ w, int N, int C, int rows_per_chunk) {
-    const int lane = threadIdx.x % 32, chunk = blockIdx.x, chunks = gridDim.x;
+    __shared__ float red[8][K8 * 256];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, chunk = blockIdx.x, chunks = gridDim.x;
     float db[K8][8], dw[K8][8];
 #pragma unroll
     for (int k = 0; k < K8; ++k)
 #pragma unroll
         for (int e = 0; e < 8; ++e) db[k][e] = dw[k][e] = 0.f;
     const long long r_end = min((long long)N, (long long)(chunk + 1) * rows_per_chunk);
-    for (long long row = (long long)chunk * rows_per_chunk; row < r_end; ++row) {
+    for (long long row = (long long)chunk * rows_per_chunk + warp; row < r_end; row += 8) {
         const float m = mean[row], rs = rstd[row];
+        float fx[K8][8], fd[K8][8];
         float s1 = 0.f, s2 = 0.f;
 #pragma unroll
         for (int k = 0; k < K8; ++k) {
             const int c = lane * 8 + 256 * k;
             if (c < C) {
-                float fx[8], fd[8];
-                unpack8(*reinterpret_cast<const uint4*>(inp + row * C + c), fx);
-                unpack8(*reinterpret_cast<const uint4*>(dout + row * C + c), fd);
+                unpack8(*reinterpret_cast<const uint4*>(inp + row * C + c), fx[k]);
+                unpack8(*reinterpret_cast<const uint4*>(dout + row * C + c), fd[k]);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) {
-                    const float xhat = (fx[e] - m) * rs, dn = w[c + e] * fd[e];
+                    const float xhat = (fx[k][e] - m) * rs, dn = w[c + e] * fd[k][e];
                     s1 += dn;
                     s2 += dn * xhat;
-                    db[k][e] += fd[e];
-                    dw[k][e] += fd[e] * xhat;
+                    db[k][e] += fd[k][e];
+                    dw[k][e] += fd[k][e] * xhat;
                 }
             }
         }
@@ -185,31 +188,35 @@ __device__ __forceinline__ void ln_backward_fused(bf16* __restrict__ dinp, float
 #pragma unroll
         for (int k = 0; k < K8; ++k) {
             const int c = lane * 8 + 256 * k;
-            if (c < C) {  // second read of the row: L1 hits
-                float fx[8], fd[8], fo[8];
-                unpack8(*reinterpret_cast<const uint4*>(inp + row * C + c), fx);
-                unpack8(*reinterpret_cast<const uint4*>(dout + row * C + c), fd);
+            if (c < C) {
+                float fo[8];
                 unpack8(*reinterpret_cast<const uint4*>(dinp + row * C + c), fo);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) fo[e] += rs * (w[c + e] * fd[e] - s1 - (fx[e] - m) * rs * s2);
+                for (int e = 0; e < 8; ++e) fo[e] += rs * (w[c + e] * fd[k][e] - s1 - (fx[k][e] - m) * rs * s2);
                 *reinterpret_cast<uint4*>(dinp + row * C + c) = pack8(fo);
             }
         }
     }
+    // db then dw through the same shared buffer; warps added in order 0..7.
 #pragma unroll
-    for (int k = 0; k < K8; ++k) {
-        const int c = lane * 8 + 256 * k;
-        if (c < C)
+    for (int pass = 0; pass < 2; ++pass) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                partial[(long long)chunk * C + c + e] = db[k][e];
-                partial[(long long)(chunks + chunk) * C + c + e] = dw[k][e];
-            }
+        for (int k = 0; k < K8; ++k)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) red[warp][lane * 8 + 256 * k + e] = pass == 0 ? db[k][e] : dw[k][e];
+        __syncthreads();
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float s = 0.f;
+#pragma unroll
+            for (int v = 0; v < 8; ++v) s += red[v][c];
+            partial[(long long)(pass * chunks + chunk) * C + c] = s;
+        }
+        __syncthreads();
     }
 }
 
 #define TWOFOUR_LN_BWD_FUSED(K8)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(32) gpt_layernorm_backward_fused_k##K8(                             \
+    extern "C" __global__ void __launch_bounds__(256) gpt_layernorm_backward_fused_k##K8(                            \
         bf16* __restrict__ dinp, float* __restrict__ partial, const bf16* __restrict__ dout, const bf16* __restrict__ inp, \
         const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ w, int N, int C,  \
         int rows_per_chunk) {                                                                                       \

@@ -83,6 +83,19 @@ if [ "${RUN_TRAINER:-1}" = 1 ] && [ -x "$pack/bin/twofour-train" ]; then
     rc=$?
     record "trainer bench $1" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(tail -1 "$tb")"
   done
+  # TRAINER_VARIANTS="label:VAR=1 VAR2=0;label2:..." also runs the 124M bench once per variant (the
+  # trainer's TWOFOUR_* switches), each line tagged with its label: A/B tests in one call.
+  if [ -n "${TRAINER_VARIANTS:-}" ]; then
+    IFS=';' read -ra variants <<<"$TRAINER_VARIANTS"
+    for v in "${variants[@]}"; do
+      label=${v%%:*}
+      envs=${v#*:}
+      line=$(env $envs "$pack/bin/twofour-train" --bench --model 124m --batch 32 --seq 1024 --steps ${TRAIN_BENCH_STEPS:-10} 2>>"$out/logs/trainer-variants.log")
+      rc=$?
+      echo "{\"variant\":\"$label\",\"env\":\"$envs\",\"result\":${line:-null}}" >>"$out/trainer-variants.jsonl"
+      record "trainer variant $label" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$line"
+    done
+  fi
   if [ "${TRAINER_BENCH:-1}" = 1 ] && [ "${RUN_PEER:-1}" = 1 ] && [ -x /opt/torch/.venv/bin/python ]; then
     OUT="$out" PEER_MODELS=gpt2-124M,gpt2-350M /opt/torch/.venv/bin/python "$pack/peers/gpt2_torch_bench.py" >"$out/logs/torch-peer.log" 2>&1
     rc=$?

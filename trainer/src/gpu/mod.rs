@@ -19,8 +19,13 @@ use twofour::{Device, Error, Result};
 pub const HEAD_SIZE: usize = 64;
 /// Rows of a column-sum chunk (gpt_colsum_partial).
 const CHUNK_ROWS: usize = 512;
-/// Rows a warp of the fused LayerNorm backward sums (its weight-gradient chunk).
-const LN_CHUNK_ROWS: usize = 16;
+/// Blocks the fused LayerNorm backward aims for (two per H100 SM): its weight-gradient chunks.
+const LN_CHUNKS: usize = 264;
+
+/// Rows a block of the fused LayerNorm backward owns: a multiple of its 8 warps, about n / LN_CHUNKS.
+fn ln_chunk_rows(n: usize) -> usize {
+    n.div_ceil(LN_CHUNKS).next_multiple_of(8)
+}
 /// Blocks of the gradient-norm reduction: fixed, so the sum's order is too.
 const NORM_BLOCKS: usize = 1024;
 
@@ -47,14 +52,16 @@ struct Kernels {
     layernorm_backward_fused: [CudaFunction; 3],
     attention_forward: CudaFunction,
     attention_backward_dot: CudaFunction,
-    attention_backward_dkdv: CudaFunction,
-    attention_backward_dq: CudaFunction,
+    /// dK/dV on 64-key blocks; dQ on 64-query and 128-query blocks ([0], [1]).
+    attention_backward_dkdv: AttKernel,
+    attention_backward_dq: [AttKernel; 2],
     gelu_forward: CudaFunction,
     gelu_backward: CudaFunction,
     gated_forward: CudaFunction,
     gated_backward: CudaFunction,
     colsum_partial: CudaFunction,
     colsum_finalize: CudaFunction,
+    colsum_finalize_wide: CudaFunction,
     softmax_cross_entropy: CudaFunction,
     adamw: CudaFunction,
     sumsq_partial: CudaFunction,
@@ -67,8 +74,33 @@ const ATT_TILE: usize = 64 * 72 * 2;
 const ATT_FWD_SMEM: usize = 6 * ATT_TILE;
 /// Queries per CTA of the forward kernel (two 16-row m tiles a warp).
 const ATT_FWD_ROWS: usize = 128;
-const ATT_DKDV_SMEM: usize = 6 * ATT_TILE + 4 * 64 * 4;
-const ATT_DQ_SMEM: usize = 6 * ATT_TILE;
+
+/// An attention backward kernel (cuda/gpt_attention.cu) and its launch: `rows` keys (dK/dV) or
+/// queries (dQ) a CTA of 128 threads, `smem` bytes of dynamic shared memory.
+struct AttKernel {
+    f: CudaFunction,
+    name: &'static str,
+    rows: usize,
+    smem: usize,
+}
+
+impl AttKernel {
+    /// The backward kernels: dK/dV on 64 keys; dQ on 64 and 128 queries. Shared memory: the
+    /// block's own tiles (one or two of each operand) + 2 x the other side's (Q, dO) or (K, V),
+    /// + 2 x (lse, D) for dK/dV.
+    fn load_backward(dev: &Device) -> Result<(AttKernel, [AttKernel; 2])> {
+        let k = |name: &'static str, rows: usize, smem: usize| -> Result<AttKernel> {
+            let f = dev.function(name)?;
+            allow_smem(&f, smem)?;
+            Ok(AttKernel { f, name, rows, smem })
+        };
+        let sides = 4 * 64 * 4;
+        Ok((
+            k("gpt_attention_backward_dkdv", 64, 6 * ATT_TILE + sides)?,
+            [k("gpt_attention_backward_dq", 64, 6 * ATT_TILE)?, k("gpt_attention_backward_dq128", 128, 8 * ATT_TILE)?],
+        ))
+    }
+}
 
 /// Activations of one forward pass (bf16 unless noted), every layer's side by side.
 struct Acts {
@@ -138,6 +170,9 @@ pub struct GpuModel {
     /// x) instead of a column-sum pass; models up to 1280 channels. Off until measured on a GPU;
     /// `TWOFOUR_FUSED_LN_GRAD=1` turns it on.
     pub fused_ln_grad: bool,
+    /// dQ of the attention backward on 128-query blocks (two m tiles a warp: each K, V fragment
+    /// feeds two mma) instead of 64 (`TWOFOUR_ATT_DQ64=1`); bit-identical results.
+    pub att_dq128: bool,
     /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
@@ -159,13 +194,10 @@ pub fn token_groups(inputs: &[u16]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     (toks, offs, order.iter().map(|x| x.1).collect())
 }
 
-/// Lets the attention kernels (forward, dK/dV, dQ) use their dynamic shared memory (> 48 KB).
-fn allow_attention_smem(fwd: &CudaFunction, dkdv: &CudaFunction, dq: &CudaFunction) -> Result<()> {
+/// Lets an attention kernel use `bytes` of dynamic shared memory (> 48 KB).
+fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<()> {
     use cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES as MAXSMEM;
-    for (f, bytes) in [(fwd, ATT_FWD_SMEM), (dkdv, ATT_DKDV_SMEM), (dq, ATT_DQ_SMEM)] {
-        f.set_attribute(MAXSMEM, bytes as i32).map_err(drv("configuring attention"))?;
-    }
-    Ok(())
+    f.set_attribute(MAXSMEM, bytes as i32).map_err(drv("configuring attention"))
 }
 
 /// Why a configuration cannot run on the GPU path, if it cannot.
@@ -197,6 +229,7 @@ impl GpuModel {
         // SAFETY: all of the trainer's work is queued on this one stream.
         unsafe { dev.context().disable_event_tracking() };
         let f = |n: &str| dev.function(n);
+        let (dkdv, dq) = AttKernel::load_backward(&dev)?;
         let k = Kernels {
             encoder_forward: f("gpt_encoder_forward")?,
             encoder_backward_wpe: f("gpt_encoder_backward_wpe")?,
@@ -207,20 +240,21 @@ impl GpuModel {
             layernorm_backward_fused: [f("gpt_layernorm_backward_fused_k3")?, f("gpt_layernorm_backward_fused_k4")?, f("gpt_layernorm_backward_fused_k5")?],
             attention_forward: f("gpt_attention_forward")?,
             attention_backward_dot: f("gpt_attention_backward_dot")?,
-            attention_backward_dkdv: f("gpt_attention_backward_dkdv")?,
-            attention_backward_dq: f("gpt_attention_backward_dq")?,
+            attention_backward_dkdv: dkdv,
+            attention_backward_dq: dq,
             gelu_forward: f("gpt_gelu_forward")?,
             gelu_backward: f("gpt_gelu_backward")?,
             gated_forward: f("gated_forward")?,
             gated_backward: f("gated_backward")?,
             colsum_partial: f("gpt_colsum_partial")?,
             colsum_finalize: f("gpt_colsum_finalize")?,
+            colsum_finalize_wide: f("gpt_colsum_finalize_wide")?,
             softmax_cross_entropy: f("gpt_softmax_cross_entropy")?,
             adamw: f("gpt_adamw")?,
             sumsq_partial: f("gpt_sumsq_partial")?,
             f32_to_bf16: f("gpt_f32_to_bf16")?,
         };
-        allow_attention_smem(&k.attention_forward, &k.attention_backward_dkdv, &k.attention_backward_dq)?;
+        allow_smem(&k.attention_forward, ATT_FWD_SMEM)?;
 
         let (n, ch, l, nh) = (b * t, cfg.channels, cfg.layers, cfg.heads);
         let fr = cfg.fc_rows();
@@ -254,7 +288,7 @@ impl GpuModel {
             dfch: zb(n * fr)?,
             dqkv: zb(n * 3 * ch)?,
             att_d: zf(b * nh * t)?,
-            partial: zf((2 * chunks * fr.max(3 * ch)).max(2 * n.div_ceil(LN_CHUNK_ROWS) * ch))?,
+            partial: zf((2 * chunks * fr.max(3 * ch)).max(2 * n.div_ceil(ln_chunk_rows(n)) * ch))?,
             dbias: zf(fr.max(3 * ch))?,
             norm_partial: zf(NORM_BLOCKS)?,
         };
@@ -282,6 +316,7 @@ impl GpuModel {
             fused_gelu: std::env::var("TWOFOUR_UNFUSED_GELU").as_deref() != Ok("1"),
             fused_bgrad: std::env::var("TWOFOUR_FUSED_BGRAD").as_deref() == Ok("1"),
             fused_ln_grad: std::env::var("TWOFOUR_FUSED_LN_GRAD").as_deref() == Ok("1"),
+            att_dq128: std::env::var("TWOFOUR_ATT_DQ64").as_deref() != Ok("1"),
             prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
@@ -551,10 +586,10 @@ impl GpuModel {
             let a = &self.a;
             let (datty, atty, qkv, lse, dd, dqkv) = (bf(&a.dtmp, 0), bf(&a.atty, li * n * ch), bf(&a.qkv, li * n * 3 * ch), ff(&a.lse, li * b * nh * t), ff(&a.att_d, 0), bf(&a.dqkv, 0));
             self.launch(&self.k.attention_backward_dot, Self::blocks(n * 32, 256), (256, 1, 1), 0, &[Arg::P(dd), Arg::P(datty), Arg::P(atty), Arg::I(b as i32), Arg::I(t as i32), Arg::I(nh as i32)], "launching gpt_attention_backward_dot")?;
-            let grid = (t.div_ceil(64) as u32, (b * nh) as u32, 1);
             let args = [Arg::P(dqkv), Arg::P(qkv), Arg::P(datty), Arg::P(lse), Arg::P(dd), Arg::I(t as i32), Arg::I(nh as i32), Arg::F(scale)];
-            self.launch(&self.k.attention_backward_dkdv, grid, (128, 1, 1), ATT_DKDV_SMEM, &args, "launching gpt_attention_backward_dkdv")?;
-            self.launch(&self.k.attention_backward_dq, grid, (128, 1, 1), ATT_DQ_SMEM, &args, "launching gpt_attention_backward_dq")?;
+            for k in [&self.k.attention_backward_dkdv, &self.k.attention_backward_dq[self.att_dq128 as usize]] {
+                self.launch(&k.f, (t.div_ceil(k.rows) as u32, (b * nh) as u32, 1), (128, 1, 1), k.smem, &args, k.name)?;
+            }
             // qkv
             self.linear_backward(Buf::Dqkv, (Buf::Ln1, li * n * ch), p.qkvw + li * 3 * ch * ch, p.qkvb + li * 3 * ch, Buf::Dtmp, ch, 3 * ch)?;
             let a = &self.a;
@@ -576,10 +611,11 @@ impl GpuModel {
         let rstd = stats + n as u64 * 4;
         if self.fused_ln_grad && ch <= 1280 {
             let f = &self.k.layernorm_backward_fused[if ch <= 768 { 0 } else if ch <= 1024 { 1 } else { 2 }];
-            let (chunks, part) = (n.div_ceil(LN_CHUNK_ROWS), self.p(&self.a.partial));
-            let args = [Arg::P(dres), Arg::P(part), Arg::P(dout), Arg::P(inp), Arg::P(stats), Arg::P(rstd), Arg::P(w), Arg::I(n as i32), Arg::I(ch as i32), Arg::I(LN_CHUNK_ROWS as i32)];
-            self.launch(f, (chunks as u32, 1, 1), (32, 1, 1), 0, &args, "launching gpt_layernorm_backward_fused")?;
-            return self.launch(&self.k.colsum_finalize, Self::blocks(ch, 256), (256, 1, 1), 0, &[Arg::P(db), Arg::P(dw), Arg::P(part), Arg::I(chunks as i32), Arg::I(ch as i32)], "launching gpt_colsum_finalize");
+            let rows = ln_chunk_rows(n);
+            let (chunks, part) = (n.div_ceil(rows), self.p(&self.a.partial));
+            let args = [Arg::P(dres), Arg::P(part), Arg::P(dout), Arg::P(inp), Arg::P(stats), Arg::P(rstd), Arg::P(w), Arg::I(n as i32), Arg::I(ch as i32), Arg::I(rows as i32)];
+            self.launch(f, (chunks as u32, 1, 1), (256, 1, 1), 0, &args, "launching gpt_layernorm_backward_fused")?;
+            return self.launch(&self.k.colsum_finalize_wide, (ch.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0, &[Arg::P(db), Arg::P(dw), Arg::P(part), Arg::I(chunks as i32), Arg::I(ch as i32)], "launching gpt_colsum_finalize_wide");
         }
         self.launch(&self.k.layernorm_backward, Self::blocks(n, 8), (256, 1, 1), 0, &[Arg::P(dres), Arg::P(dout), Arg::P(inp), Arg::P(stats), Arg::P(rstd), Arg::P(w), Arg::I(n as i32), Arg::I(ch as i32)], "launching gpt_layernorm_backward")?;
         self.colsum(dout, Some((inp, stats, rstd)), n, ch, db, Some(dw))
@@ -732,7 +768,7 @@ struct LinearIo {
 /// The fused attention kernels alone, on host data, without cuBLASLt: forward (out, lse), then
 /// backward (dqkv) for `dout`. For tests against the reference, and for compute-sanitizer
 /// racecheck, which cannot run a process that also runs cuBLASLt's Hopper kernels.
-pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16], dout: &[bf16]) -> Result<(Vec<bf16>, Vec<f32>, Vec<bf16>)> {
+pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16], dout: &[bf16], dq_rows128: bool) -> Result<(Vec<bf16>, Vec<f32>, Vec<bf16>)> {
     let c = nh * HEAD_SIZE;
     if qkv.len() != b * t * 3 * c || dout.len() != b * t * c {
         return Err(Error::Shape { op: "attention_check", detail: format!("qkv {} and dout {} values for B={b} T={t} C={c}", qkv.len(), dout.len()) });
@@ -740,9 +776,9 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
     let st = dev.stream().clone();
     let fwd = dev.function("gpt_attention_forward")?;
     let dot = dev.function("gpt_attention_backward_dot")?;
-    let dkdv = dev.function("gpt_attention_backward_dkdv")?;
-    let dq = dev.function("gpt_attention_backward_dq")?;
-    allow_attention_smem(&fwd, &dkdv, &dq)?;
+    allow_smem(&fwd, ATT_FWD_SMEM)?;
+    let (dkdv, dq) = AttKernel::load_backward(dev)?;
+    let which = dq_rows128 as usize;
     let qkv_d = st.clone_htod(qkv).map_err(drv("uploading qkv"))?;
     let dout_d = st.clone_htod(dout).map_err(drv("uploading dout"))?;
     let mut out = dev.alloc_poisoned::<bf16>(b * t * c)?;
@@ -750,7 +786,6 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
     let mut dd = dev.alloc_poisoned::<f32>(b * nh * t)?;
     let mut dqkv = dev.alloc_poisoned::<bf16>(b * t * 3 * c)?;
     let (ti, nhi, bi, scale) = (t as i32, nh as i32, b as i32, 1.0 / (HEAD_SIZE as f32).sqrt());
-    let grid = (t.div_ceil(64) as u32, (b * nh) as u32, 1);
     let cfg = |grid, block, smem: usize| LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: smem as u32 };
     // SAFETY: every buffer is sized from (b, t, nh) as the kernels index it (cuda/gpt_attention.cu).
     unsafe {
@@ -760,10 +795,10 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
         let mut l = st.launch_builder(&dot);
         l.arg(&mut dd).arg(&dout_d).arg(&out).arg(&bi).arg(&ti).arg(&nhi);
         l.launch(cfg(((b * t * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0)).map_err(drv("launching gpt_attention_backward_dot"))?;
-        for (f, smem, what) in [(&dkdv, ATT_DKDV_SMEM, "launching gpt_attention_backward_dkdv"), (&dq, ATT_DQ_SMEM, "launching gpt_attention_backward_dq")] {
-            let mut l = st.launch_builder(f);
+        for k in [&dkdv, &dq[which]] {
+            let mut l = st.launch_builder(&k.f);
             l.arg(&mut dqkv).arg(&qkv_d).arg(&dout_d).arg(&lse).arg(&dd).arg(&ti).arg(&nhi).arg(&scale);
-            l.launch(cfg(grid, (128, 1, 1), smem)).map_err(drv(what))?;
+            l.launch(cfg((t.div_ceil(k.rows) as u32, (b * nh) as u32, 1), (128, 1, 1), k.smem)).map_err(drv(k.name))?;
         }
     }
     let d = |e| drv(e);
