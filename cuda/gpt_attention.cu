@@ -67,6 +67,14 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x by one MUFU.EX2 (PTX ISA 9.7.4.11, ex2.approx.ftz: max 2 ulp; subnormal results flush to
+// zero, which a probability below 2^-126 may): exp2f adds a denormal-scaling fix-up around it.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return (uint32_t)twofour::f32_to_bf16(lo) | ((uint32_t)twofour::f32_to_bf16(hi) << 16);
 }
@@ -254,7 +262,9 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_forward(bf16* __
                     mma16816(s[mt][n + 1], qa[mt][k], bb[2], bb[3]);
                 }
             }
-        // Causal mask, scale, online softmax (FlashAttention-2, Alg. 1) per m tile.
+        // Causal mask (only where the key tile reaches past the block's first query), scale,
+        // online softmax (FlashAttention-2, Alg. 1) per m tile.
+        const bool masked = k0 + BT - 1 > q0;
 #pragma unroll
         for (int mt = 0; mt < FWD_MT; ++mt) {
             float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -263,8 +273,8 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_forward(bf16* __
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int key = k0 + n * 8 + 2 * t + e;
-                    s[mt][n][e] = key <= r0[mt] ? s[mt][n][e] * sl2 : -INFINITY;
-                    s[mt][n][2 + e] = key <= r1[mt] ? s[mt][n][2 + e] * sl2 : -INFINITY;
+                    s[mt][n][e] = masked && key > r0[mt] ? -INFINITY : s[mt][n][e] * sl2;
+                    s[mt][n][2 + e] = masked && key > r1[mt] ? -INFINITY : s[mt][n][2 + e] * sl2;
                     mx0 = fmaxf(mx0, s[mt][n][e]);
                     mx1 = fmaxf(mx1, s[mt][n][2 + e]);
                 }
@@ -275,14 +285,14 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_forward(bf16* __
             }
             // Finite: the first key tile (key 0) is never masked, so m is finite from then on.
             const float mn0 = fmaxf(m0[mt], mx0), mn1 = fmaxf(m1[mt], mx1);
-            const float al0 = exp2f(m0[mt] - mn0), al1 = exp2f(m1[mt] - mn1);
+            const float al0 = fast_exp2(m0[mt] - mn0), al1 = fast_exp2(m1[mt] - mn1);
             float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
-                s[mt][n][0] = exp2f(s[mt][n][0] - mn0);
-                s[mt][n][1] = exp2f(s[mt][n][1] - mn0);
-                s[mt][n][2] = exp2f(s[mt][n][2] - mn1);
-                s[mt][n][3] = exp2f(s[mt][n][3] - mn1);
+                s[mt][n][0] = fast_exp2(s[mt][n][0] - mn0);
+                s[mt][n][1] = fast_exp2(s[mt][n][1] - mn0);
+                s[mt][n][2] = fast_exp2(s[mt][n][2] - mn1);
+                s[mt][n][3] = fast_exp2(s[mt][n][3] - mn1);
                 sum0 += s[mt][n][0] + s[mt][n][1];
                 sum1 += s[mt][n][2] + s[mt][n][3];
                 o[mt][n][0] *= al0;
@@ -361,7 +371,7 @@ extern "C" __global__ void gpt_attention_backward_dot(float* __restrict__ D, con
 
 // dK and dV of 64 keys: walk every query tile at or after them. grid (ceil(T/64), B*NH).
 // smem: K, V tiles, 2 x (Q, dO) tiles, 2 x (lse, D) of the query tile.
-extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dkdv(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(128, 3) gpt_attention_backward_dkdv(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
     extern __shared__ __align__(128) unsigned char attn_smem[];
     bf16* sK = reinterpret_cast<bf16*>(attn_smem);
     bf16* sV = sK + TILE;
@@ -375,17 +385,22 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dkdv(bf
     const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const long long stride = 3LL * C;
     const bf16* base = qkv + (long long)b * T * stride + h * HD;
-    const bf16* dbase = dout + (long long)b * T * C + h * HD;
     const int k0 = kb * BT;
     const float sl2 = scale * LOG2E;
 
+    // The source pointers are rebuilt from %ctaid.y on every call (volatile: not hoisted out of
+    // the loop) rather than held in registers across it: that keeps the kernel within 168
+    // registers, three CTAs an SM.
     auto load_q = [&](int qb, int buf) {
-        load_tile(sQ + buf * TILE, base, stride, qb * BT, T);
-        load_tile(sdO + buf * TILE, dbase, C, qb * BT, T);
+        uint32_t y;
+        asm volatile("mov.u32 %0, %%ctaid.y;" : "=r"(y));
+        const int bb = y / NH, hh = y % NH;
+        load_tile(sQ + buf * TILE, qkv + (long long)bb * T * stride + hh * HD, stride, qb * BT, T);
+        load_tile(sdO + buf * TILE, dout + (long long)bb * T * C + hh * HD, C, qb * BT, T);
         if (threadIdx.x < BT) {
             const int q = qb * BT + threadIdx.x;
-            sL[buf * BT + threadIdx.x] = q < T ? lse[(long long)bh * T + q] * LOG2E : INFINITY;
-            sD[buf * BT + threadIdx.x] = q < T ? D[(long long)bh * T + q] : 0.f;
+            sL[buf * BT + threadIdx.x] = q < T ? lse[(long long)y * T + q] / scale : INFINITY;
+            sD[buf * BT + threadIdx.x] = q < T ? D[(long long)y * T + q] : 0.f;
         }
     };
     load_tile(sK, base + C, stride, k0, T);
@@ -397,48 +412,65 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dkdv(bf
     float dk[8][4], dv[8][4];
     zero(dk);
     zero(dv);
-    uint32_t ka[4][4], va[4][4];
+    // K and V fragments are re-read from shared memory for each product instead of held: 32
+    // registers fewer, so three CTAs (12 warps) fit an SM instead of two.
+    const bf16* ka[1] = {sK};
+    const bf16* va[1] = {sV};
+    const int arow[1] = {warp * 16};
     for (int qb = kb; qb < tiles; ++qb) {
         const int buf = (qb - kb) & 1, q0 = qb * BT;
         if (qb + 1 < tiles) load_q(qb + 1, buf ^ 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        if (qb == kb) {
-            load_a(ka, sK, warp * 16);
-            load_a(va, sV, warp * 16);
-        }
         const bf16* q = sQ + buf * TILE;
         const bf16* d = sdO + buf * TILE;
         const float* L = sL + buf * BT;
         const float* Dq = sD + buf * BT;
 
-        // P^T = exp(scale K Q^T - lse) (16 keys x 64 queries), causal: query >= key.
+        // P^T = exp(scale K Q^T - lse) (16 keys x 64 queries), causal: query >= key, which only
+        // the first (diagonal) query tile can break.
+        // The accumulator starts at -lse / scale (per query column; sL holds lse / scale), so
+        // it ends as (S - lse / scale) and P^T = 2^(acc scale log2 e).
         float p[8][4];
-        zero(p);
-        mma_abt(p, ka, q);
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) p[n][e] = p[n][2 + e] = -L[n * 8 + 2 * t + e];
+        mma_abt_mt<1>(reinterpret_cast<float(*)[8][4]>(p), ka, arow, q);
+        const bool diag = qb == kb;
 #pragma unroll
         for (int n = 0; n < 8; ++n)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const int c = n * 8 + 2 * t + e, qq = q0 + c;
-                p[n][e] = qq >= key0 ? exp2f(p[n][e] * sl2 - L[c]) : 0.f;
-                p[n][2 + e] = qq >= key1 ? exp2f(p[n][2 + e] * sl2 - L[c]) : 0.f;
+                const int qq = q0 + n * 8 + 2 * t + e;
+                p[n][e] = diag && qq < key0 ? 0.f : fast_exp2(p[n][e] * sl2);
+                p[n][2 + e] = diag && qq < key1 ? 0.f : fast_exp2(p[n][2 + e] * sl2);
             }
-        // dV += P^T dO.
+        // dV += P^T dO. P^T is then kept as bf16 (the value that product used), in half the
+        // registers.
         mma_pb(dv, p, d);
-        // dP^T = V dO^T; dS^T = P^T (dP^T - D).
+        uint32_t pk[8][2];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+            pk[n][0] = pack_bf16(p[n][0], p[n][1]);
+            pk[n][1] = pack_bf16(p[n][2], p[n][3]);
+        }
+        // dP^T = V dO^T; dS^T = P^T (dP^T - D). The accumulator starts at -D (per query
+        // column), so it ends as dP^T - D.
         float ds[8][4];
-        zero(ds);
-        mma_abt(ds, va, d);
 #pragma unroll
         for (int n = 0; n < 8; ++n)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const float dq = Dq[n * 8 + 2 * t + e];
-                ds[n][e] = p[n][e] * (ds[n][e] - dq);
-                ds[n][2 + e] = p[n][2 + e] * (ds[n][2 + e] - dq);
-            }
+            for (int e = 0; e < 2; ++e) ds[n][e] = ds[n][2 + e] = -Dq[n * 8 + 2 * t + e];
+        mma_abt_mt<1>(reinterpret_cast<float(*)[8][4]>(ds), va, arow, d);
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+            ds[n][0] *= __uint_as_float(pk[n][0] << 16);
+            ds[n][1] *= __uint_as_float(pk[n][0] & 0xffff0000u);
+            ds[n][2] *= __uint_as_float(pk[n][1] << 16);
+            ds[n][3] *= __uint_as_float(pk[n][1] & 0xffff0000u);
+        }
         // dK += dS^T Q (scaled at the end).
         mma_pb(dk, ds, q);
         __syncthreads();
@@ -450,7 +482,7 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dkdv(bf
 
 // dQ of 64 queries: walk every key tile at or before them. grid (ceil(T/64), B*NH).
 // smem: Q, dO tiles, 2 x (K, V) tiles.
-extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(128, 3) gpt_attention_backward_dq(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
     extern __shared__ __align__(128) unsigned char attn_smem[];
     bf16* sQ = reinterpret_cast<bf16*>(attn_smem);
     bf16* sdO = sQ + TILE;
@@ -476,7 +508,11 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq(bf16
     const float D1 = r1 < T ? D[(long long)bh * T + r1] : 0.f;
     float dq[8][4];
     zero(dq);
-    uint32_t qa[4][4], da[4][4];
+    // Q and dO fragments are re-read from shared memory for each product instead of held: 32
+    // registers fewer, so three CTAs (12 warps) fit an SM instead of two.
+    const bf16* qa[1] = {sQ};
+    const bf16* da[1] = {sdO};
+    const int arow[1] = {warp * 16};
     for (int kb = 0; kb <= qb; ++kb) {
         const int buf = kb & 1, k0 = kb * BT;
         if (kb < qb) {
@@ -486,27 +522,25 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq(bf16
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        if (kb == 0) {
-            load_a(qa, sQ, warp * 16);
-            load_a(da, sdO, warp * 16);
-        }
         const bf16* k = sK + buf * TILE;
-        // P = exp(scale Q K^T - lse), causal: key <= query.
+        // P = exp(scale Q K^T - lse), causal: key <= query (only tiles reaching past the block's
+        // first query need the test).
+        const bool masked = k0 + BT - 1 > q0;
         float p[8][4];
         zero(p);
-        mma_abt(p, qa, k);
+        mma_abt_mt<1>(reinterpret_cast<float(*)[8][4]>(p), qa, arow, k);
 #pragma unroll
         for (int n = 0; n < 8; ++n)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int key = k0 + n * 8 + 2 * t + e;
-                p[n][e] = key <= r0 ? exp2f(p[n][e] * sl2 - L0) : 0.f;
-                p[n][2 + e] = key <= r1 ? exp2f(p[n][2 + e] * sl2 - L1) : 0.f;
+                p[n][e] = masked && key > r0 ? 0.f : fast_exp2(p[n][e] * sl2 - L0);
+                p[n][2 + e] = masked && key > r1 ? 0.f : fast_exp2(p[n][2 + e] * sl2 - L1);
             }
         // dP = dO V^T; dS = P (dP - D); dQ += dS K (scaled at the end).
         float ds[8][4];
         zero(ds);
-        mma_abt(ds, da, sV + buf * TILE);
+        mma_abt_mt<1>(reinterpret_cast<float(*)[8][4]>(ds), da, arow, sV + buf * TILE);
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
             ds[n][0] = p[n][0] * (ds[n][0] - D0);
@@ -582,7 +616,9 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq128(b
         cp_async_wait<1>();
         __syncthreads();
         const bf16* k = sK + buf * TILE;
-        // P = exp(scale Q K^T - lse), causal: key <= query.
+        // P = exp(scale Q K^T - lse), causal: key <= query (only tiles reaching past the block's
+        // first query need the test).
+        const bool masked = k0 + BT - 1 > q0;
         float p[BWD_MT][8][4];
 #pragma unroll
         for (int mt = 0; mt < BWD_MT; ++mt) zero(p[mt]);
@@ -594,8 +630,8 @@ extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq128(b
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int key = k0 + n * 8 + 2 * t + e;
-                    p[mt][n][e] = key <= r0[mt] ? exp2f(p[mt][n][e] * sl2 - L0[mt]) : 0.f;
-                    p[mt][n][2 + e] = key <= r1[mt] ? exp2f(p[mt][n][2 + e] * sl2 - L1[mt]) : 0.f;
+                    p[mt][n][e] = masked && key > r0[mt] ? 0.f : fast_exp2(p[mt][n][e] * sl2 - L0[mt]);
+                    p[mt][n][2 + e] = masked && key > r1[mt] ? 0.f : fast_exp2(p[mt][n][2 + e] * sl2 - L1[mt]);
                 }
         // dP = dO V^T; dS = P (dP - D), one m tile at a time (registers), written over P.
 #pragma unroll

@@ -627,7 +627,7 @@ impl GpuModel {
         let part = self.p(&self.a.partial);
         let (xp, mp, rp) = x.unwrap_or((0, 0, 0));
         self.launch(&self.k.colsum_partial, (cols.div_ceil(64) as u32, chunks as u32, 1), (8, 32, 1), 0, &[Arg::P(part), Arg::P(dout), Arg::P(xp), Arg::P(mp), Arg::P(rp), Arg::I(n as i32), Arg::I(cols as i32), Arg::I(CHUNK_ROWS as i32)], "launching gpt_colsum_partial")?;
-        self.launch(&self.k.colsum_finalize, Self::blocks(cols, 256), (256, 1, 1), 0, &[Arg::P(db), Arg::P(dw.unwrap_or(0)), Arg::P(part), Arg::I(chunks as i32), Arg::I(cols as i32)], "launching gpt_colsum_finalize")
+        self.launch(&self.k.colsum_finalize_wide, (cols.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0, &[Arg::P(db), Arg::P(dw.unwrap_or(0)), Arg::P(part), Arg::I(chunks as i32), Arg::I(cols as i32)], "launching gpt_colsum_finalize_wide")
     }
 
     fn bptr(&self, b: Buf) -> u64 {
