@@ -86,21 +86,6 @@ __device__ __forceinline__ void load_a(uint32_t a[4][4], const bf16* tile, int r
     for (int k = 0; k < 4; ++k) ldsm_x4(a[k], tile + (row0 + (l % 8) + (mi & 1) * 8) * LDH + k * 16 + (mi >> 1) * 8);
 }
 
-// acc (16 x 64: 8 tiles of 8 columns) += A (16 x 64, fragments) * B, where B's column j is row j
-// of the smem tile `rows` (B = rows^T: S = Q K^T, dP = dO V^T, ...).
-__device__ __forceinline__ void mma_abt(float acc[8][4], const uint32_t a[4][4], const bf16* rows) {
-    const int l = threadIdx.x % 32, mi = l / 8;
-#pragma unroll
-    for (int k = 0; k < 4; ++k)
-#pragma unroll
-        for (int n = 0; n < 8; n += 2) {
-            uint32_t b[4];
-            ldsm_x4(b, rows + (n * 8 + (l % 8) + (mi >> 1) * 8) * LDH + k * 16 + (mi & 1) * 8);
-            mma16816(acc[n], a[k], b[0], b[1]);
-            mma16816(acc[n + 1], a[k], b[2], b[3]);
-        }
-}
-
 // acc (16 x 64) += P (16 x 64, C fragments in registers, k = the tile's rows) * tile (64 x 64).
 __device__ __forceinline__ void mma_pb(float acc[8][4], const float p[8][4], const bf16* tile) {
     const int l = threadIdx.x % 32, mi = l / 8;
@@ -117,9 +102,9 @@ __device__ __forceinline__ void mma_pb(float acc[8][4], const float p[8][4], con
     }
 }
 
-// The multi-m-tile forms used by the 128-row dQ kernel: MT row blocks of 16 (A operands
-// read from smem tiles a_tile[mt] at rows a_row[mt], one k step at a time, so they cost no
-// registers between products) share every B fragment, which halves ldmatrix traffic per mma.
+// acc[mt] (16 x 64) += A_mt * rows^T for MT row blocks of 16, the A operands read from smem tiles
+// a_tile[mt] at rows a_row[mt] one k step at a time (so they hold no registers between
+// products: the backward kernels fit 168 registers, three CTAs an SM), each B fragment shared.
 template <int MT>
 __device__ __forceinline__ void mma_abt_mt(float acc[][8][4], const bf16* const a_tile[], const int a_row[], const bf16* rows) {
     const int l = threadIdx.x % 32, mi = l / 8;
@@ -132,32 +117,6 @@ __device__ __forceinline__ void mma_abt_mt(float acc[][8][4], const bf16* const 
         for (int n = 0; n < 8; n += 2) {
             uint32_t b[4];
             ldsm_x4(b, rows + (n * 8 + (l % 8) + (mi >> 1) * 8) * LDH + k * 16 + (mi & 1) * 8);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                mma16816(acc[mt][n], a[mt], b[0], b[1]);
-                mma16816(acc[mt][n + 1], a[mt], b[2], b[3]);
-            }
-        }
-    }
-}
-
-template <int MT>
-__device__ __forceinline__ void mma_pb_mt(float acc[][8][4], const float p[][8][4], const bf16* tile) {
-    const int l = threadIdx.x % 32, mi = l / 8;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        uint32_t a[MT][4];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            a[mt][0] = pack_bf16(p[mt][2 * k][0], p[mt][2 * k][1]);
-            a[mt][1] = pack_bf16(p[mt][2 * k][2], p[mt][2 * k][3]);
-            a[mt][2] = pack_bf16(p[mt][2 * k + 1][0], p[mt][2 * k + 1][1]);
-            a[mt][3] = pack_bf16(p[mt][2 * k + 1][2], p[mt][2 * k + 1][3]);
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n += 2) {
-            uint32_t b[4];
-            ldsm_x4_t(b, tile + (k * 16 + (l % 8) + (mi & 1) * 8) * LDH + n * 8 + (mi >> 1) * 8);
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 mma16816(acc[mt][n], a[mt], b[0], b[1]);
@@ -552,105 +511,4 @@ extern "C" __global__ void __launch_bounds__(128, 3) gpt_attention_backward_dq(b
         __syncthreads();
     }
     store_rows(dqkv + (long long)b * T * stride + h * HD, stride, dq, scale, scale, q0 + warp * 16, T);
-}
-
-// dQ on 128-row blocks (two 16-row m tiles a warp, as the forward pass): every K and V fragment
-// loaded by ldmatrix feeds two mma instructions. Each dQ element is still one accumulation over
-// the same tiles in the same order as in gpt_attention_backward_dq: bit-identical (tested). The
-// same for dK/dV does not fit: two m tiles of dK and dV accumulators, P^T and dP^T need ~270
-// registers a thread, and the build refuses spills.
-constexpr int BWD_MT = 2;
-constexpr int BWD_B = 64 * BWD_MT;
-
-// dQ of 128 queries: walk every key tile at or before them. grid (ceil(T/128), B*NH).
-// smem: Q, dO (128 rows each), 2 x (K, V) tiles.
-extern "C" __global__ void __launch_bounds__(128) gpt_attention_backward_dq128(bf16* __restrict__ dqkv, const bf16* __restrict__ qkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ D, int T, int NH, float scale) {
-    extern __shared__ __align__(128) unsigned char attn_smem[];
-    bf16* sQ = reinterpret_cast<bf16*>(attn_smem);  // BWD_MT tiles
-    bf16* sdO = sQ + BWD_MT * TILE;                 // BWD_MT tiles
-    bf16* sK = sdO + BWD_MT * TILE;                 // [2][TILE]
-    bf16* sV = sK + 2 * TILE;                       // [2][TILE]
-
-    const int qb = gridDim.x - 1 - blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH;
-    const int C = NH * HD, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const long long stride = 3LL * C;
-    const bf16* base = qkv + (long long)b * T * stride + h * HD;
-    const int q0 = qb * BWD_B;
-    const int kb_end = (min(q0 + BWD_B, T) - 1) / BT;
-    const float sl2 = scale * LOG2E;
-#pragma unroll
-    for (int mt = 0; mt < BWD_MT; ++mt) {
-        load_tile(sQ + mt * TILE, base, stride, q0 + mt * BT, T);
-        load_tile(sdO + mt * TILE, dout + (long long)b * T * C + h * HD, C, q0 + mt * BT, T);
-    }
-    load_tile(sK, base + C, stride, 0, T);
-    load_tile(sV, base + 2 * C, stride, 0, T);
-    cp_async_commit();
-
-    // Warp w owns queries q0 + 32w .. +31; m tile mt is block row 32w + 16mt (tile row / 64, row % 64).
-    int r0[BWD_MT], r1[BWD_MT], arow[BWD_MT];
-    float L0[BWD_MT], L1[BWD_MT], D0[BWD_MT], D1[BWD_MT];
-    const bf16 *qt[BWD_MT], *dt[BWD_MT];
-    float dq[BWD_MT][8][4];
-#pragma unroll
-    for (int mt = 0; mt < BWD_MT; ++mt) {
-        const int row = warp * 32 + mt * 16;
-        qt[mt] = sQ + (row / BT) * TILE;
-        dt[mt] = sdO + (row / BT) * TILE;
-        arow[mt] = row % BT;
-        r0[mt] = q0 + row + g;
-        r1[mt] = r0[mt] + 8;
-        L0[mt] = r0[mt] < T ? lse[(long long)bh * T + r0[mt]] * LOG2E : INFINITY;
-        L1[mt] = r1[mt] < T ? lse[(long long)bh * T + r1[mt]] * LOG2E : INFINITY;
-        D0[mt] = r0[mt] < T ? D[(long long)bh * T + r0[mt]] : 0.f;
-        D1[mt] = r1[mt] < T ? D[(long long)bh * T + r1[mt]] : 0.f;
-        zero(dq[mt]);
-    }
-    for (int kb = 0; kb <= kb_end; ++kb) {
-        const int buf = kb & 1, k0 = kb * BT;
-        if (kb < kb_end) {
-            load_tile(sK + (buf ^ 1) * TILE, base + C, stride, k0 + BT, T);
-            load_tile(sV + (buf ^ 1) * TILE, base + 2 * C, stride, k0 + BT, T);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        const bf16* k = sK + buf * TILE;
-        // P = exp(scale Q K^T - lse), causal: key <= query (only tiles reaching past the block's
-        // first query need the test).
-        const bool masked = k0 + BT - 1 > q0;
-        float p[BWD_MT][8][4];
-#pragma unroll
-        for (int mt = 0; mt < BWD_MT; ++mt) zero(p[mt]);
-        mma_abt_mt<BWD_MT>(p, qt, arow, k);
-#pragma unroll
-        for (int mt = 0; mt < BWD_MT; ++mt)
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int key = k0 + n * 8 + 2 * t + e;
-                    p[mt][n][e] = masked && key > r0[mt] ? 0.f : fast_exp2(p[mt][n][e] * sl2 - L0[mt]);
-                    p[mt][n][2 + e] = masked && key > r1[mt] ? 0.f : fast_exp2(p[mt][n][2 + e] * sl2 - L1[mt]);
-                }
-        // dP = dO V^T; dS = P (dP - D), one m tile at a time (registers), written over P.
-#pragma unroll
-        for (int mt = 0; mt < BWD_MT; ++mt) {
-            float dp[1][8][4];
-            zero(dp[0]);
-            mma_abt_mt<1>(dp, &dt[mt], &arow[mt], sV + buf * TILE);
-#pragma unroll
-            for (int n = 0; n < 8; ++n) {
-                p[mt][n][0] *= dp[0][n][0] - D0[mt];
-                p[mt][n][1] *= dp[0][n][1] - D0[mt];
-                p[mt][n][2] *= dp[0][n][2] - D1[mt];
-                p[mt][n][3] *= dp[0][n][3] - D1[mt];
-            }
-        }
-        // dQ += dS K (scaled at the end).
-        mma_pb_mt<BWD_MT>(dq, p, k);
-        __syncthreads();
-    }
-#pragma unroll
-    for (int mt = 0; mt < BWD_MT; ++mt) store_rows(dqkv + (long long)b * T * stride + h * HD, stride, dq[mt], scale, scale, q0 + warp * 32 + mt * 16, T);
 }

@@ -19,12 +19,7 @@ fn check(b: usize, t: usize, nh: usize, seed: u64) {
     let c = nh * HEAD_SIZE;
     let qkv: Vec<bf16> = twofour::reference::philox::normal_bf16(seed, b * t * 3 * c);
     let dout: Vec<bf16> = twofour::reference::philox::normal_bf16(seed + 1, b * t * c);
-    let (out, lse, dqkv) = attention_check(&dev, b, t, nh, &qkv, &dout, false).unwrap();
-    // The 128-query dQ kernel: the same accumulations in the same order, so the same bits.
-    let (out2, lse2, dqkv2) = attention_check(&dev, b, t, nh, &qkv, &dout, true).unwrap();
-    assert!(out == out2 && lse.iter().zip(&lse2).all(|(x, y)| x.to_bits() == y.to_bits()), "the forward pass is not reproducible");
-    let differ = dqkv.iter().zip(&dqkv2).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-    assert_eq!(differ, 0, "the 128-query dQ kernel differs from the 64-query one in {differ} of {} gradients", dqkv.len());
+    let (out, lse, dqkv) = attention_check(&dev, b, t, nh, &qkv, &dout).unwrap();
     let qf: Vec<f32> = qkv.iter().map(|x| x.to_f32()).collect();
     let df: Vec<f32> = dout.iter().map(|x| x.to_f32()).collect();
     let mut out_ref = vec![0f32; b * t * c];
@@ -59,5 +54,5 @@ fn attention_matches_reference_partial_tiles() {
     check(2, 200, 3, 1); // four query/key tiles, the last 8 rows long
     check(1, 64, 1, 2); // exactly one tile
     check(3, 17, 2, 3); // a single partial tile
-    check(1, 300, 2, 4); // three 128-row blocks, the last 44 rows long (and a 64-row tile boundary inside it)
+    check(1, 300, 2, 4); // five tiles, the last 44 rows long
 }

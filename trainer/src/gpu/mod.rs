@@ -52,9 +52,8 @@ struct Kernels {
     layernorm_backward_fused: [CudaFunction; 3],
     attention_forward: CudaFunction,
     attention_backward_dot: CudaFunction,
-    /// dK/dV on 64-key blocks; dQ on 64-query and 128-query blocks ([0], [1]).
     attention_backward_dkdv: AttKernel,
-    attention_backward_dq: [AttKernel; 2],
+    attention_backward_dq: AttKernel,
     gelu_forward: CudaFunction,
     gelu_backward: CudaFunction,
     gated_forward: CudaFunction,
@@ -85,10 +84,9 @@ struct AttKernel {
 }
 
 impl AttKernel {
-    /// The backward kernels: dK/dV on 64 keys; dQ on 64 and 128 queries. Shared memory: the
-    /// block's own tiles (one or two of each operand) + 2 x the other side's (Q, dO) or (K, V),
-    /// + 2 x (lse, D) for dK/dV.
-    fn load_backward(dev: &Device) -> Result<(AttKernel, [AttKernel; 2])> {
+    /// The backward kernels, dK/dV and dQ on 64-row blocks. Shared memory: the block's own
+    /// tiles + 2 x the other side's (Q, dO) or (K, V), + 2 x (lse, D) for dK/dV.
+    fn load_backward(dev: &Device) -> Result<(AttKernel, AttKernel)> {
         let k = |name: &'static str, rows: usize, smem: usize| -> Result<AttKernel> {
             let f = dev.function(name)?;
             allow_smem(&f, smem)?;
@@ -97,7 +95,7 @@ impl AttKernel {
         let sides = 4 * 64 * 4;
         Ok((
             k("gpt_attention_backward_dkdv", 64, 6 * ATT_TILE + sides)?,
-            [k("gpt_attention_backward_dq", 64, 6 * ATT_TILE)?, k("gpt_attention_backward_dq128", 128, 8 * ATT_TILE)?],
+            k("gpt_attention_backward_dq", 64, 6 * ATT_TILE)?,
         ))
     }
 }
@@ -167,12 +165,9 @@ pub struct GpuModel {
     /// `TWOFOUR_FUSED_BGRAD=1` turns it on.
     pub fused_bgrad: bool,
     /// LayerNorm weight gradients summed inside the LayerNorm backward pass (one read of dout and
-    /// x) instead of a column-sum pass; models up to 1280 channels. Off until measured on a GPU;
-    /// `TWOFOUR_FUSED_LN_GRAD=1` turns it on.
+    /// x) instead of a column-sum pass; models up to 1280 channels. On by default (124M on the
+    /// H100: +1.1% tokens/s, docs/bench/notes.md); `TWOFOUR_UNFUSED_LN_GRAD=1` turns it off.
     pub fused_ln_grad: bool,
-    /// dQ of the attention backward on 128-query blocks (two m tiles a warp: each K, V fragment
-    /// feeds two mma) instead of 64 (`TWOFOUR_ATT_DQ64=1`); bit-identical results.
-    pub att_dq128: bool,
     /// With `TWOFOUR_PROFILE=1`: seconds and calls per kernel (each launch synchronized).
     prof: Option<std::cell::RefCell<std::collections::BTreeMap<&'static str, (f64, usize)>>>,
 }
@@ -315,8 +310,7 @@ impl GpuModel {
             dev,
             fused_gelu: std::env::var("TWOFOUR_UNFUSED_GELU").as_deref() != Ok("1"),
             fused_bgrad: std::env::var("TWOFOUR_FUSED_BGRAD").as_deref() == Ok("1"),
-            fused_ln_grad: std::env::var("TWOFOUR_FUSED_LN_GRAD").as_deref() == Ok("1"),
-            att_dq128: std::env::var("TWOFOUR_ATT_DQ64").as_deref() != Ok("1"),
+            fused_ln_grad: std::env::var("TWOFOUR_UNFUSED_LN_GRAD").as_deref() != Ok("1"),
             prof: (std::env::var("TWOFOUR_PROFILE").as_deref() == Ok("1")).then(Default::default),
         };
         me.refresh_shadow()?;
@@ -587,7 +581,7 @@ impl GpuModel {
             let (datty, atty, qkv, lse, dd, dqkv) = (bf(&a.dtmp, 0), bf(&a.atty, li * n * ch), bf(&a.qkv, li * n * 3 * ch), ff(&a.lse, li * b * nh * t), ff(&a.att_d, 0), bf(&a.dqkv, 0));
             self.launch(&self.k.attention_backward_dot, Self::blocks(n * 32, 256), (256, 1, 1), 0, &[Arg::P(dd), Arg::P(datty), Arg::P(atty), Arg::I(b as i32), Arg::I(t as i32), Arg::I(nh as i32)], "launching gpt_attention_backward_dot")?;
             let args = [Arg::P(dqkv), Arg::P(qkv), Arg::P(datty), Arg::P(lse), Arg::P(dd), Arg::I(t as i32), Arg::I(nh as i32), Arg::F(scale)];
-            for k in [&self.k.attention_backward_dkdv, &self.k.attention_backward_dq[self.att_dq128 as usize]] {
+            for k in [&self.k.attention_backward_dkdv, &self.k.attention_backward_dq] {
                 self.launch(&k.f, (t.div_ceil(k.rows) as u32, (b * nh) as u32, 1), (128, 1, 1), k.smem, &args, k.name)?;
             }
             // qkv
@@ -768,7 +762,7 @@ struct LinearIo {
 /// The fused attention kernels alone, on host data, without cuBLASLt: forward (out, lse), then
 /// backward (dqkv) for `dout`. For tests against the reference, and for compute-sanitizer
 /// racecheck, which cannot run a process that also runs cuBLASLt's Hopper kernels.
-pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16], dout: &[bf16], dq_rows128: bool) -> Result<(Vec<bf16>, Vec<f32>, Vec<bf16>)> {
+pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16], dout: &[bf16]) -> Result<(Vec<bf16>, Vec<f32>, Vec<bf16>)> {
     let c = nh * HEAD_SIZE;
     if qkv.len() != b * t * 3 * c || dout.len() != b * t * c {
         return Err(Error::Shape { op: "attention_check", detail: format!("qkv {} and dout {} values for B={b} T={t} C={c}", qkv.len(), dout.len()) });
@@ -778,7 +772,6 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
     let dot = dev.function("gpt_attention_backward_dot")?;
     allow_smem(&fwd, ATT_FWD_SMEM)?;
     let (dkdv, dq) = AttKernel::load_backward(dev)?;
-    let which = dq_rows128 as usize;
     let qkv_d = st.clone_htod(qkv).map_err(drv("uploading qkv"))?;
     let dout_d = st.clone_htod(dout).map_err(drv("uploading dout"))?;
     let mut out = dev.alloc_poisoned::<bf16>(b * t * c)?;
@@ -795,7 +788,7 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
         let mut l = st.launch_builder(&dot);
         l.arg(&mut dd).arg(&dout_d).arg(&out).arg(&bi).arg(&ti).arg(&nhi);
         l.launch(cfg(((b * t * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0)).map_err(drv("launching gpt_attention_backward_dot"))?;
-        for k in [&dkdv, &dq[which]] {
+        for k in [&dkdv, &dq] {
             let mut l = st.launch_builder(&k.f);
             l.arg(&mut dqkv).arg(&qkv_d).arg(&dout_d).arg(&lse).arg(&dd).arg(&ti).arg(&nhi).arg(&scale);
             l.launch(cfg((t.div_ceil(k.rows) as u32, (b * nh) as u32, 1), (128, 1, 1), k.smem)).map_err(drv(k.name))?;
