@@ -1,9 +1,10 @@
 // MVUE 2:4 sparsification of dY^T along the token axis, fused with its compression (Chmiel et al.
 // 2023; Hu et al. 2024, sec. 5): reads dY (tokens x features, row-major, as the backward pass has
 // it) and writes S(dY^T) (features x tokens) as a Sparse24, the A operand of dW = S(dY)^T X.
-// Every step of reference::mvue (inclusion probabilities, systematic sampling, rescale) is done in
-// the same f32 operations in the same order, with the same Philox draw per group, so the output is
-// bit-identical to the CPU reference.
+// Every step of reference::mvue (sampling weights, systematic sampling, rescale) is done in the same
+// f32 operations in the same order, with the same Philox draw per group, so the output is
+// bit-identical to the CPU reference; none of them is a division (a kept value a_i / p_i is
+// sign(a_i) h exactly in real arithmetic, see reference::mvue).
 //
 // One warp per 32 x 32 tile of dY: the tile is one 32-token chunk of 32 output rows, i.e. exactly
 // two 16-row metadata blocks of S(dY^T), so each lane writes whole metadata words.
@@ -15,46 +16,51 @@ namespace mvue {
 
 constexpr int PITCH = 40;
 
-// reference::mvue::inclusion_probabilities
-__device__ __forceinline__ void probabilities(const float a[4], float p[4]) {
+// reference::mvue::group_weights: weights w (summing to 2h), half-total h, the index kept for
+// sure (4: none). No division anywhere (the reference is written the same way).
+__device__ __forceinline__ void weights(const float a[4], float w[4], float& h, int& big) {
     float m[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
     const float sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.f, m[0]), m[1]), m[2]), m[3]);
-    if (sum == 0.f) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) p[i] = 0.5f;
-        return;
-    }
-    int big = 0;  // first index of the largest magnitude
+    int b = 0;  // first index of the largest magnitude
     float mb = m[0];
 #pragma unroll
     for (int i = 1; i < 4; ++i) {
         if (m[i] > mb) {
-            big = i;
+            b = i;
             mb = m[i];
         }
     }
-    if (__fmul_rn(2.f, mb) <= sum) {
+    if (sum == 0.f) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) p[i] = __fdiv_rn(__fmul_rn(2.f, m[i]), sum);
-        return;
+        for (int i = 0; i < 4; ++i) w[i] = 1.f;
+        h = 2.f;
+        big = 4;
+    } else if (__fmul_rn(2.f, mb) <= sum) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = m[i];
+        h = __fmul_rn(0.5f, sum);
+        big = 4;
+    } else {
+        const float rest = __fsub_rn(sum, mb);
+        h = rest == 0.f ? 1.f : rest;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = i == b ? h : rest == 0.f ? 1.f / 3.f : m[i];
+        big = b;
     }
-    const float rest = __fsub_rn(sum, mb);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) p[i] = i == big ? 1.f : rest == 0.f ? 1.f / 3.f : __fdiv_rn(m[i], rest);
 }
 
 // reference::mvue::systematic_pick (the two picks held in scalars, not an array, so nothing is
-// indexed at run time)
-__device__ __forceinline__ void pick(const float p[4], float u, int& k0, int& k1) {
+// indexed at run time): the intervals of the running sums of w holding u h and u h + h.
+__device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0, int& k1) {
     int a = 4, b = 4, n = 0;
     float lo = 0.f;
-    const float u1 = __fadd_rn(u, 1.f);
+    const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const float hi = __fadd_rn(lo, p[i]);
-        const bool hit = (lo <= u && u < hi) || (lo <= u1 && u1 < hi);
+        const float hi = __fadd_rn(lo, w[i]);
+        const bool hit = (lo <= v0 && v0 < hi) || (lo <= v1 && v1 < hi);
         if (hit && n < 2) {
             if (n == 0) a = i; else b = i;
             ++n;
@@ -66,6 +72,11 @@ __device__ __forceinline__ void pick(const float p[4], float u, int& k0, int& k1
     else if (n == 1) { b = a == 3 ? 2 : 3; }
     k0 = min(a, b);
     k1 = max(a, b);
+}
+
+// reference::mvue::kept_value: a_i / p_i without dividing.
+__device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
+    return i == big ? a : a == 0.f ? 0.f : copysignf(h, a);
 }
 
 }  // namespace mvue
@@ -98,18 +109,16 @@ __device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PIT
         const uint4 rnd = philox4x32(make_uint4((uint32_t)ctr, (uint32_t)(ctr >> 32), step, 0x6d767565u), key);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] and kept_bits[h] stay in registers
-            float a[4], p[4];
+            float a[4], w[4], hh;
+            int big;
 #pragma unroll
             for (int r = 0; r < 4; ++r) a[r] = bf16_to_f32(tile[16 * t + 4 * q + r][jl]);
-            mvue::probabilities(a, p);
+            mvue::weights(a, w, hh, big);
             int k0, k1;
-            mvue::pick(p, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), k0, k1);
+            mvue::pick(w, hh, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), k0, k1);
             const float a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : k0 == 2 ? a[2] : a[3];
             const float a1 = k1 == 0 ? a[0] : k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
-            const float p0 = k0 == 0 ? p[0] : k0 == 1 ? p[1] : k0 == 2 ? p[2] : p[3];
-            const float p1 = k1 == 0 ? p[0] : k1 == 1 ? p[1] : k1 == 2 ? p[2] : p[3];
-            packed[q] = (uint32_t)f32_to_bf16(p0 > 0.f ? __fdiv_rn(a0, p0) : 0.f) |
-                        ((uint32_t)f32_to_bf16(p1 > 0.f ? __fdiv_rn(a1, p1) : 0.f) << 16);
+            packed[q] = (uint32_t)f32_to_bf16(mvue::kept_value(a0, k0, hh, big)) | ((uint32_t)f32_to_bf16(mvue::kept_value(a1, k1, hh, big)) << 16);
             nibbles |= ((uint32_t)k0 | ((uint32_t)k1 << 2)) << (4 * q);
             kept_bits[h] |= ((1u << k0) | (1u << k1)) << (4 * q);
         }

@@ -7,6 +7,12 @@
 //! p = 1 and the remaining one keep is spread over the other three in proportion to |a|. Two
 //! distinct indices with exactly these marginals are drawn by systematic sampling: one uniform u,
 //! cumulative sums of p over the group, keep the i whose interval contains u or u + 1.
+//!
+//! Everything is computed without a division, in an order the GPU kernel repeats bit for bit: the
+//! probabilities are weights w_i over a half-total H (p_i = w_i / H, the weights sum to 2H), the
+//! systematic draw compares u H and u H + H with the running sums of w, and a kept element's
+//! a_i / p_i is, exactly in real arithmetic, sign(a_i) H (or a_i itself for the element kept
+//! with p = 1).
 //! The uniform of group `g` (groups numbered row-major over the rows x cols/4 grid) at optimizer
 //! step `step` is `unit_f32(philox4x32([g/4 lo, g/4 hi, step, 0x6d767565], seed)[g % 4])`: one
 //! Philox call serves four consecutive groups.
@@ -16,38 +22,49 @@ use crate::error::unsupported;
 use crate::Result;
 use half::bf16;
 
-/// Inclusion probabilities of one group (they sum to 2; each in [0, 1]).
-pub fn inclusion_probabilities(a: [f32; 4]) -> [f32; 4] {
+/// The sampling weights of one group: weights w (summing to 2h), the half-total h, and the index
+/// kept with probability 1 (4 when there is none). Inclusion probability p_i = w_i / h.
+pub fn group_weights(a: [f32; 4]) -> ([f32; 4], f32, usize) {
     let m = a.map(f32::abs);
     let sum: f32 = m.iter().sum();
     if sum == 0.0 {
-        return [0.5; 4];
+        return ([1.0; 4], 2.0, 4);
     }
     let big = (0..4).fold(0, |b, i| if m[i] > m[b] { i } else { b });
     if 2.0 * m[big] <= sum {
-        return m.map(|x| 2.0 * x / sum);
+        return (m, 0.5 * sum, 4);
     }
+    // The largest is kept for sure (weight h of a total 2h); the second keep is spread over the
+    // other three in proportion to |a| (evenly when they are all zero).
     let rest = sum - m[big];
-    let mut p = if rest == 0.0 { [1.0 / 3.0; 4] } else { m.map(|x| x / rest) };
-    p[big] = 1.0;
-    p
+    let (mut w, h) = if rest == 0.0 { ([1.0 / 3.0; 4], 1.0) } else { (m, rest) };
+    w[big] = h;
+    (w, h, big)
 }
 
-/// The two kept indices (ascending) for probabilities `p` and uniform `u` in [0, 1).
-pub fn systematic_pick(p: [f32; 4], u: f32) -> (usize, usize) {
+/// Inclusion probabilities of one group (they sum to 2; each in [0, 1]): w_i / h.
+pub fn inclusion_probabilities(a: [f32; 4]) -> [f32; 4] {
+    let (w, h, _) = group_weights(a);
+    w.map(|x| x / h)
+}
+
+/// The two kept indices (ascending) for weights `w` with half-total `h` and uniform `u` in [0, 1):
+/// the intervals of the running sums of w that contain u h and u h + h.
+pub fn systematic_pick(w: [f32; 4], h: f32, u: f32) -> (usize, usize) {
+    let (v0, v1) = (u * h, u * h + h);
     let mut kept = [4usize; 2];
     let mut n = 0;
     let mut lo = 0f32;
-    for (i, &pi) in p.iter().enumerate() {
-        let hi = lo + pi;
-        let hit = (lo <= u && u < hi) || (lo <= u + 1.0 && u + 1.0 < hi);
+    for (i, &wi) in w.iter().enumerate() {
+        let hi = lo + wi;
+        let hit = (lo <= v0 && v0 < hi) || (lo <= v1 && v1 < hi);
         if hit && n < 2 {
             kept[n] = i;
             n += 1;
         }
         lo = hi;
     }
-    // Rounding can leave the intervals short of 2.0: fill up with the highest indices not yet kept.
+    // Rounding can leave the intervals short of 2h: fill up with the highest indices not yet kept.
     while n < 2 {
         kept[n] = (0..4).rev().find(|i| !kept[..n].contains(i)).unwrap_or(3);
         n += 1;
@@ -56,6 +73,18 @@ pub fn systematic_pick(p: [f32; 4], u: f32) -> (usize, usize) {
         kept.swap(0, 1);
     }
     (kept[0], kept[1])
+}
+
+/// The unbiased value of kept element i: a_i / p_i, which is a_i for the element kept for sure
+/// and sign(a_i) h for the others (0 where a_i is).
+pub fn kept_value(a: f32, i: usize, h: f32, big: usize) -> f32 {
+    if i == big {
+        a
+    } else if a == 0.0 {
+        0.0
+    } else {
+        h.copysign(a)
+    }
 }
 
 fn uniform(seed: u64, step: u32, group: usize) -> f32 {
@@ -79,10 +108,10 @@ pub fn mvue24_with_mask(a: &[bf16], rows: usize, cols: usize, seed: u64, step: u
     let mut mask = crate::BitMask::zeros(rows, cols);
     for (g, (src, dst)) in a.chunks_exact(4).zip(out.chunks_exact_mut(4)).enumerate() {
         let v = [src[0].to_f32(), src[1].to_f32(), src[2].to_f32(), src[3].to_f32()];
-        let p = inclusion_probabilities(v);
-        let (i0, i1) = systematic_pick(p, uniform(seed, step, g));
+        let (w, h, big) = group_weights(v);
+        let (i0, i1) = systematic_pick(w, h, uniform(seed, step, g));
         for i in [i0, i1] {
-            dst[i] = if p[i] > 0.0 { v[i] / p[i] } else { 0.0 };
+            dst[i] = kept_value(v[i], i, h, big);
             mask.set(g * 4 / cols, (g * 4) % cols + i, true);
         }
     }
