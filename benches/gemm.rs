@@ -131,7 +131,7 @@ fn main() {
                 };
                 let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
                 let mut best: Option<(f64, TileConfig)> = None;
-                let candidates = TileConfig::ALL.iter().flat_map(|c| [Schedule::DataParallel, Schedule::StreamK].map(|schedule| TileConfig { schedule, ..*c }));
+                let candidates = TileConfig::ALL.iter().map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c });
                 for cfg in candidates {
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
                     let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };

@@ -21,6 +21,8 @@
 // Shared-memory layouts (what the wgmma descriptors describe, PTX ISA 9.7.15.5.1):
 //   A stage: 128 rows x 32 compressed values (64 B a row), TMA 64B swizzle; SBO = 512 B (8 rows).
 //   B stage, K-major: BN rows x 64 K values (128 B a row), TMA 128B swizzle; SBO = 1024 B (8 rows).
+//   BN is 128, 192 or 256 (a multiple of the 64-column epilogue chunk and of the N-major block);
+//   192 fills the SMs better where N / 256 leaves a partial last wave (docs/bench/notes.md).
 //   The second k32 step of a stage starts 32 B (A) / 64 B (B) into the swizzle atom, the usual
 //   descriptor advance inside an atom.
 //   B stage, N-major: BN/64 blocks of 64 K rows x 64 N values (128 B a row), TMA 128B swizzle;
@@ -471,8 +473,10 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     }
 
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k)
+TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n)
+TWOFOUR_SPARSE_GEMM_SM90(192, 5, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n)
 
 // Stream-K finalize: D = ws (+ bias[row]) (+ beta * D), elementwise in D's layout.

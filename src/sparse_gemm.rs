@@ -41,9 +41,10 @@ pub enum Schedule {
 }
 
 impl TileConfig {
-    /// The compiled instances.
-    pub const ALL: [TileConfig; 2] = [
+    /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB.
+    pub const ALL: [TileConfig; 3] = [
         TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto },
         TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto },
     ];
 
@@ -74,15 +75,16 @@ impl TileConfig {
         ((sms as f64 * 2.0 * self.bn as f64 / 128.0).sqrt().round() as usize).max(1)
     }
 
-    /// The default for a shape until the tuner's table exists: wide tiles when they still give
-    /// every SM at least one tile, narrow ones otherwise.
+    /// The default for a shape the tuner's table does not cover: the instance with the least
+    /// predicted time, waves x tile width (a wave of whole tiles costs about one tile's time),
+    /// with a small per-tile penalty for the narrower tiles (each reads its A slab for fewer
+    /// columns). Ties go to the wider tile.
     pub fn default_for(m: usize, n: usize, sms: usize) -> TileConfig {
-        let tiles_wide = m.div_ceil(Self::BM) * n.div_ceil(256);
-        if tiles_wide >= sms {
-            Self::ALL[0]
-        } else {
-            Self::ALL[1]
-        }
+        let cost = |c: &TileConfig| {
+            let tiles = m.div_ceil(Self::BM) * n.div_ceil(c.bn as usize);
+            tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 16.0)
+        };
+        *Self::ALL.iter().min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
     }
 }
 

@@ -97,7 +97,7 @@ fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, 
 fn run(cases: u32, f32_out: bool) {
     let dev = Device::new(0).expect("a CUDA GPU");
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
-    let strat = ((1usize..=40, 1usize..=97, 1usize..=16, any::<u64>()), (any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..2, any::<bool>()));
+    let strat = ((1usize..=40, 1usize..=97, 1usize..=16, any::<u64>()), (any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..TileConfig::ALL.len(), any::<bool>()));
     runner
         .run(&strat, |((mb, nb, kb, seed), (col, bias, beta, ci, nmaj))| {
             let (m, n, k) = (mb * 16, nb * 8, kb * 64);
