@@ -58,13 +58,4 @@ __device__ __forceinline__ float unit_f32(uint32_t x) { return (float)(x >> 8) *
 __device__ __forceinline__ float bf16_to_f32(uint16_t b) { return __uint_as_float((uint32_t)b << 16); }
 __device__ __forceinline__ uint16_t f32_to_bf16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 
-// 16 bytes global -> shared without passing through registers (cp.async, PTX ISA 9.7.9.25),
-// zero-filled when !valid (the source is then not read); commit a group, wait for all but N groups.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid = true) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 }  // namespace twofour

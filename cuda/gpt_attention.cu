@@ -25,10 +25,6 @@
 
 namespace attn {
 
-using twofour::cp_async16;
-using twofour::cp_async_commit;
-using twofour::cp_async_wait;
-
 typedef __nv_bfloat16 bf16;
 
 constexpr int HD = 64;   // head size
@@ -38,6 +34,14 @@ constexpr int TILE = BT * LDH;
 constexpr float LOG2E = 1.4426950408889634f;
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, zero-filled when !valid (the source is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Rows row0..row0+63 of a 64-wide slice of a (rows x stride) bf16 matrix into a smem tile; rows at
 // or past `rows` become zeros. 128 threads, 4 x 16 bytes each.

@@ -7,8 +7,7 @@
 // sign(a_i) h exactly in real arithmetic, see reference::mvue).
 //
 // One warp per 32 x 32 tile of dY: the tile is one 32-token chunk of 32 output rows, i.e. exactly
-// two 16-row metadata blocks of S(dY^T), so each lane writes whole metadata words. Each warp keeps
-// its next tile loading (cp.async) while it computes the current one.
+// two 16-row metadata blocks of S(dY^T), so each lane writes whole metadata words.
 #include "common.cuh"
 
 using namespace twofour;
@@ -84,22 +83,16 @@ __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
 
 namespace mvue {
 
-// Lane `lane` queues row `lane` of tile `tile_id` (32 tokens x 32 features of dY, 64 bytes) into
-// `tile` with cp.async; the caller commits and waits.
-__device__ __forceinline__ void load_tile(long long tile_id, uint16_t (*tile)[PITCH], int lane, const uint16_t* __restrict__ dy, int feats) {
-    const int tiles_c = feats / 32;
-    const int ti = (int)(tile_id / tiles_c), tj = (int)(tile_id % tiles_c);
-    const uint16_t* src = dy + (long long)(32 * ti + lane) * feats + 32 * tj;
-#pragma unroll
-    for (int v = 0; v < 4; ++v) cp_async16(&tile[lane][8 * v], src + 8 * v);
-}
-
-// One warp, one 32 x 32 tile of dY (tokens 32 ti.., features 32 tj..), already in `tile`.
-__device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PITCH], int lane, int tokens, int feats,
+// One warp, one 32 x 32 tile of dY (tokens 32 ti.., features 32 tj..).
+__device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PITCH], int lane, const uint16_t* __restrict__ dy, int tokens, int feats,
                                          unsigned long long seed, unsigned int step, uint16_t* __restrict__ vals,
                                          uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
     const int tiles_c = feats / 32;
     const int ti = (int)(tile_id / tiles_c), tj = (int)(tile_id % tiles_c);
+    const uint4* src = reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + lane) * feats + 32 * tj);
+#pragma unroll
+    for (int v = 0; v < 4; ++v) *reinterpret_cast<uint4*>(&tile[lane][8 * v]) = src[v];
+    __syncwarp();
 
     const int rb = lane >> 4, g = (lane >> 1) & 7, t = lane & 1;
     const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
@@ -142,27 +135,16 @@ __device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PIT
 }
 
 // WARPS warps a block walking tiles with a grid stride (the launch shape is a tuning parameter).
-// Each warp double-buffers: the next tile's rows are in flight (cp.async) while it works on the
-// current one, so a warp's loads overlap its own compute instead of waiting for other warps.
 template <int WARPS>
 __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,
                                     uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    __shared__ __align__(16) uint16_t tiles[WARPS][2][32][PITCH];
+    __shared__ __align__(16) uint16_t tiles[WARPS][32][PITCH];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long long total = (long long)(tokens / 32) * (feats / 32);
-    const long long stride = (long long)gridDim.x * WARPS;
-    long long id = (long long)blockIdx.x * WARPS + warp;
-    if (id < total) load_tile(id, tiles[warp][0], lane, dy, feats);
-    cp_async_commit();
-    for (int buf = 0; id < total; id += stride, buf ^= 1) {
-        if (id + stride < total) load_tile(id + stride, tiles[warp][buf ^ 1], lane, dy, feats);
-        cp_async_commit();
-        cp_async_wait<1>();  // this tile's rows have landed (the next tile's may still be in flight)
+    for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
+        run_tile(id, tiles[warp], lane, dy, tokens, feats, seed, step, vals, meta, mask);
         __syncwarp();
-        run_tile(id, tiles[warp][buf], lane, tokens, feats, seed, step, vals, meta, mask);
-        __syncwarp();  // every lane is done with `buf` before the next iteration refills it
     }
-    cp_async_wait<0>();
 }
 
 }  // namespace mvue

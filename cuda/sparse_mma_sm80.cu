@@ -78,9 +78,9 @@ constexpr int A_ELEMS = BM * LDA, B_ELEMS = BN * LDB, META_WORDS = (BK / 32) * (
 constexpr int STAGE_BYTES = (A_ELEMS + B_ELEMS) * 2 + META_WORDS * 4;
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-using twofour::cp_async16;
-using twofour::cp_async_commit;
-using twofour::cp_async_wait;
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
 __device__ __forceinline__ void ldsm4(uint32_t r[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
 }
@@ -116,20 +116,20 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
         for (int i = 0; i < 2; ++i) {
             const int idx = tid + i * 256, r = idx >> 2, c = (idx & 3) * 8;
             const bool ok = m0 + r < M;
-            cp_async16(sa + r * LDA + c, a_vals + (long long)(ok ? m0 + r : 0) * kh + kt * 32 + c, ok);
+            cp16(sa + r * LDA + c, a_vals + (long long)(ok ? m0 + r : 0) * kh + kt * 32 + c, ok);
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int idx = tid + i * 256, r = idx >> 3, c = (idx & 7) * 8;
             const bool ok = n0 + r < N;
-            cp_async16(sb + r * LDB + c, bt + (long long)(ok ? n0 + r : 0) * K + kt * BK + c, ok);
+            cp16(sb + r * LDB + c, bt + (long long)(ok ? n0 + r : 0) * K + kt * BK + c, ok);
         }
         if (tid < 64) {
             // word block (chunk cc, m16 block b) of the tile: 16 words = 4 x 16 B.
             const int cc = tid >> 5, b = (tid >> 2) & 7, q = tid & 3;
             const int rb = m0 / 16 + b;
             const bool ok = rb * 16 < M;
-            cp_async16(sm + (cc * 8 + b) * 16 + q * 4, a_meta + ((long long)(ok ? rb : 0) * chunks + kt * 2 + cc) * 16 + q * 4, ok);
+            cp16(sm + (cc * 8 + b) * 16 + q * 4, a_meta + ((long long)(ok ? rb : 0) * chunks + kt * 2 + cc) * 16 + q * 4, ok);
         }
     };
 
@@ -142,13 +142,13 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ktiles) load(s, s);
-        cp_async_commit();
+        asm volatile("cp.async.commit_group;\n" ::);
     }
     for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<STAGES - 2>();
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));
         __syncthreads();  // stage kt % STAGES is in; every warp is done with the stage refilled next
         if (kt + STAGES - 1 < ktiles) load(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
-        cp_async_commit();
+        asm volatile("cp.async.commit_group;\n" ::);
         const int s = kt % STAGES;
         const uint16_t* sa = stage_a(s);
         const uint16_t* sb = stage_b(s);
@@ -175,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
             }
         }
     }
-    cp_async_wait<0>();
+    asm volatile("cp.async.wait_group 0;\n" ::);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
