@@ -6,6 +6,7 @@
 use half::bf16;
 use twofour::launch::{Family, LaunchShape};
 use twofour::reference::Gate;
+use cudarc::driver::CudaSlice;
 use twofour::timing::{median, time_calls};
 use twofour::{Device, DeviceMatrix, Error, GatedLayout, Result, Sparse24};
 
@@ -102,18 +103,18 @@ impl Problem {
 
     /// Best launch shape: (shape, its ms, the default's ms). Candidates are checked against the
     /// default's output bit for bit.
-    pub fn tune(&mut self, dev: &Device, reps: usize, mut progress: impl FnMut(LaunchShape)) -> Result<(LaunchShape, f64, f64)> {
+    pub fn tune(&mut self, dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, mut progress: impl FnMut(LaunchShape)) -> Result<(LaunchShape, f64, f64)> {
         let key = self.key();
         let default = LaunchShape::default_for(key.family);
         let reference = self.output(dev, default)?;
-        let default_ms = self.time(dev, default, reps)?;
+        let default_ms = self.time(dev, default, reps, flush)?;
         let mut best = (default, default_ms);
         for shape in LaunchShape::candidates(key.family) {
             progress(shape);
             if self.output(dev, shape)? != reference {
                 return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{} {}x{} with {shape:?}: output differs from the default launch's (a launch shape must never change a result)", key.kernel, key.rows, key.cols) });
             }
-            let ms = self.time(dev, shape, reps)?;
+            let ms = self.time(dev, shape, reps, flush)?;
             if ms < best.1 {
                 best = (shape, ms);
             }
@@ -121,9 +122,12 @@ impl Problem {
         Ok((best.0, best.1, default_ms))
     }
 
-    pub fn time(&mut self, dev: &Device, shape: LaunchShape, reps: usize) -> Result<f64> {
+    /// Median ms of `reps` calls, each after an L2 flush: without it these 15-100 us kernels were
+    /// timed together with the host's launch latency (the GPU idled between the start event and
+    /// the kernel), 2-4x the benches' numbers, and their launch shapes ranked by noise.
+    pub fn time(&mut self, dev: &Device, shape: LaunchShape, reps: usize, flush: &mut CudaSlice<u8>) -> Result<f64> {
         let mut i = 0;
-        let t = time_calls(dev, 2, reps, None, || {
+        let t = time_calls(dev, 2, reps, Some(flush), || {
             i += 1;
             self.run(dev, shape, i % 2)
         })?;

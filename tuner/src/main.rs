@@ -22,7 +22,8 @@ use twofour::reference::philox::normal_bf16;
 use twofour::shape_table::{ShapeTable, TableEntry};
 use twofour::shapes::{parse_shapes, LinearShape, Pass};
 use twofour::sparse_gemm::storage_layout;
-use twofour::timing::{median, time_calls};
+use cudarc::driver::CudaSlice;
+use twofour::timing::{median, time_calls, FLUSH_BYTES};
 use twofour::launch::LaunchShape;
 use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, Error, GatedLayout, GemmOptions, MatLayout, Schedule, TileConfig};
 
@@ -150,9 +151,12 @@ impl Problem {
         sparse_gemm(dev, &self.a, b, &mut self.d, &opts)
     }
 
-    fn time(&mut self, dev: &Device, cfg: TileConfig, reps: usize) -> twofour::Result<f64> {
+    /// Median ms of `reps` calls, each after an L2 flush (`flush`, memset on the stream first):
+    /// the GPU is busy with the flush while the host queues the call, so the events time the
+    /// kernel rather than the host's launch latency, from a cold L2 as in training.
+    fn time(&mut self, dev: &Device, cfg: TileConfig, reps: usize, flush: &mut CudaSlice<u8>) -> twofour::Result<f64> {
         let mut i = 0;
-        let t = time_calls(dev, 2, reps, None, || {
+        let t = time_calls(dev, 2, reps, Some(flush), || {
             i += 1;
             self.run(dev, cfg, i % 2)
         })?;
@@ -171,13 +175,13 @@ impl Problem {
 
 
 /// Exhaustive search of one (shape, pass): (best config, its ms, default ms).
-fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBar) -> twofour::Result<(TileConfig, f64, f64)> {
+fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBar, flush: &mut CudaSlice<u8>) -> twofour::Result<(TileConfig, f64, f64)> {
     let (m, n, _) = s.mnk(pass);
     let sms = dev.context().attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).unwrap_or(132) as usize;
     let mut p = problem(dev, s, pass)?;
     let default = TileConfig::default_for(m, n, sms);
     let reference = p.output(dev, default)?;
-    let default_ms = p.time(dev, default, reps)?;
+    let default_ms = p.time(dev, default, reps, flush)?;
     let mut best = (default, default_ms);
     for cfg in candidates(m) {
         bar.set_message(format!("{} {} bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
@@ -185,7 +189,7 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
         if err.is_nan() || err >= 1e-2 {
             return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{cfg:?} on {} {}: output differs from the default configuration's (relative {err:e})", s.name, pass.name()) });
         }
-        let ms = p.time(dev, cfg, reps)?;
+        let ms = p.time(dev, cfg, reps, flush)?;
         if ms < best.1 {
             best = (cfg, ms);
         }
@@ -235,7 +239,7 @@ fn launch_problems(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: 
 }
 
 /// Tunes the launch shapes; returns whether --budget-s stopped it.
-fn tune_launches(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &mut ShapeTable, args: &Args, start: Instant) -> Result<bool, String> {
+fn tune_launches(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &mut ShapeTable, args: &Args, start: Instant, flush: &mut CudaSlice<u8>) -> Result<bool, String> {
     if !kinds.iter().any(|k| *k != "gemm") {
         return Ok(false);
     }
@@ -251,7 +255,7 @@ fn tune_launches(dev: &Device, shapes: &[LinearShape], kinds: &[&str], table: &m
         }
         let k = p.key();
         let (best, ms, default_ms) = p
-            .tune(dev, args.launch_reps, |sh| {
+            .tune(dev, args.launch_reps, flush, |sh| {
                 bar.set_message(format!("{} {} block {} cap {}", k.kernel, name, sh.block, sh.blocks_per_sm));
                 bar.inc(1);
             })
@@ -302,6 +306,7 @@ fn run(args: Args) -> Result<(), String> {
         return Err("no shapes: give --model, --d-model/--d-ff, --shapes or --shapes-file".into());
     }
     let dev = Device::new(0).map_err(|e| e.to_string())?;
+    let mut flush = dev.stream().alloc_zeros::<u8>(FLUSH_BYTES).map_err(|e| format!("allocating the L2 flush buffer: {e}"))?;
     let driver = std::fs::read_to_string("/sys/module/nvidia/version").unwrap_or_default().trim().to_string();
     let mut table = match ShapeTable::load(&args.out) {
         Ok(t) if t.mismatch(dev.name(), dev.compute_capability()).is_none() && !args.fresh => {
@@ -343,14 +348,14 @@ fn run(args: Args) -> Result<(), String> {
             stopped = true;
             break;
         }
-        let (cfg, ms, default_ms) = tune(&dev, &s, pass, args.reps, &bar).map_err(|e| e.to_string())?;
+        let (cfg, ms, default_ms) = tune(&dev, &s, pass, args.reps, &bar, &mut flush).map_err(|e| e.to_string())?;
         table.insert(TableEntry { kernel: "sparse_gemm".into(), layout, pass: format!("{} {}", s.name, pass.name()), m, n, k, config: Some(cfg), launch: None, ms, default_ms });
         table.save(&args.out).map_err(|e| e.to_string())?;
         say(&bar, format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, cfg.schedule, cfg.group_m));
     }
     bar.finish_and_clear();
     if !stopped {
-        stopped = tune_launches(&dev, &shapes, &kinds, &mut table, &args, start)?;
+        stopped = tune_launches(&dev, &shapes, &kinds, &mut table, &args, start, &mut flush)?;
     }
     let took = start.elapsed().as_secs_f64();
     let gains: Vec<f64> = table.entries.iter().map(|e| e.default_ms / e.ms).collect();
@@ -365,9 +370,9 @@ fn run(args: Args) -> Result<(), String> {
                 let (m, n, k) = s.mnk(pass);
                 let layout = storage_layout(pass == Pass::GradWeight, pass != Pass::GradWeight);
                 let Some(pick) = table.lookup("sparse_gemm", &layout, m, n, k) else { continue };
-                let (best, best_ms, _) = tune(&dev, &s, pass, args.reps, &bar).map_err(|e| e.to_string())?;
+                let (best, best_ms, _) = tune(&dev, &s, pass, args.reps, &bar, &mut flush).map_err(|e| e.to_string())?;
                 let mut p = problem(&dev, &s, pass).map_err(|e| e.to_string())?;
-                let pick_ms = p.time(&dev, pick, args.reps).map_err(|e| e.to_string())?;
+                let pick_ms = p.time(&dev, pick, args.reps, &mut flush).map_err(|e| e.to_string())?;
                 println!("holdout {:<24} {:<3} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick bn{} {:?} g{}; best bn{} {:?} g{})", s.name, pass.name(), pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.bn, pick.schedule, pick.group_m, best.bn, best.schedule, best.group_m);
             }
         }
@@ -379,8 +384,8 @@ fn run(args: Args) -> Result<(), String> {
         for (name, mut p) in launch_problems(&dev, &held, &kinds, &empty).map_err(|e| e.to_string())? {
             let k = p.key();
             let Some(pick) = table.lookup_launch(k.kernel, &k.layout, k.rows, k.cols) else { continue };
-            let (best, best_ms, _) = p.tune(&dev, args.launch_reps, |_| {}).map_err(|e| e.to_string())?;
-            let pick_ms = p.time(&dev, pick, args.launch_reps).map_err(|e| e.to_string())?;
+            let (best, best_ms, _) = p.tune(&dev, args.launch_reps, &mut flush, |_| {}).map_err(|e| e.to_string())?;
+            let pick_ms = p.time(&dev, pick, args.launch_reps, &mut flush).map_err(|e| e.to_string())?;
             println!("holdout {:<14} {:<22} {:<20} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick {}/{}; best {}/{})", k.kernel, name, k.layout, pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.block, pick.blocks_per_sm, best.block, best.blocks_per_sm);
         }
     }
