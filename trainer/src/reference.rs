@@ -119,7 +119,8 @@ pub fn init_params(c: &Config, seed: u64) -> Vec<f32> {
 
 // ---- the layers: forward and backward (llm.c's CPU kernels, in Rust) ----
 
-fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, c: usize) {
+/// LayerNorm (eps 1e-5) of n rows of c, statistics in f64; keeps mean and 1/std per row.
+pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, c: usize) {
     for i in 0..n {
         let x = &inp[i * c..(i + 1) * c];
         let m = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
@@ -133,8 +134,9 @@ fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &
     }
 }
 
+/// LayerNorm backward: dinp, dw and db accumulate (+=).
 #[allow(clippy::too_many_arguments)]
-fn layernorm_backward(dinp: &mut [f32], dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], mean: &[f32], rstd: &[f32], n: usize, c: usize) {
+pub fn layernorm_backward(dinp: &mut [f32], dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32], mean: &[f32], rstd: &[f32], n: usize, c: usize) {
     for i in 0..n {
         let (x, d) = (&inp[i * c..(i + 1) * c], &dout[i * c..(i + 1) * c]);
         let (m, s) = (mean[i], rstd[i]);

@@ -797,3 +797,57 @@ pub fn attention_check(dev: &Device, b: usize, t: usize, nh: usize, qkv: &[bf16]
     let d = |e| drv(e);
     Ok((st.clone_dtoh(&out).map_err(d("downloading"))?, st.clone_dtoh(&lse).map_err(d("downloading"))?, st.clone_dtoh(&dqkv).map_err(d("downloading"))?))
 }
+
+/// The LayerNorm kernels alone, on host data, without cuBLASLt (so compute-sanitizer racecheck
+/// can run them, as `attention_check` does for attention): the forward pass for mean and 1/std,
+/// then the backward of `dout`, fused (`gpt_layernorm_backward_fused_k*` + the fixed-order
+/// finalize) or separate (`gpt_layernorm_backward` + `gpt_colsum_partial` + finalize). dinp, dw
+/// and db accumulate onto `dinp0`, `dw0`, `db0`, as in the model. Returns (dinp, dw, db).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_check(dev: &Device, n: usize, c: usize, inp: &[bf16], dout: &[bf16], dinp0: &[bf16], w: &[f32], b: &[f32], dw0: &[f32], db0: &[f32], fused: bool) -> Result<(Vec<bf16>, Vec<f32>, Vec<f32>)> {
+    if c % 8 != 0 || c > 1280 || inp.len() != n * c || dout.len() != n * c || dinp0.len() != n * c || [w, b, dw0, db0].iter().any(|v| v.len() != c) {
+        return Err(Error::Shape { op: "layernorm_check", detail: format!("need C % 8 == 0, C <= 1280 and n x C = {n} x {c} rows, C-long w, b, dw0, db0") });
+    }
+    let st = dev.stream().clone();
+    let up = |what: &'static str| drv(what);
+    let (inp_d, dout_d) = (st.clone_htod(inp).map_err(up("uploading inp"))?, st.clone_htod(dout).map_err(up("uploading dout"))?);
+    let mut dinp = st.clone_htod(dinp0).map_err(up("uploading dinp"))?;
+    let (w_d, b_d) = (st.clone_htod(w).map_err(up("uploading w"))?, st.clone_htod(b).map_err(up("uploading b"))?);
+    let (mut dw, mut db) = (st.clone_htod(dw0).map_err(up("uploading dw"))?, st.clone_htod(db0).map_err(up("uploading db"))?);
+    let mut out = dev.alloc_poisoned::<bf16>(n * c)?;
+    let (mut mean, mut rstd) = (dev.alloc_poisoned::<f32>(n)?, dev.alloc_poisoned::<f32>(n)?);
+    let (ni, ci) = (n as i32, c as i32);
+    let cfg = |grid: (u32, u32, u32), block: (u32, u32, u32)| LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
+    let (rows, chunks) = if fused { (ln_chunk_rows(n), n.div_ceil(ln_chunk_rows(n))) } else { (CHUNK_ROWS, n.div_ceil(CHUNK_ROWS)) };
+    let mut partial = dev.alloc_poisoned::<f32>(2 * chunks * c)?;
+    let (rows_i, chunks_i) = (rows as i32, chunks as i32);
+    let fwd = dev.function("gpt_layernorm_forward")?;
+    let finalize = dev.function("gpt_colsum_finalize_wide")?;
+    // SAFETY: every buffer is sized from (n, c) as the kernels index it (cuda/gpt_layernorm.cu,
+    // cuda/gpt_elementwise.cu); `partial` holds 2 x chunks rows of c.
+    unsafe {
+        let mut l = st.launch_builder(&fwd);
+        l.arg(&mut out).arg(&mut mean).arg(&mut rstd).arg(&inp_d).arg(&w_d).arg(&b_d).arg(&ni).arg(&ci);
+        l.launch(cfg(GpuModel::blocks(n, 8), (256, 1, 1))).map_err(drv("launching gpt_layernorm_forward"))?;
+        if fused {
+            let f = dev.function(if c <= 768 { "gpt_layernorm_backward_fused_k3" } else if c <= 1024 { "gpt_layernorm_backward_fused_k4" } else { "gpt_layernorm_backward_fused_k5" })?;
+            let mut l = st.launch_builder(&f);
+            l.arg(&mut dinp).arg(&mut partial).arg(&dout_d).arg(&inp_d).arg(&mean).arg(&rstd).arg(&w_d).arg(&ni).arg(&ci).arg(&rows_i);
+            l.launch(cfg((chunks as u32, 1, 1), (256, 1, 1))).map_err(drv("launching gpt_layernorm_backward_fused"))?;
+        } else {
+            let bwd = dev.function("gpt_layernorm_backward")?;
+            let mut l = st.launch_builder(&bwd);
+            l.arg(&mut dinp).arg(&dout_d).arg(&inp_d).arg(&mean).arg(&rstd).arg(&w_d).arg(&ni).arg(&ci);
+            l.launch(cfg(GpuModel::blocks(n, 8), (256, 1, 1))).map_err(drv("launching gpt_layernorm_backward"))?;
+            let part = dev.function("gpt_colsum_partial")?;
+            let mut l = st.launch_builder(&part);
+            l.arg(&mut partial).arg(&dout_d).arg(&inp_d).arg(&mean).arg(&rstd).arg(&ni).arg(&ci).arg(&rows_i);
+            l.launch(cfg((c.div_ceil(64) as u32, chunks as u32, 1), (8, 32, 1))).map_err(drv("launching gpt_colsum_partial"))?;
+        }
+        let mut l = st.launch_builder(&finalize);
+        l.arg(&mut db).arg(&mut dw).arg(&partial).arg(&chunks_i).arg(&ci);
+        l.launch(cfg((c.div_ceil(32) as u32, 1, 1), (32, 32, 1))).map_err(drv("launching gpt_colsum_finalize_wide"))?;
+    }
+    let d = |e| drv(e);
+    Ok((st.clone_dtoh(&dinp).map_err(d("downloading"))?, st.clone_dtoh(&dw).map_err(d("downloading"))?, st.clone_dtoh(&db).map_err(d("downloading"))?))
+}
