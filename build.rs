@@ -40,7 +40,8 @@ fn main() {
     fs::write(&unit, body).unwrap();
 
     // A hash of what determines the tuned kernels (every source except those no shape table
-    // times: the GPT trainer's ops `gpt_*.cu` and the Ampere path `sparse_mma_sm80.cu`; the flags
+    // times: the GPT trainer's ops `gpt_*.cu`, the Ampere path `sparse_mma_sm80.cu` and the PTX
+    // helpers only those two use, `sm80_ptx.cuh`; the flags
     // below; the compiler version), independent of the build folder: shape tables name the kernel
     // build by it.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -56,7 +57,7 @@ fn main() {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy();
-            !name.starts_with("gpt_") && name != "sparse_mma_sm80.cu"
+            !name.starts_with("gpt_") && name != "sparse_mma_sm80.cu" && name != "sm80_ptx.cuh"
         })
         .collect();
     kernel_files.sort();

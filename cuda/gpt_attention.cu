@@ -22,6 +22,7 @@
 // with atomics, so every result is written once, in a fixed order: training is reproducible bit
 // for bit. The most expensive CTAs (last query tiles) are scheduled first.
 #include "common.cuh"
+#include "sm80_ptx.cuh"
 
 namespace attn {
 
@@ -33,15 +34,12 @@ constexpr int LDH = 72;  // smem row stride in bf16: 144 bytes, so ldmatrix's 8 
 constexpr int TILE = BT * LDH;
 constexpr float LOG2E = 1.4426950408889634f;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, zero-filled when !valid (the source is then not read).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+using sm80ptx::cp_async16;
+using sm80ptx::cp_async_commit;
+using sm80ptx::cp_async_wait;
+using sm80ptx::ldsm_x4;
+using sm80ptx::ldsm_x4_t;
+using sm80ptx::smem_u32;
 
 // Rows row0..row0+63 of a 64-wide slice of a (rows x stride) bf16 matrix into a smem tile; rows at
 // or past `rows` become zeros. 128 threads, 4 x 16 bytes each.
@@ -52,13 +50,6 @@ __device__ __forceinline__ void load_tile(bf16* dst, const bf16* src, long long 
         const bool ok = row0 + r < rows;
         cp_async16(dst + r * LDH + c, src + (long long)(ok ? row0 + r : 0) * stride + c, ok);
     }
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
 }
 
 __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {

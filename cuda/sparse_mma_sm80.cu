@@ -7,6 +7,7 @@
 // D (M x N, fp32, row-major) = A (M x K, 2:4 along K, compressed) * B (K x N, stored K-major:
 // element (k, n) at b[n * K + k], i.e. the X of a linear layer Y = X W^T).
 #include "common.cuh"
+#include "sm80_ptx.cuh"
 
 __device__ __forceinline__ uint32_t ld32(const uint16_t* p) {
     return *reinterpret_cast<const uint32_t*>(p);
@@ -77,13 +78,10 @@ constexpr int LDA = 40, LDB = 72;
 constexpr int A_ELEMS = BM * LDA, B_ELEMS = BN * LDB, META_WORDS = (BK / 32) * (BM / 16) * 16;
 constexpr int STAGE_BYTES = (A_ELEMS + B_ELEMS) * 2 + META_WORDS * 4;
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void cp16(void* dst, const void* src, bool ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0));
-}
-__device__ __forceinline__ void ldsm4(uint32_t r[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
-}
+using sm80ptx::cp_async16;
+using sm80ptx::cp_async_commit;
+using sm80ptx::cp_async_wait;
+using sm80ptx::ldsm_x4;
 
 }  // namespace sm80
 
@@ -116,20 +114,20 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
         for (int i = 0; i < 2; ++i) {
             const int idx = tid + i * 256, r = idx >> 2, c = (idx & 3) * 8;
             const bool ok = m0 + r < M;
-            cp16(sa + r * LDA + c, a_vals + (long long)(ok ? m0 + r : 0) * kh + kt * 32 + c, ok);
+            cp_async16(sa + r * LDA + c, a_vals + (long long)(ok ? m0 + r : 0) * kh + kt * 32 + c, ok);
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int idx = tid + i * 256, r = idx >> 3, c = (idx & 7) * 8;
             const bool ok = n0 + r < N;
-            cp16(sb + r * LDB + c, bt + (long long)(ok ? n0 + r : 0) * K + kt * BK + c, ok);
+            cp_async16(sb + r * LDB + c, bt + (long long)(ok ? n0 + r : 0) * K + kt * BK + c, ok);
         }
         if (tid < 64) {
             // word block (chunk cc, m16 block b) of the tile: 16 words = 4 x 16 B.
             const int cc = tid >> 5, b = (tid >> 2) & 7, q = tid & 3;
             const int rb = m0 / 16 + b;
             const bool ok = rb * 16 < M;
-            cp16(sm + (cc * 8 + b) * 16 + q * 4, a_meta + ((long long)(ok ? rb : 0) * chunks + kt * 2 + cc) * 16 + q * 4, ok);
+            cp_async16(sm + (cc * 8 + b) * 16 + q * 4, a_meta + ((long long)(ok ? rb : 0) * chunks + kt * 2 + cc) * 16 + q * 4, ok);
         }
     };
 
@@ -142,13 +140,13 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ktiles) load(s, s);
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
     }
     for (int kt = 0; kt < ktiles; ++kt) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));
+        cp_async_wait<STAGES - 2>();
         __syncthreads();  // stage kt % STAGES is in; every warp is done with the stage refilled next
         if (kt + STAGES - 1 < ktiles) load(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_async_commit();
         const int s = kt % STAGES;
         const uint16_t* sa = stage_a(s);
         const uint16_t* sb = stage_b(s);
@@ -158,12 +156,12 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
             uint32_t b[4][4];
 #pragma unroll
             for (int j = 0; j < 4; ++j)  // n8 tile j: rows wn*32 + 8j.. of B^T, k 32cc + 8q (q = lane / 8)
-                ldsm4(b[j], sb + (wn * 32 + j * 8 + (lane & 7)) * LDB + cc * 32 + (lane >> 3) * 8);
+                ldsm_x4(b[j], sb + (wn * 32 + j * 8 + (lane & 7)) * LDB + cc * 32 + (lane >> 3) * 8);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {  // m16 tile i: rows wm*64 + 16i..
                 uint32_t a[4];
                 const int mi = lane >> 3;
-                ldsm4(a, sa + (wm * 64 + i * 16 + (lane & 7) + (mi & 1) * 8) * LDA + cc * 16 + (mi >> 1) * 8);
+                ldsm_x4(a, sa + (wm * 64 + i * 16 + (lane & 7) + (mi & 1) * 8) * LDA + cc * 16 + (mi >> 1) * 8);
                 const uint32_t e = t < 2 ? sm[(cc * 8 + wm * 4 + i) * 16 + 2 * g + t] : 0u;
 #pragma unroll
                 for (int j = 0; j < 4; ++j)
@@ -175,7 +173,7 @@ extern "C" __global__ void __launch_bounds__(256) sparse_gemm_sm80(const uint16_
             }
         }
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    cp_async_wait<0>();
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
