@@ -369,20 +369,32 @@ fn sample_gpu(dev: twofour::Device, c: &Config, params: &[f32], n: usize, seed: 
     data::detokenize(&toks[1..]).map_err(|e| e.to_string())
 }
 
-/// A token drawn from softmax(logits) (temperature 1) with a counter-based uniform.
-fn draw(logits: &[f32], i: usize, seed: u64) -> u16 {
-    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&x| ((x - mx) as f64).exp()).sum();
+/// The uniform of sampling step `i`: Philox at counter (i, 0, "samp", 0) under the seed.
+fn sample_uniform(i: usize, seed: u64) -> f64 {
     let r = twofour::reference::philox::philox4x32([i as u32, 0, 0x73616d70, 0], [seed as u32, (seed >> 32) as u32]);
-    let u = twofour::reference::philox::unit_f32(r[0]) as f64;
+    twofour::reference::philox::unit_f32(r[0]) as f64
+}
+
+/// The token whose interval of the running sum of `probs` holds `u` (the last one when rounding
+/// leaves the sum short of u).
+fn pick_token(probs: impl ExactSizeIterator<Item = f64>, u: f64) -> u16 {
+    let last = probs.len().saturating_sub(1);
     let mut acc = 0f64;
-    for (j, &x) in logits.iter().enumerate() {
-        acc += ((x - mx) as f64).exp() / sum;
+    for (j, p) in probs.enumerate() {
+        acc += p;
         if u < acc {
             return j as u16;
         }
     }
-    (logits.len() - 1) as u16
+    last as u16
+}
+
+/// A token drawn from softmax(logits) (temperature 1), as `sample` draws from the reference's
+/// probabilities.
+fn draw(logits: &[f32], i: usize, seed: u64) -> u16 {
+    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| ((x - mx) as f64).exp()).sum();
+    pick_token(logits.iter().map(|&x| ((x - mx) as f64).exp() / sum), sample_uniform(i, seed))
 }
 
 /// Samples tokens from the model (temperature 1), starting from the end-of-text token.
@@ -392,18 +404,7 @@ fn sample(c: &Config, params: &[f32], n: usize, seed: u64) -> Result<String, dat
         let ctx: Vec<u16> = toks.iter().rev().take(c.max_seq).rev().cloned().collect();
         let (_, acts) = forward(c, params, &ctx, &[], 1, ctx.len());
         let probs = &acts.probs[(ctx.len() - 1) * c.vocab..ctx.len() * c.vocab];
-        let r = twofour::reference::philox::philox4x32([i as u32, 0, 0x73616d70, 0], [seed as u32, (seed >> 32) as u32]);
-        let u = twofour::reference::philox::unit_f32(r[0]);
-        let mut acc = 0f32;
-        let mut next = probs.len() - 1;
-        for (j, &p) in probs.iter().enumerate() {
-            acc += p;
-            if u < acc {
-                next = j;
-                break;
-            }
-        }
-        toks.push(next as u16);
+        toks.push(pick_token(probs.iter().map(|&p| p as f64), sample_uniform(i, seed)));
     }
     data::detokenize(&toks[1..])
 }
