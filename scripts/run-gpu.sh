@@ -51,6 +51,16 @@ done
   done
 done
 
+# RUN_TUNE=1: re-tune the embedded shape table (the command of docs/bench/tuning-h100.md) into
+# $OUT/h100.json (+ tuning.png, tune.log); copy it to tables/h100.json here after a kernel change.
+if [ "${RUN_TUNE:-0}" = 1 ] && [ -x "$pack/bin/twofour-tune" ]; then
+  "$pack/bin/twofour-tune" --model gpt2 --shapes llama7b.up:16384:4096:11008,llama7b.down:16384:11008:4096 \
+    --out "$out/h100.json" --holdout gpt2-medium.fc1@32k:32768:1024:4096,gpt2-large.fc2@8k:8192:5120:1280,llama7b.up@8k:8192:4096:11008 \
+    --report "$out/tuning.png" >"$out/tune.log" 2>&1
+  rc=$?
+  record "twofour-tune (shape table)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep '^tuned' "$out/tune.log")"
+fi
+
 # The kernels bench's PyTorch peers, measured first in the same call (read through KERNELS_PEER_JSON).
 if [ "${RUN_BENCHES:-1}" = 1 ] && [ "${RUN_PEER:-1}" = 1 ] && [ -x /opt/torch/.venv/bin/python ]; then
   case " ${SKIP_BENCHES:-} " in *" kernels "*) ;; *)
