@@ -122,6 +122,16 @@ __device__ __forceinline__ void zero(float acc[8][4]) {
     for (int n = 0; n < 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 }
 
+// acc (16 x 64, C fragments) = -v[column] in every row: an accumulator that starts at a
+// per-column offset, so the product lands already shifted (S - lse / scale, dP^T - D).
+__device__ __forceinline__ void fill_neg_cols(float acc[8][4], const float* v) {
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) acc[n][e] = acc[n][2 + e] = -v[n * 8 + 2 * t + e];
+}
+
 // Writes a warp's 16 x 64 accumulator (times `scale`) as bf16 rows row0.. of dst, if < rows.
 __device__ __forceinline__ void store_rows(bf16* dst, long long stride, const float acc[8][4], float s0, float s1, int row0, int rows) {
     const int l = threadIdx.x % 32, g = l / 4, t = l % 4;
@@ -383,10 +393,7 @@ extern "C" __global__ void __launch_bounds__(128, 3) gpt_attention_backward_dkdv
         // The accumulator starts at -lse / scale (per query column; sL holds lse / scale), so
         // it ends as (S - lse / scale) and P^T = 2^(acc scale log2 e).
         float p[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) p[n][e] = p[n][2 + e] = -L[n * 8 + 2 * t + e];
+        fill_neg_cols(p, L);
         mma_abt_mt<1>(reinterpret_cast<float(*)[8][4]>(p), ka, arow, q);
         const bool diag = qb == kb;
 #pragma unroll
@@ -409,10 +416,7 @@ extern "C" __global__ void __launch_bounds__(128, 3) gpt_attention_backward_dkdv
         // dP^T = V dO^T; dS^T = P^T (dP^T - D). The accumulator starts at -D (per query
         // column), so it ends as dP^T - D.
         float ds[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) ds[n][e] = ds[n][2 + e] = -Dq[n * 8 + 2 * t + e];
+        fill_neg_cols(ds, Dq);
         mma_abt_mt<1>(reinterpret_cast<float(*)[8][4]>(ds), va, arow, d);
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
