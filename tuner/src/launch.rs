@@ -7,7 +7,6 @@ use half::bf16;
 use twofour::launch::{Family, LaunchShape};
 use twofour::reference::Gate;
 use cudarc::driver::CudaSlice;
-use twofour::timing::{median, time_calls};
 use twofour::{Device, DeviceMatrix, Error, GatedLayout, Result, Sparse24};
 
 /// One kernel on one operand shape, with its inputs (two, rotated) and outputs.
@@ -122,15 +121,8 @@ impl Problem {
         Ok((best.0, best.1, default_ms))
     }
 
-    /// Median ms of `reps` calls, each after an L2 flush: without it these 15-100 us kernels were
-    /// timed together with the host's launch latency (the GPU idled between the start event and
-    /// the kernel), 2-4x the benches' numbers, and their launch shapes ranked by noise.
+    /// Median ms of `reps` calls on the two inputs in turn, each after an L2 flush.
     pub fn time(&mut self, dev: &Device, shape: LaunchShape, reps: usize, flush: &mut CudaSlice<u8>) -> Result<f64> {
-        let mut i = 0;
-        let t = time_calls(dev, 2, reps, Some(flush), || {
-            i += 1;
-            self.run(dev, shape, i % 2)
-        })?;
-        Ok(median(&t))
+        crate::median_alternating(dev, reps, flush, |which| self.run(dev, shape, which))
     }
 }

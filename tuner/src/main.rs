@@ -94,6 +94,21 @@ fn preset(name: &str, tokens: usize) -> Result<Vec<LinearShape>, String> {
     })
 }
 
+/// Median ms of `reps` calls of `run(which)`, `which` alternating 0 / 1 (two inputs, so no call
+/// finds its operands in L2 from the previous one), after 2 warm-up calls, each timed call after
+/// an L2 flush (`flush`, memset on the stream first): the GPU is busy with the flush while the
+/// host queues the call, so the events time the kernel rather than the host's launch latency.
+/// Without the flush the 15-100 us launch-shape kernels measured 2-4x the benches' numbers and
+/// their launch shapes ranked by noise.
+pub(crate) fn median_alternating(dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, mut run: impl FnMut(usize) -> twofour::Result<()>) -> twofour::Result<f64> {
+    let mut i = 0;
+    let t = time_calls(dev, 2, reps, Some(flush), || {
+        i += 1;
+        run(i % 2)
+    })?;
+    Ok(median(&t))
+}
+
 /// All candidate configurations for an M x N problem.
 fn candidates(m: usize) -> Vec<TileConfig> {
     let m_tiles = m.div_ceil(TileConfig::BM);
@@ -151,16 +166,8 @@ impl Problem {
         sparse_gemm(dev, &self.a, b, &mut self.d, &opts)
     }
 
-    /// Median ms of `reps` calls, each after an L2 flush (`flush`, memset on the stream first):
-    /// the GPU is busy with the flush while the host queues the call, so the events time the
-    /// kernel rather than the host's launch latency, from a cold L2 as in training.
     fn time(&mut self, dev: &Device, cfg: TileConfig, reps: usize, flush: &mut CudaSlice<u8>) -> twofour::Result<f64> {
-        let mut i = 0;
-        let t = time_calls(dev, 2, reps, Some(flush), || {
-            i += 1;
-            self.run(dev, cfg, i % 2)
-        })?;
-        Ok(median(&t))
+        median_alternating(dev, reps, flush, |which| self.run(dev, cfg, which))
     }
 
     /// The first 2^20 elements of D (a sample: downloading all of a 16384 x 6400 D per candidate
