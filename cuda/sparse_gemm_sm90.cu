@@ -319,15 +319,21 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES) + wg * 64 * 64;
             const uint32_t b_base = smem_u32(smem + S::B_OFF + s * S::B_BYTES);
             const uint32_t* e = reinterpret_cast<const uint32_t*>(smem + S::E_OFF + s * S::E_BYTES);
+            // Every register the wgmmas read (metadata words, descriptors, scale-d) is set before
+            // the fence: one written after it makes ptxas fence again before each wgmma (C7519).
+            uint32_t meta[BK / 32];
+            uint64_t da[BK / 32], db[BK / 32];
+#pragma unroll
+            for (int kk = 0; kk < BK / 32; ++kk) {
+                meta[kk] = e[e_word + kk * 16];
+                da[kk] = smem_desc(a_base + kk * 32, 16, 512, 2);
+                db[kk] = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1) : smem_desc(b_base + kk * 64, 16, 1024, 1);
+            }
+            const int first = kb == kb_begin;
             fence_acc(acc);
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < BK / 32; ++kk) {
-                const uint64_t da = smem_desc(a_base + kk * 32, 16, 512, 2);
-                const uint64_t db = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1)
-                                         : smem_desc(b_base + kk * 64, 16, 1024, 1);
-                Mma::mma(da, db, e[e_word + kk * 16], (kb - kb_begin) + kk != 0, acc);
-            }
+            for (int kk = 0; kk < BK / 32; ++kk) Mma::mma(da[kk], db[kk], meta[kk], kk != 0 || !first, acc);
             wgmma_commit();
             fence_acc(acc);
             // Keep this stage's wgmmas in flight; the previous stage's are done: release it.
