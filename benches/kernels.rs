@@ -114,7 +114,18 @@ fn main() {
         let peer = if gate == Gate::SwiGlu { peer_num(&peers, "swiglu_bwd_compile_ms") } else { None };
         push(Rec { kernel: format!("{gate:?} backward (token-major)"), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(10.0 * n), peer_ms: peer });
     }
-    drop((h_tm, dy_tm, y, dh));
+    // The backward fused with MVUE of its output (fc1's S(dH^T) for the dW GEMM): on top of the
+    // backward's 10 B per output element it writes S(dH^T): per dH element 1 B of kept values (two
+    // bf16 of every four), 1/8 B metadata, 1/8 B mask; two dH elements an output element: 2.5 B. The
+    // "peer" is the unfused pair: gated_backward, then mvue24_compress reading dH again.
+    let mut s_dht = twofour::Sparse24::alloc(&dev, 2 * f, t).unwrap();
+    let ms = time(&mut flush, &mut || twofour::gated_backward_mvue(&dev, Gate::SwiGlu, &h_tm, &dy_tm, &mut dh, 9, 1, &mut s_dht));
+    let separate = time(&mut flush, &mut || {
+        gated_backward(&dev, Gate::SwiGlu, GatedLayout::TokenMajor, &h_tm, &dy_tm, &mut dh)?;
+        mvue24_compress_into(&dev, &dh, 9, 1, &mut s_dht)
+    });
+    push(Rec { kernel: "SwiGlu backward + MVUE of dH (fused; peer = separate kernels)".into(), shape: format!("{t}x2*{f}"), ms, floor_ms: floor(12.5 * n), peer_ms: Some(separate) });
+    drop((h_tm, dy_tm, y, dh, s_dht));
     let h_fm = DeviceMatrix::from_host(&dev, 2 * f, t, &normal_bf16(3, t * 2 * f)).unwrap();
     let mut y = DeviceMatrix::<bf16>::poisoned(&dev, f, t).unwrap();
     let ms = time(&mut flush, &mut || gated_forward(&dev, Gate::SwiGlu, GatedLayout::FeatureMajor, &h_fm, &mut y));

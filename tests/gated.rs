@@ -3,7 +3,7 @@
 
 use half::bf16;
 use twofour::reference::{self, philox::normal_bf16, Gate};
-use twofour::{gated_backward, gated_forward, Device, DeviceMatrix, Error, GatedLayout};
+use twofour::{gated_backward, gated_backward_mvue, gated_forward, mvue24_compress_into, Device, DeviceMatrix, Error, GatedLayout, Sparse24};
 
 fn rel(got: &[bf16], want: &[f32]) -> f64 {
     reference::rel_error(got.iter().map(|g| g.to_f64()), want.iter().map(|&w| w as f64))
@@ -98,4 +98,36 @@ fn gated_rejects_bad_shapes() {
     let h = DeviceMatrix::from_host(&dev, 16, 32, &normal_bf16(1, 512)).unwrap();
     let mut y = DeviceMatrix::<bf16>::poisoned(&dev, 16, 8).unwrap();
     assert!(matches!(gated_forward(&dev, Gate::GeGlu, GatedLayout::TokenMajor, &h, &mut y), Err(Error::Shape { .. })));
+}
+
+/// The fused backward + MVUE writes the same dH as `gated_backward` and the same S(dH^T) as
+/// `mvue24_compress_into(dH)`, bit for bit, for both gates; outputs start poisoned.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gated_backward_mvue_is_backward_then_mvue() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    for (t, f) in [(64, 96), (96, 32), (32, 320)] {
+        for gate in [Gate::SwiGlu, Gate::GeGlu] {
+            let seed = (t * 7919 + f) as u64;
+            let h = DeviceMatrix::from_host(&dev, t, 2 * f, &normal_bf16(seed, t * 2 * f)).unwrap();
+            let dy = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(seed + 1, t * f)).unwrap();
+            let mut dh_ref = DeviceMatrix::<bf16>::poisoned(&dev, t, 2 * f).unwrap();
+            gated_backward(&dev, gate, GatedLayout::TokenMajor, &h, &dy, &mut dh_ref).unwrap();
+            let mut s_ref = Sparse24::alloc(&dev, 2 * f, t).unwrap();
+            mvue24_compress_into(&dev, &dh_ref, seed, 5, &mut s_ref).unwrap();
+            let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, t, 2 * f).unwrap();
+            let mut s = Sparse24::alloc(&dev, 2 * f, t).unwrap();
+            gated_backward_mvue(&dev, gate, &h, &dy, &mut dh, seed, 5, &mut s).unwrap();
+            let bits = |m: &DeviceMatrix<bf16>| m.to_host(&dev).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dh), bits(&dh_ref), "dH differs ({t} x {f}, {gate:?})");
+            let (a, b) = (s.to_host(&dev).unwrap(), s_ref.to_host(&dev).unwrap());
+            assert!(a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()) && a.meta == b.meta && a.mask.words() == b.mask.words(), "S(dH^T) differs ({t} x {f}, {gate:?})");
+        }
+    }
+    // Shapes MVUE cannot tile are refused with a typed error.
+    let h = DeviceMatrix::<bf16>::poisoned(&dev, 48, 64).unwrap();
+    let dy = DeviceMatrix::<bf16>::poisoned(&dev, 48, 32).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 48, 64).unwrap();
+    let mut s = Sparse24::alloc(&dev, 64, 48).unwrap();
+    assert!(matches!(gated_backward_mvue(&dev, Gate::SwiGlu, &h, &dy, &mut dh, 1, 1, &mut s), Err(Error::Unsupported { .. })));
 }
