@@ -124,10 +124,17 @@ fn gated_backward_mvue_is_backward_then_mvue() {
             assert!(a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()) && a.meta == b.meta && a.mask.words() == b.mask.words(), "S(dH^T) differs ({t} x {f}, {gate:?})");
         }
     }
-    // Shapes MVUE cannot tile are refused with a typed error.
-    let h = DeviceMatrix::<bf16>::poisoned(&dev, 48, 64).unwrap();
-    let dy = DeviceMatrix::<bf16>::poisoned(&dev, 48, 32).unwrap();
-    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 48, 64).unwrap();
-    let mut s = Sparse24::alloc(&dev, 64, 48).unwrap();
+    // Shapes MVUE cannot tile are refused with a typed error: F = 48 is not a multiple of 32
+    // (a valid Sparse24 of 96 x 32 exists, so only the kernel's own rule refuses it) ...
+    let h = DeviceMatrix::<bf16>::poisoned(&dev, 32, 96).unwrap();
+    let dy = DeviceMatrix::<bf16>::poisoned(&dev, 32, 48).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 32, 96).unwrap();
+    let mut s = Sparse24::alloc(&dev, 96, 32).unwrap();
     assert!(matches!(gated_backward_mvue(&dev, Gate::SwiGlu, &h, &dy, &mut dh, 1, 1, &mut s), Err(Error::Unsupported { .. })));
+    // ... and an S(dH^T) of the wrong shape is a shape error.
+    let h = DeviceMatrix::<bf16>::poisoned(&dev, 32, 64).unwrap();
+    let dy = DeviceMatrix::<bf16>::poisoned(&dev, 32, 32).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 32, 64).unwrap();
+    let mut s = Sparse24::alloc(&dev, 32, 64).unwrap();
+    assert!(matches!(gated_backward_mvue(&dev, Gate::SwiGlu, &h, &dy, &mut dh, 1, 1, &mut s), Err(Error::Shape { .. })));
 }
