@@ -149,6 +149,7 @@ fn main() {
     // the layer's three sparse GEMMs.
     let t = 16384usize;
     let (mut overhead, mut gemms) = (0.0, 0.0);
+    let mut mvue_fc1 = 0.0; // the standalone MVUE of fc1's dY, replaced below by the fused kernel's extra time
     for (d_in, d_out) in [(1024usize, 4096usize), (4096, 1024)] {
         let w = DeviceMatrix::from_host(&dev, d_out, d_in, &normal_bf16(7, d_in * d_out)).unwrap();
         let x = DeviceMatrix::from_host(&dev, t, d_in, &normal_bf16(8, t * d_in)).unwrap();
@@ -156,7 +157,11 @@ fn main() {
         let (mut sw, mut swt) = transposable_mask_compress(&dev, &w).unwrap();
         let mut s_dyt = Sparse24::alloc(&dev, d_out, t).unwrap();
         overhead += time(&mut flush, &mut || transposable_mask_compress_async(&dev, &w, &mut sw, &mut swt, None).map(drop));
-        overhead += time(&mut flush, &mut || mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt));
+        let mvue = time(&mut flush, &mut || mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt));
+        overhead += mvue;
+        if d_out == 4096 {
+            mvue_fc1 = mvue;
+        }
         let mut y = DeviceMatrix::<bf16>::poisoned(&dev, t, d_out).unwrap();
         let mut dx = DeviceMatrix::<bf16>::poisoned(&dev, t, d_in).unwrap();
         let mut dw = DeviceMatrix::<bf16>::poisoned(&dev, d_out, d_in).unwrap();
@@ -167,6 +172,25 @@ fn main() {
     }
     println!("budget (GPT-2 medium FFN, 16384 tokens): mask search + both compressions + MVUE {overhead:.3} ms vs three sparse GEMMs x 2 layers {gemms:.3} ms = {:.1}%", 100.0 * overhead / gemms);
     recs.push(Rec { kernel: "budget: mask+compress+mvue / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * overhead / gemms), ms: overhead, floor_ms: gemms, peer_ms: None });
+    // The same budget when fc1 is gated (SwiGLU: fc1's output H is 16384 x 4096, its dY = dH comes
+    // out of the gated backward) and its MVUE is fused into that backward: fc1's MVUE then costs
+    // only what gated_backward_mvue adds to gated_backward.
+    let (f, t) = (2048usize, 16384usize);
+    let h = DeviceMatrix::from_host(&dev, t, 2 * f, &normal_bf16(21, t * 2 * f)).unwrap();
+    let dy = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(22, t * f)).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, t, 2 * f).unwrap();
+    let mut s_dht = Sparse24::alloc(&dev, 2 * f, t).unwrap();
+    let plain = time(&mut flush, &mut || gated_backward(&dev, Gate::SwiGlu, GatedLayout::TokenMajor, &h, &dy, &mut dh));
+    let fused = time(&mut flush, &mut || twofour::gated_backward_mvue(&dev, Gate::SwiGlu, &h, &dy, &mut dh, 1, 1, &mut s_dht));
+    let fused_overhead = overhead - mvue_fc1 + (fused - plain).max(0.0);
+    println!(
+        "budget with fc1's MVUE fused into its SwiGLU backward ({:.3} ms fused vs {:.3} ms plain backward, instead of {:.3} ms MVUE): {fused_overhead:.3} ms = {:.1}%",
+        fused,
+        plain,
+        mvue_fc1,
+        100.0 * fused_overhead / gemms
+    );
+    recs.push(Rec { kernel: "budget, fc1 MVUE fused into its SwiGLU backward / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * fused_overhead / gemms), ms: fused_overhead, floor_ms: gemms, peer_ms: None });
 
     // The sm_80 path (mma.sp, cp.async, ldmatrix) on this GPU, against the wgmma.sp kernel on the
     // same forward GEMM (D^T = W X^T, f32 out for both). floor_ms: the time at the sparse

@@ -85,9 +85,11 @@ extern "C" __global__ void gated_backward(const uint16_t* __restrict__ h, const 
 // gated_backward writes it, and S(dH^T) (2F x tokens, 2:4 along tokens, the A operand of fc1's
 // dW GEMM) comes out of the same pass instead of a second read of dH by mvue24_compress. Bit for
 // bit the same as gated_backward followed by mvue24_compress(dH) with the same (seed, step).
-// One warp per 32 tokens x 32 features of y: lane = token; the up and gate gradients of those 32
-// features go through shared memory as two 32 x 32 tiles of dH (columns f and F + f) and are
-// sparsified by mvue::run_tile. F and tokens multiples of 32 (checked by the host).
+// One warp per 32 tokens x 32 features of y; the up and gate gradients of those 32 features go
+// through shared memory as two 32 x 32 tiles of dH (columns f and F + f) and are sparsified by
+// mvue::run_tile. Loads and stores: a quarter-warp covers one token's 64 contiguous bytes, so each
+// 16-byte access of the warp touches 8 rows (an access per lane per row made it 5x slower).
+// F and tokens multiples of 32 (checked by the host).
 template <int WARPS>
 __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
                                                         int tokens, int F, int kind, unsigned long long seed, unsigned int step,
@@ -95,17 +97,19 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
     __shared__ __align__(16) uint16_t tiles[WARPS][2][32][mvue::PITCH];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tiles_f = F / 32;
+    const int c = (lane & 3) * 8;  // this lane's 8 features of a row
     const long long total = (long long)(tokens / 32) * tiles_f;
     for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
         const int ti = (int)(id / tiles_f), tj = (int)(id % tiles_f);
-        const long long t = 32LL * ti + lane;
-        const long long up = t * 2 * F + 32 * tj, gate = up + F;
 #pragma unroll
-        for (int v = 0; v < 4; ++v) {
+        for (int it = 0; it < 4; ++it) {
+            const int r = it * 8 + (lane >> 2);  // token within the tile
+            const long long t = 32LL * ti + r;
+            const long long up = t * 2 * F + 32 * tj + c, gate = up + F;
             uint16_t u[8], g[8], d[8], du[8], dg[8];
-            *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(h + up + 8 * v);
-            *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(h + gate + 8 * v);
-            *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(dy + t * F + 32 * tj + 8 * v);
+            *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(h + up);
+            *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(h + gate);
+            *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(dy + t * F + 32 * tj + c);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {  // gated_backward's arithmetic, element for element
                 float a, da;
@@ -114,10 +118,10 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
                 du[j] = f32_to_bf16(dyj * a);
                 dg[j] = f32_to_bf16(dyj * bf16_to_f32(u[j]) * da);
             }
-            *reinterpret_cast<uint4*>(dh + up + 8 * v) = *reinterpret_cast<uint4*>(du);
-            *reinterpret_cast<uint4*>(dh + gate + 8 * v) = *reinterpret_cast<uint4*>(dg);
-            *reinterpret_cast<uint4*>(&tiles[warp][0][lane][8 * v]) = *reinterpret_cast<uint4*>(du);
-            *reinterpret_cast<uint4*>(&tiles[warp][1][lane][8 * v]) = *reinterpret_cast<uint4*>(dg);
+            *reinterpret_cast<uint4*>(dh + up) = *reinterpret_cast<uint4*>(du);
+            *reinterpret_cast<uint4*>(dh + gate) = *reinterpret_cast<uint4*>(dg);
+            *reinterpret_cast<uint4*>(&tiles[warp][0][r][c]) = *reinterpret_cast<uint4*>(du);
+            *reinterpret_cast<uint4*>(&tiles[warp][1][r][c]) = *reinterpret_cast<uint4*>(dg);
         }
         __syncwarp();
         // dH has 2F columns: the up tile is column tile tj, the gate tile F/32 + tj.

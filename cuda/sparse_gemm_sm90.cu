@@ -13,6 +13,11 @@
 //   warpgroups 1 and 2, consumers: rows 0-63 and 64-127 of the tile; per K block two
 //     wgmma.sp m64nBNk32, the metadata register read from shared memory (layout: docs/layout.md);
 //     one wgmma group stays in flight while the previous stage is released.
+//   clusters (CM = 2): the two CTAs of a cluster take vertically adjacent tiles of the same N
+//     tile; each producer loads its own A and metadata and half of the B stage, multicast into
+//     both CTAs' shared memory (PTX ISA 9.7.9.25.5.1, .multicast::cluster), so each SM pulls
+//     24 KB instead of 40 KB from L2 per 128x256 stage. A stage is free again only when the
+//     consumers of both CTAs released it: they arrive on both CTAs' `empty[s]` (count 16).
 //   epilogue: each consumer stages its 64 x BN accumulators through shared memory in 64 x 64
 //     chunks. bf16 output without beta: TMA stores from two alternating 128B-swizzled buffers, so
 //     the writes overlap the next tile's main loop. f32 output or beta != 0: coalesced 16-byte
@@ -57,7 +62,7 @@ struct Params {
     int m, n, k;
     int d_col_major;   // 0: D[m * N + n], 1: D[n * M + m]
     int d_f32;         // 0: bf16, 1: f32
-    int m_tiles, n_tiles;
+    int m_tiles, n_tiles;  // m_tiles counts cluster tiles of CM x 128 rows
     int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
     int group_m;       // raster: tiles run in groups of group_m M tiles, M fastest within a group
     int stream_k;      // 1: each CTA takes an equal share of all (tile, K block) iterations and adds
@@ -97,11 +102,50 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
         : "memory");
 }
 
+// The wait for a barrier that CTAs of the whole cluster arrive on (release.cluster): acquire at
+// cluster scope, so the peer consumers' reads of a stage happen before it is refilled.
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t phase) {
+    asm volatile(
+        "{\n.reg .pred done;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n}\n" ::"r"(smem_u32(bar)),
+        "r"(phase)
+        : "memory");
+}
+
 __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, uint64_t* bar, int c0, int c1) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
         ::"r"(smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1)
         : "memory");
+}
+
+// The same box into the same shared-memory offset of every CTA in `mask`; each destination's
+// mbarrier at `bar`'s offset gets the bytes it received.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const TensorMap* map, uint64_t* bar, int c0, int c1,
+                                                      uint16_t mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+        " [%0], [%1, {%3, %4}], [%2], %5;"
+        ::"r"(smem_u32(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "h"(mask)
+        : "memory");
+}
+
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+// Arrives on the mbarrier at `bar`'s offset in CTA `rank` of the cluster (this CTA included).
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(bar)), "r"(rank));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 __device__ __forceinline__ void tma_store_2d(const TensorMap* map, const void* src, int c0, int c1) {
@@ -170,41 +214,50 @@ struct Smem {
     static constexpr uint32_t TX_BYTES = A_BYTES + B_BYTES + E_BYTES;
 };
 
+// m0: the first row of this CTA's tile (a cluster tile spans CM x BM rows, rank r takes the r-th).
+template <int CM>
 __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, int& nt) {
+    // Read here, not kept in a register across the main loop (the consumers are at 168).
+    const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
     // Grouped raster: the CTAs of one wave cover about group_m M tiles x (SMs / group_m) N tiles,
     // so the A rows and B columns a wave needs stay in L2 (a slab of B is 4x one of compressed A,
     // the host picks group_m to balance the two). M runs fastest within a group.
     const int per_group = p.group_m * p.n_tiles;
     const int group = tile / per_group, rem = tile % per_group;
     const int gm = min(p.group_m, p.m_tiles - group * p.group_m);
-    m0 = (group * p.group_m + rem % gm) * BM;
+    m0 = ((group * p.group_m + rem % gm) * CM + rank) * BM;
     nt = rem / gm;
 }
 
-// The work of one CTA, as segments (tile, K blocks [kb_begin, kb_end)). Data-parallel: whole
-// tiles, blockIdx.x, + gridDim.x, ... Stream-K: a contiguous 1/gridDim.x share of the flattened
-// (tile, K block) space, so every SM gets the same amount of work whatever the tile count.
+// The work of one cluster (both of its CTAs run the same sequence), as segments (cluster tile,
+// K blocks [kb_begin, kb_end)). Data-parallel: whole tiles, cluster c, c + clusters, ...
+// Stream-K: a contiguous 1/clusters share of the flattened (tile, K block) space, so every SM
+// gets the same amount of work whatever the tile count.
+template <int CM>
 struct Schedule {
-    long long cur, end, step;
+    // 32-bit: the host refuses shapes with 2^31 or more (tile, K block) iterations; 64-bit
+    // division here made the 40-register producer spill.
+    int cur, end, step;
     int k_blocks;
     __device__ Schedule(const Params& p) : k_blocks(p.k / BK) {
-        const long long tiles = (long long)p.m_tiles * p.n_tiles;
+        const int tiles = p.m_tiles * p.n_tiles;
+        const int c = blockIdx.x / CM, clusters = gridDim.x / CM;
         if (p.stream_k) {
-            const long long total = tiles * k_blocks;
-            cur = total * blockIdx.x / gridDim.x;
-            end = total * (blockIdx.x + 1) / gridDim.x;
+            const long long total = (long long)tiles * k_blocks;
+            cur = (int)(total * c / clusters);
+            end = (int)(total * (c + 1) / clusters);
             step = 0;
         } else {
-            cur = (long long)blockIdx.x * k_blocks;
+            cur = c * k_blocks;
             end = tiles * k_blocks;
-            step = (long long)(gridDim.x - 1) * k_blocks;
+            step = (clusters - 1) * k_blocks;
         }
     }
     __device__ bool next(int& tile, int& kb_begin, int& kb_end) {
         if (cur >= end) return false;
-        tile = (int)(cur / k_blocks);
-        kb_begin = (int)(cur % k_blocks);
-        kb_end = (int)min((long long)k_blocks, kb_begin + (end - cur));
+        tile = cur / k_blocks;
+        kb_begin = cur % k_blocks;
+        kb_end = min(k_blocks, kb_begin + (end - cur));
         cur += (kb_end - kb_begin) + step;
         return true;
     }
@@ -292,7 +345,19 @@ __device__ __forceinline__ void stage_bf16(const Params& p, const float (&acc)[R
     }
 }
 
-template <int BN, int STAGES, int B_MN>
+// Releases stage s: one arrival per consumer warp on the empty barrier of every CTA that
+// multicasts into it (this one, and with CM = 2 the peer).
+template <int CM>
+__device__ __forceinline__ void release_stage(uint64_t* empty_s) {
+    if (CM == 1) {
+        mbar_arrive(empty_s);
+    } else {
+#pragma unroll
+        for (uint32_t r = 0; r < CM; ++r) mbar_arrive_cluster(empty_s, r);
+    }
+}
+
+template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg,
                                          const TensorMap* td) {
     using S = Smem<BN, STAGES>;
@@ -308,11 +373,11 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     float acc[Mma::kAccRegs];
     int s = 0;
     uint32_t phase = 0;
-    Schedule work(p);
+    Schedule<CM> work(p);
     int tile, kb_begin, kb_end;
     while (work.next(tile, kb_begin, kb_end)) {
         int m0, nt;
-        tile_coords(tile, p, m0, nt);
+        tile_coords<CM>(tile, p, m0, nt);
         const int n0 = nt * BN;
         for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&full[s], phase);
@@ -339,12 +404,12 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             // Keep this stage's wgmmas in flight; the previous stage's are done: release it.
             wgmma_wait<1>();
             fence_acc(acc);
-            if (kb > kb_begin && lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+            if (kb > kb_begin && lane == 0) release_stage<CM>(&empty[(s + STAGES - 1) % STAGES]);
             if (++s == STAGES) { s = 0; phase ^= 1; }
         }
         wgmma_wait<0>();
         fence_acc(acc);
-        if (lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+        if (lane == 0) release_stage<CM>(&empty[(s + STAGES - 1) % STAGES]);
 
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
@@ -379,7 +444,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
                 stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes -> TMA reads
                 named_barrier(1 + wg, 128);
-                if (tid == 0) {
+                if (tid == 0 && gm0 < p.m) {  // a tile wholly below M (odd M tiles, CM = 2) stores nothing
                     const int gn = n0 + chunk * EPI_COLS;
                     if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
                     else tma_store_2d(td, buf, gn, gm0);
@@ -405,27 +470,37 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
 
-template <int BN, int STAGES, int B_MN>
+template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
-                                         const TensorMap* ta, const TensorMap* tb, const TensorMap* te) {
+                                         const TensorMap* ta, const TensorMap* tb, const TensorMap* te, int rank) {
     using S = Smem<BN, STAGES>;
     int s = 0;
     uint32_t phase = 0;
-    Schedule work(p);
+    Schedule<CM> work(p);
     int tile, kb_begin, kb_end;
     while (work.next(tile, kb_begin, kb_end)) {
         int m0, nt;
-        tile_coords(tile, p, m0, nt);
+        tile_coords<CM>(tile, p, m0, nt);
         for (int kb = kb_begin; kb < kb_end; ++kb) {
-            mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
+            // The first pass through the ring finds every stage free.
+            if (CM == 1) mbar_wait(&empty[s], phase ^ 1);
+            else mbar_wait_cluster(&empty[s], phase ^ 1);
             mbar_expect_tx(&full[s], S::TX_BYTES);
             tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
-            if (B_MN) {
+            uint8_t* b_stage = smem + S::B_OFF + s * S::B_BYTES;
+            if (CM == 1) {
+                if (B_MN) {
+#pragma unroll
+                    for (int i = 0; i < BN / 64; ++i) tma_load_2d(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
+                } else {
+                    tma_load_2d(b_stage, tb, &full[s], kb * BK, nt * BN);
+                }
+            } else if (B_MN) {  // the 64-column blocks alternate between the two CTAs
 #pragma unroll
                 for (int i = 0; i < BN / 64; ++i)
-                    tma_load_2d(smem + S::B_OFF + s * S::B_BYTES + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
-            } else {
-                tma_load_2d(smem + S::B_OFF + s * S::B_BYTES, tb, &full[s], kb * BK, nt * BN);
+                    if (i % 2 == rank) tma_load_2d_multicast(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK, 0x3);
+            } else {  // rank r loads B rows r * BN/2 .. (the tensor map's box is BN/2 rows)
+                tma_load_2d_multicast(b_stage + rank * (BN / 2) * 128, tb, &full[s], kb * BK, nt * BN + rank * (BN / 2), 0x3);
             }
             tma_load_2d(smem + S::E_OFF + s * S::E_BYTES, te, &full[s], kb * (BK / 32) * 16, m0 / 16);
             if (++s == STAGES) { s = 0; phase ^= 1; }
@@ -434,9 +509,11 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
 }
 #endif  // TWOFOUR_SM90A
 
-template <int BN, int STAGES, int B_MN>
+template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te,
                                      const TensorMap* td) {
+    static_assert(CM == 1 || CM == 2, "clusters of 1 or 2 CTAs along M");
+    static_assert(CM == 1 || (BN / 2) % 8 == 0, "each CTA's half of a K-major B stage must be whole 1024-byte swizzle atoms");
 #ifdef TWOFOUR_SM90A
     using S = Smem<BN, STAGES>;
     extern __shared__ uint8_t smem_raw[];
@@ -448,17 +525,25 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     if (threadIdx.x == 0) {
         for (int i = 0; i < STAGES; ++i) {
             mbar_init(&full[i], 1);
-            mbar_init(&empty[i], 8);  // lane 0 of each of the 8 consumer warps
+            mbar_init(&empty[i], 8 * CM);  // lane 0 of each of the 8 consumer warps of every CTA of the cluster
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
+    // The peer multicasts into this CTA's stages and arrives on its barriers: both must exist first.
+    if (CM > 1) cluster_sync();
+    else __syncthreads();
+    const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (threadIdx.x == 0) producer<BN, STAGES, B_MN>(p, smem, full, empty, ta, tb, te);
+        if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        consumer<BN, STAGES, B_MN>(p, smem, full, empty, wg - 1, td);
+        consumer<BN, STAGES, B_MN, CM>(p, smem, full, empty, wg - 1, td);
+    }
+    // Neither CTA may exit while the peer can still arrive on its barriers.
+    if (CM > 1) {
+        __syncwarp();
+        cluster_sync();
     }
 #else
     __trap();  // sm_90a only: the Rust side never launches it elsewhere; if it does, fail loudly
@@ -467,15 +552,31 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 
 }  // namespace sm90
 
-// One kernel; tile width, pipeline depth and B's storage order are template parameters (TileConfig
-// and the B operand on the Rust side pick the instance by name: _k for K-major B, _n for N-major).
+// One kernel; tile width, pipeline depth, B's storage order and the cluster are template
+// parameters (TileConfig and the B operand on the Rust side pick the instance by name: _k for
+// K-major B, _n for N-major, _c2 for clusters of two CTAs sharing B).
 #define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES, B_MN, SUFFIX)                                            \
     extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                    \
         sparse_gemm_sm90_bn##BN##_s##STAGES##_##SUFFIX(                                               \
             const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
             const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
             sm90::Params p) {                                                                         \
-        sm90::gemm<BN, STAGES, B_MN>(p, &ta, &tb, &te, &td);                                          \
+        sm90::gemm<BN, STAGES, B_MN, 1>(p, &ta, &tb, &te, &td);                                       \
+    }
+// The cluster shape is compiled in (so a plain launch runs clusters); only for the sm_90a image,
+// the other images' copies of these kernels trap and are never launched.
+#ifdef TWOFOUR_SM90A
+#define TWOFOUR_CLUSTER_2X1 __cluster_dims__(2, 1, 1)
+#else
+#define TWOFOUR_CLUSTER_2X1
+#endif
+#define TWOFOUR_SPARSE_GEMM_SM90_C2(BN, STAGES, B_MN, SUFFIX)                                         \
+    extern "C" __global__ void TWOFOUR_CLUSTER_2X1 __launch_bounds__(sm90::THREADS, 1)                \
+        sparse_gemm_sm90_bn##BN##_s##STAGES##_c2_##SUFFIX(                                            \
+            const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
+            const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
+            sm90::Params p) {                                                                         \
+        sm90::gemm<BN, STAGES, B_MN, 2>(p, &ta, &tb, &te, &td);                                       \
     }
 
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k)
@@ -484,6 +585,10 @@ TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90(192, 5, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k)
+TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n)
+TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n)
 
 // Stream-K finalize: D = ws (+ bias[row]) (+ beta * D), elementwise in D's layout.
 extern "C" __global__ void sparse_gemm_finalize(const float* __restrict__ ws, void* d, const float* __restrict__ bias,

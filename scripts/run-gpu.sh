@@ -28,7 +28,8 @@ want() { [ -z "${TESTS:-}" ] && return 0; case " $TESTS " in *" $1 "*) return 0 
   n=$(basename "$t")
   want "$n" || continue
   log="$out/logs/$n.log"
-  "$t" --include-ignored --test-threads=1 >"$log" 2>&1
+  # A hang (say, a deadlocked pipeline) must not eat the whole device call.
+  timeout "${TEST_TIMEOUT:-300}" "$t" --include-ignored --test-threads=1 >"$log" 2>&1
   rc=$?
   record "test $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(summary "$log")"
 done
@@ -44,7 +45,7 @@ done
     # process dies inside them, reporting no hazard): racecheck only twofour's own gpt_* kernels there.
     filt=()
     [ "$n" = gpu ] && [ "$tool" = racecheck ] && filt=(--kernel-name kns=gpt_)
-    "$san" --tool "$tool" "${filt[@]}" --error-exitcode 99 --print-limit 20 "$t" --ignored --test-threads=1 >"$log" 2>&1
+    timeout "${SAN_TIMEOUT:-400}" "$san" --tool "$tool" "${filt[@]}" --error-exitcode 99 --print-limit 20 "$t" --ignored --test-threads=1 >"$log" 2>&1
     rc=$?
     errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
     record "$tool $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "${errs:-rc=$rc} $(summary "$log")"

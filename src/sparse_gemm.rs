@@ -15,16 +15,25 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-/// Tile shape, pipeline depth and raster order of the sm_90a kernel. `bn` and `stages` pick the
-/// compiled instance `sparse_gemm_sm90_bn{bn}_s{stages}_{k|n}`; tiles are 128 (M) x `bn` (N) x 64
-/// (K). `group_m` is the raster: tiles run in groups of `group_m` M tiles (M fastest within a
-/// group); 0 lets the library choose.
+/// Tile shape, pipeline depth, cluster and raster order of the sm_90a kernel. `bn`, `stages` and
+/// `cluster_m` pick the compiled instance `sparse_gemm_sm90_bn{bn}_s{stages}[_c2]_{k|n}`; tiles
+/// are 128 (M) x `bn` (N) x 64 (K). `cluster_m` = 2 runs clusters of two CTAs on vertically
+/// adjacent tiles that load each B stage once for both (TMA multicast). `group_m` is the raster:
+/// (cluster) tiles run in groups of `group_m` along M (M fastest within a group); 0 lets the
+/// library choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TileConfig {
     pub bn: u32,
     pub stages: u32,
     pub group_m: u32,
     pub schedule: Schedule,
+    /// CTAs per cluster along M (1 or 2); tables written before clusters existed mean 1.
+    #[serde(default = "one")]
+    pub cluster_m: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// How tiles are spread over the SMs.
@@ -41,11 +50,14 @@ pub enum Schedule {
 }
 
 impl TileConfig {
-    /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB.
-    pub const ALL: [TileConfig; 3] = [
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto },
-        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto },
+    /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
+    /// two wider ones also in clusters of two sharing B.
+    pub const ALL: [TileConfig; 5] = [
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
+        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2 },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2 },
     ];
 
     /// Whether `Schedule::Auto` picks stream-K. Never, for now: measured on the H100 the stream-K
@@ -58,7 +70,8 @@ impl TileConfig {
     pub const BK: usize = 64;
 
     fn kernel_name(self, b_n_major: bool) -> String {
-        format!("sparse_gemm_sm90_bn{}_s{}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
+        let c = if self.cluster_m == 2 { "_c2" } else { "" };
+        format!("sparse_gemm_sm90_bn{}_s{}{c}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
     }
 
     /// Dynamic shared memory the instance needs (mirrors `Smem` in the kernel).
@@ -78,13 +91,13 @@ impl TileConfig {
     /// The default for a shape the tuner's table does not cover: the instance with the least
     /// predicted time, waves x tile width (a wave of whole tiles costs about one tile's time),
     /// with a small per-tile penalty for the narrower tiles (each reads its A slab for fewer
-    /// columns). Ties go to the wider tile.
+    /// columns). Ties go to the wider tile. Clusters are left to the tuner's measurements.
     pub fn default_for(m: usize, n: usize, sms: usize) -> TileConfig {
         let cost = |c: &TileConfig| {
             let tiles = m.div_ceil(Self::BM) * n.div_ceil(c.bn as usize);
             tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 16.0)
         };
-        *Self::ALL.iter().min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
+        *Self::ALL.iter().filter(|c| c.cluster_m == 1).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
     }
 }
 
@@ -206,6 +219,26 @@ fn tensor_map_2d(
     Ok(TensorMap(map.opaque))
 }
 
+/// How many clusters of the instance `name` fit on the GPU at once (queried once per instance
+/// and device; clusters must sit within one GPC, so this can be below SMs / 2).
+fn max_active_clusters(dev: &Device, name: &str, f: &cudarc::driver::CudaFunction, smem: usize, sms: usize) -> Result<usize> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<(usize, String), usize>>> = OnceLock::new();
+    let key = (dev.context().ordinal(), name.to_string());
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(&n) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(n);
+    }
+    let cfg = LaunchConfig { grid_dim: (2 * sms as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+    let n = f.occupancy_max_active_clusters(cfg, dev.stream()).during(format!("querying how many clusters of {name} fit"))? as usize;
+    if n == 0 {
+        return Err(unsupported("sparse_gemm", format!("no cluster of {name} fits on this GPU; use a config with cluster_m = 1")));
+    }
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, n);
+    Ok(n)
+}
+
 /// The layout key of a shape table entry: how B is read and D written ("kmajor-colmajor" for the
 /// forward and input-gradient GEMMs of a linear layer, "nmajor-rowmajor" for the weight gradient).
 pub fn storage_layout(b_n_major: bool, d_col_major: bool) -> String {
@@ -256,7 +289,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
             .unwrap_or_else(|| TileConfig::default_for(m, n, sms))
     });
-    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages) {
+    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
 
@@ -271,14 +304,20 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     let tb = if b_n_major {
         tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, n64, k64, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
     } else {
-        tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64, n64, 64, cfg.bn, CU_TENSOR_MAP_SWIZZLE_128B)?
+        // In a cluster each CTA loads half of the stage's B rows (and multicasts them).
+        tensor_map_2d("B", pb, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, k64, n64, 64, cfg.bn / cfg.cluster_m, CU_TENSOR_MAP_SWIZZLE_128B)?
     };
     let te = tensor_map_2d("A metadata", pe, CU_TENSOR_MAP_DATA_TYPE_UINT32, 4, k64 / 2, m64 / 16, 32, 8, CU_TENSOR_MAP_SWIZZLE_NONE)?;
     let bias_ptr = match opts.bias {
         Some(b) => b.device_ptr(stream).0,
         None => 0,
     };
-    let (m_tiles, n_tiles) = (m.div_ceil(TileConfig::BM), n.div_ceil(cfg.bn as usize));
+    // Tiles as the kernel schedules them: cluster tiles of cluster_m x 128 rows.
+    let cm = cfg.cluster_m as usize;
+    let (m_tiles, n_tiles) = (m.div_ceil(TileConfig::BM * cm), n.div_ceil(cfg.bn as usize));
+    if m_tiles * n_tiles * (k / TileConfig::BK) >= 1 << 31 {
+        return Err(unsupported("sparse_gemm", format!("{m} x {n} x {k} has 2^31 or more (tile, K block) steps, beyond the kernel's 32-bit schedule; split the GEMM along N")));
+    }
     let group_m = if cfg.group_m > 0 { cfg.group_m as usize } else { cfg.auto_group_m(sms) }.clamp(1, m_tiles);
     let (pd, _gd) = {
         use cudarc::driver::DevicePtrMut;
@@ -326,7 +365,9 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     let smem = cfg.smem_bytes();
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .during("raising the kernel's shared-memory limit")?;
-    let grid = (m_tiles * n_tiles).min(sms) as u32;
+    // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
+    let slots = if cm == 1 { sms } else { cm * max_active_clusters(dev, &name, &f, smem, sms)? };
+    let grid = ((m_tiles * n_tiles) * cm).min(slots) as u32;
     let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
     let mut launcher = stream.launch_builder(&f);
     launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);

@@ -175,7 +175,7 @@ fn sparse_gemm_rejects_bad_input() {
     let bias = dev.upload(&[0f32; 7]).unwrap();
     let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &with_bias), Err(Error::Shape { .. })));
-    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto }), ..Default::default() };
+    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 }), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &odd), Err(Error::Unsupported { .. })));
     // The Ampere image has no wgmma: a clear error, not a launch.
     let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
