@@ -18,10 +18,12 @@ struct Args {
     shapes: Vec<LinearShape>,
     json: Option<String>,
     reps: usize,
+    /// Also print every compiled instance's time (stderr), not only the best.
+    all_configs: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20 };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -37,6 +39,7 @@ fn args() -> Args {
                 a.json = Some(v[i + 1].clone());
                 i += 1;
             }
+            "--all-configs" => a.all_configs = true,
             "--reps" => {
                 a.reps = v[i + 1].parse().unwrap_or(20);
                 i += 1;
@@ -136,6 +139,10 @@ fn main() {
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
                     let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
                     let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
+                    if a.all_configs {
+                        let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
+                        eprintln!("  {} {} bn{} c{} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), cfg.bn, cfg.cluster_m, ms, flop / ms / 1e9);
+                    }
                     if best.is_none_or(|b| ms < b.0) {
                         best = Some((ms, cfg));
                     }

@@ -219,6 +219,21 @@ fn tensor_map_2d(
     Ok(TensorMap(map.opaque))
 }
 
+/// How many CTAs of `cfg`'s instance the persistent grid runs at once on `dev`: one per SM, or
+/// for clusters as many whole clusters as fit (they must sit within one GPC).
+pub fn resident_ctas(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<usize> {
+    let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
+    if cfg.cluster_m <= 1 {
+        return Ok(sms);
+    }
+    let name = cfg.kernel_name(b_n_major);
+    let f = dev.function(&name)?;
+    let smem = cfg.smem_bytes();
+    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+        .during("raising the kernel's shared-memory limit")?;
+    Ok(cfg.cluster_m as usize * max_active_clusters(dev, &name, &f, smem, sms)?)
+}
+
 /// How many clusters of the instance `name` fit on the GPU at once (queried once per instance
 /// and device; clusters must sit within one GPC, so this can be below SMs / 2).
 fn max_active_clusters(dev: &Device, name: &str, f: &cudarc::driver::CudaFunction, smem: usize, sms: usize) -> Result<usize> {
