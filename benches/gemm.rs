@@ -25,6 +25,12 @@ struct Args {
     max_cluster: u32,
 }
 
+/// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
+fn config_name(c: &TileConfig) -> String {
+    let kind = if c.pingpong { "_pp" } else if c.cluster_m == 2 { "_c2" } else { "" };
+    format!("bn{}_s{}{kind}_{:?}", c.bn, c.stages, c.schedule)
+}
+
 fn args() -> Args {
     let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2 };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -148,7 +154,7 @@ fn main() {
                     let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
                     if a.all_configs {
                         let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
-                        eprintln!("  {} {} bn{} c{} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), cfg.bn, cfg.cluster_m, ms, flop / ms / 1e9);
+                        eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(&cfg), ms, flop / ms / 1e9);
                     }
                     if best.is_none_or(|b| ms < b.0) {
                         best = Some((ms, cfg));
@@ -201,7 +207,7 @@ fn main() {
                 format!("{dense_tf:.0}"),
                 fmt(cslt_tf),
                 ours_tf.map_or("-".into(), |o| format!("{:.2}", o / dense_tf)),
-                ours.map_or("-".into(), |(_, c)| format!("bn{} s{} {:?}", c.bn, c.stages, c.schedule))
+                ours.map_or("-".into(), |(_, c)| config_name(&c))
             );
             std::io::stdout().flush().ok();
             records.push(format!(
@@ -210,7 +216,7 @@ fn main() {
                 pass.name(),
                 ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
                 cslt_tf.map_or("null".into(), |v| format!("{v:.1}")),
-                ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}_{:?}\"", c.bn, c.stages, c.schedule))
+                ours.map_or("null".into(), |(_, c)| format!("\"{}\"", config_name(&c)))
             ));
         }
         write_json(&a.json, &dev, commit, &records);

@@ -30,6 +30,11 @@ pub struct TileConfig {
     /// CTAs per cluster along M (1 or 2); tables written before clusters existed mean 1.
     #[serde(default = "one")]
     pub cluster_m: u32,
+    /// Ping-pong consumers: each of the two consumer warpgroups owns whole 128 x `bn` tiles and
+    /// their main loops take turns, so one tile's epilogue runs under the next tile's MMAs
+    /// (instance `_pp`; data-parallel only).
+    #[serde(default)]
+    pub pingpong: bool,
 }
 
 fn one() -> u32 {
@@ -51,13 +56,14 @@ pub enum Schedule {
 
 impl TileConfig {
     /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
-    /// two wider ones also in clusters of two sharing B.
-    pub const ALL: [TileConfig; 5] = [
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
-        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2 },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2 },
+    /// two wider ones also in clusters of two sharing B, and 128 x 128 with ping-pong consumers.
+    pub const ALL: [TileConfig; 6] = [
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
+        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false },
+        TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true },
     ];
 
     /// Whether `Schedule::Auto` picks stream-K. Never, for now: measured on the H100 the stream-K
@@ -70,7 +76,7 @@ impl TileConfig {
     pub const BK: usize = 64;
 
     fn kernel_name(self, b_n_major: bool) -> String {
-        let c = if self.cluster_m == 2 { "_c2" } else { "" };
+        let c = if self.pingpong { "_pp" } else if self.cluster_m == 2 { "_c2" } else { "" };
         format!("sparse_gemm_sm90_bn{}_s{}{c}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
     }
 
@@ -97,7 +103,7 @@ impl TileConfig {
             let tiles = m.div_ceil(Self::BM) * n.div_ceil(c.bn as usize);
             tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 16.0)
         };
-        *Self::ALL.iter().filter(|c| c.cluster_m == 1).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
+        *Self::ALL.iter().filter(|c| c.cluster_m == 1 && !c.pingpong).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
     }
 }
 
@@ -304,7 +310,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
             .unwrap_or_else(|| TileConfig::default_for(m, n, sms))
     });
-    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m) {
+    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
 
@@ -339,10 +345,13 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         d.data_mut().device_ptr_mut(stream)
     };
     let stream_k = match cfg.schedule {
-        Schedule::Auto => TileConfig::wants_stream_k(m_tiles * n_tiles, sms),
+        Schedule::Auto => TileConfig::wants_stream_k(m_tiles * n_tiles, sms) && !cfg.pingpong,
         Schedule::DataParallel => false,
         Schedule::StreamK => true,
     };
+    if stream_k && cfg.pingpong {
+        return Err(unsupported("sparse_gemm", format!("{cfg:?}: the ping-pong instance runs whole tiles only; use Schedule::DataParallel or Auto")));
+    }
     let mut ws = if stream_k { Some(stream.alloc_zeros::<f32>(m * n).during("allocating the stream-K workspace")?) } else { None };
     let ws_ptr = match ws.as_mut() {
         Some(w) => {
