@@ -267,8 +267,9 @@ pub fn storage_layout(b_n_major: bool, d_col_major: bool) -> String {
 }
 
 /// D = A * B (+ bias) (+ beta D). A: Sparse24, M x K. B: see `BOperand`. `d`: M x N (row-major)
-/// or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8, a Hopper GPU
-/// with the native kernel image.
+/// or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8. Hopper with the
+/// native image runs the wgmma.sp kernel; sm_80+ otherwise (or with the Ampere image forced)
+/// runs the mma.sp kernels with the same options (its speed measured on an H100 only).
 pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
     let (m, k) = (a.rows(), a.cols());
     let (bk, n) = b.kn();
@@ -297,12 +298,14 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             return Err(shape("sparse_gemm", format!("bias has {} entries, D has {m} rows", b.len())));
         }
     }
-    let (major, _) = dev.compute_capability();
+    let (major, minor) = dev.compute_capability();
     if major != 9 || dev.image() != KernelImage::Native {
-        return Err(unsupported(
-            "sparse_gemm",
-            format!("the wgmma.sp kernel needs a Hopper GPU (sm_90) and the native kernel image; this is sm_{}{} with {:?}", major, dev.compute_capability().1, dev.image()),
-        ));
+        // Not Hopper, or the Ampere image forced (TWOFOUR_FORCE_AMPERE=1): the warp-level mma.sp
+        // kernels (sm_80 and up), same options; `opts.config` is the wgmma kernel's and unused.
+        if major >= 8 {
+            return crate::sparse_mma_sm80::gemm_sm80(dev, a, b, d, opts);
+        }
+        return Err(unsupported("sparse_gemm", format!("2:4 sparse tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}")));
     }
     let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
     let cfg = opts.config.unwrap_or_else(|| {

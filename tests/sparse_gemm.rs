@@ -95,7 +95,12 @@ fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, 
 }
 
 fn run(cases: u32, f32_out: bool) {
-    let dev = Device::new(0).expect("a CUDA GPU");
+    run_on(&Device::new(0).expect("a CUDA GPU"), cases, f32_out);
+}
+
+/// The proptest on `dev` (with the Ampere image, `sparse_gemm` runs the mma.sp kernels and the
+/// drawn TileConfig is unused).
+fn run_on(dev: &Device, cases: u32, f32_out: bool) {
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
     let strat = ((1usize..=40, 1usize..=97, 1usize..=16, any::<u64>()), (any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..TileConfig::ALL.len(), any::<bool>()));
     runner
@@ -185,12 +190,25 @@ fn sparse_gemm_rejects_bad_input() {
     let pp_sk = GemmOptions { config: Some(TileConfig { schedule: Schedule::StreamK, ..TileConfig::ALL[5] }), ..Default::default() };
     assert!(TileConfig::ALL[5].pingpong);
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &pp_sk), Err(Error::Unsupported { .. })));
-    // The Ampere image has no wgmma: a clear error, not a launch.
+    // The Ampere image (no wgmma) takes the mma.sp kernels, with the same rules.
     let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
     let a = prune24_compress(&amp, &DeviceMatrix::from_host(&amp, 32, 64, &normal_bf16(1, 2048)).unwrap()).unwrap();
     let b = DeviceMatrix::from_host(&amp, 16, 64, &normal_bf16(2, 1024)).unwrap();
     let mut d = DeviceMatrix::<f32>::poisoned(&amp, 32, 16).unwrap();
-    assert!(matches!(sparse_gemm(&amp, &a, BOperand::KMajor(&b), &mut d, &opts), Err(Error::Unsupported { .. })));
+    assert!(sparse_gemm(&amp, &a, BOperand::KMajor(&b), &mut d, &opts).is_ok());
+    let b12 = DeviceMatrix::from_host(&amp, 12, 64, &normal_bf16(2, 768)).unwrap();
+    let mut d12 = DeviceMatrix::<f32>::poisoned(&amp, 32, 12).unwrap();
+    assert!(matches!(sparse_gemm(&amp, &a, BOperand::KMajor(&b12), &mut d12, &opts), Err(Error::Unsupported { .. })));
+}
+
+/// Every layout and option of `sparse_gemm` on the Ampere image (compute_80 PTX, mma.sp kernels)
+/// against the CPU reference: the sm_80 path, tested on the H100 (no A100 is lent).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_ampere_image_matches_reference() {
+    let amp = Device::with_image(0, KernelImage::Ampere).expect("a CUDA GPU");
+    run_on(&amp, 24, true);
+    run_on(&amp, 24, false);
 }
 
 /// The three GEMMs of a sparse linear layer against the reference linear-layer functions.
