@@ -62,9 +62,9 @@ fn pick_by_counting_is_the_walk() {
     use reference::mvue::{group_weights, systematic_pick, systematic_pick_counting};
     let special = [0.0f32, -0.0, 1.0, -1.0, 2.0, 3.0, 1e-45, 1e-30, 1e30, 3e38, f32::INFINITY, f32::NAN, 0.5, 0.25];
     let value = prop_oneof![
-        4 => (-4.0f32..4.0),
+        4 => -4.0f32..4.0,
         1 => prop::sample::select(special.to_vec()),
-        1 => (-1e-38f32..1e-38),
+        1 => -1e-38f32..1e-38,
     ];
     let u = prop_oneof![
         6 => (0u32..1 << 24).prop_map(|x| x as f32 / 16_777_216.0),
