@@ -475,7 +475,9 @@ __device__ __forceinline__ void ring_advance(int& s, uint32_t& phase, int n) {
 }
 
 // Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D, as the
-// cooperative consumer's epilogue does for its half.
+// cooperative consumer's epilogue does for its half. (That epilogue keeps its own inline copy:
+// routing it through this function changed the measured kernels' PTX, register allocation and
+// vector stores included; fold them together when both are re-measured.)
 template <int BN, int R>
 __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
                                            int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
