@@ -2,7 +2,7 @@
 //! in the three GEMMs of a linear layer. One process, random bf16 data, warm-up, median of
 //! repeats with L2 flushed before each. TFLOP/s are dense-equivalent (2 M N K / time).
 //!
-//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2]
+//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--stream-k]
 //! (cargo bench passes --bench, which is ignored.)
 
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
@@ -23,6 +23,8 @@ struct Args {
     /// Only instances with cluster_m at most this (1: skip the cluster instances, which the
     /// tuner never picked on the H100; halves the sweep's time).
     max_cluster: u32,
+    /// Also time each single-CTA cooperative instance with the stream-K schedule.
+    stream_k: bool,
 }
 
 /// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
@@ -32,7 +34,7 @@ fn config_name(c: &TileConfig) -> String {
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2 };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -49,6 +51,7 @@ fn args() -> Args {
                 i += 1;
             }
             "--all-configs" => a.all_configs = true,
+            "--stream-k" => a.stream_k = true,
             "--max-cluster" => {
                 a.max_cluster = v[i + 1].parse().unwrap_or(2);
                 i += 1;
@@ -147,7 +150,8 @@ fn main() {
                 };
                 let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
                 let mut best: Option<(f64, TileConfig)> = None;
-                let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c });
+                let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && c.cluster_m == 1 && !c.pingpong).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
+                let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
                 for cfg in candidates {
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
                     let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };

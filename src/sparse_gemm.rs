@@ -355,60 +355,64 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     if stream_k && cfg.pingpong {
         return Err(unsupported("sparse_gemm", format!("{cfg:?}: the ping-pong instance runs whole tiles only; use Schedule::DataParallel or Auto")));
     }
-    let mut ws = if stream_k { Some(stream.alloc_zeros::<f32>(m * n).during("allocating the stream-K workspace")?) } else { None };
-    let ws_ptr = match ws.as_mut() {
-        Some(w) => {
-            use cudarc::driver::DevicePtrMut;
-            w.device_ptr_mut(stream).0
+    let run = |ws_ptr: u64| -> Result<()> {
+        // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
+        let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && !stream_k;
+        let td = if tma_store {
+            let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
+            tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
+        } else {
+            TensorMap([0; 16])
+        };
+        let params = Params {
+            d: pd,
+            bias: bias_ptr,
+            beta: opts.beta,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            d_col_major: col as i32,
+            d_f32: T::IS_F32,
+            m_tiles: m_tiles as i32,
+            n_tiles: n_tiles as i32,
+            tma_store: tma_store as i32,
+            group_m: group_m as i32,
+            stream_k: stream_k as i32,
+            ws: ws_ptr,
+        };
+        let name = cfg.kernel_name(b_n_major);
+        let f = dev.function(&name)?;
+        let smem = cfg.smem_bytes();
+        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .during("raising the kernel's shared-memory limit")?;
+        // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
+        let slots = if cm == 1 { sms } else { cm * max_active_clusters(dev, &name, &f, smem, sms)? };
+        let grid = ((m_tiles * n_tiles) * cm).min(slots) as u32;
+        let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+        let mut launcher = stream.launch_builder(&f);
+        launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
+        // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
+        // kernel's struct; D has dr x dc elements of T as Params says.
+        unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
+        if stream_k {
+            let f = dev.function("sparse_gemm_finalize")?;
+            let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
+            let mut l = stream.launch_builder(&f);
+            l.arg(&ws_ptr).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
+            // SAFETY: ws and D both hold m * n elements in D's layout; bias has m entries or is null.
+            unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
         }
-        None => 0,
+        Ok(())
     };
-    // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
-    let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && !stream_k;
-    let td = if tma_store {
-        let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
-        tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
+    if stream_k {
+        // The f32 workspace partial tiles meet in: the device's kept scratch, zeroed on the stream.
+        dev.with_zeroed_scratch(m * n, |ws| {
+            use cudarc::driver::DevicePtrMut;
+            let (ptr, _guard) = ws.device_ptr_mut(stream);
+            run(ptr)
+        })
     } else {
-        TensorMap([0; 16])
-    };
-    let params = Params {
-        d: pd,
-        bias: bias_ptr,
-        beta: opts.beta,
-        m: m as i32,
-        n: n as i32,
-        k: k as i32,
-        d_col_major: col as i32,
-        d_f32: T::IS_F32,
-        m_tiles: m_tiles as i32,
-        n_tiles: n_tiles as i32,
-        tma_store: tma_store as i32,
-        group_m: group_m as i32,
-        stream_k: stream_k as i32,
-        ws: ws_ptr,
-    };
-    let name = cfg.kernel_name(b_n_major);
-    let f = dev.function(&name)?;
-    let smem = cfg.smem_bytes();
-    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-        .during("raising the kernel's shared-memory limit")?;
-    // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
-    let slots = if cm == 1 { sms } else { cm * max_active_clusters(dev, &name, &f, smem, sms)? };
-    let grid = ((m_tiles * n_tiles) * cm).min(slots) as u32;
-    let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
-    let mut launcher = stream.launch_builder(&f);
-    launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
-    // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
-    // kernel's struct; D has dr x dc elements of T as Params says.
-    unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
-    if let Some(ws) = ws.as_ref() {
-        let f = dev.function("sparse_gemm_finalize")?;
-        let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
-        let mut l = stream.launch_builder(&f);
-        l.arg(ws).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
-        // SAFETY: ws and D both hold m * n elements in D's layout; bias has m entries or is null.
-        unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
+        run(0)
     }
-    Ok(())
 }
