@@ -416,3 +416,33 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         run(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tables written before clusters existed (no `cluster_m` in their configs) still load, as
+    /// single-CTA configs.
+    #[test]
+    fn configs_without_cluster_m_mean_single_ctas() {
+        let old = r#"{"bn": 192, "stages": 5, "group_m": 8, "schedule": "DataParallel"}"#;
+        let cfg: TileConfig = serde_json::from_str(old).expect("an old-format config");
+        assert_eq!(cfg, TileConfig { group_m: 8, schedule: Schedule::DataParallel, ..TileConfig::ALL[1] });
+        assert_eq!(cfg.cluster_m, 1);
+        let back: TileConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    /// The untuned default picks among the single-CTA instances only (clusters are the tuner's
+    /// call) and names compiled kernels.
+    #[test]
+    fn default_config_is_a_single_cta_instance() {
+        for (m, n) in [(768, 16384), (3072, 768), (6400, 1600), (11008, 16384), (16, 8)] {
+            let cfg = TileConfig::default_for(m, n, 132);
+            assert_eq!(cfg.cluster_m, 1, "{m} x {n}: {cfg:?}");
+            assert!(TileConfig::ALL.contains(&cfg), "{m} x {n}: {cfg:?} is not compiled");
+        }
+        assert_eq!(TileConfig::ALL[3].kernel_name(false), "sparse_gemm_sm90_bn256_s4_c2_k");
+        assert_eq!(TileConfig::ALL[0].kernel_name(true), "sparse_gemm_sm90_bn256_s4_n");
+    }
+}
