@@ -79,14 +79,17 @@ impl Device {
     /// it by the stream). The buffer grows when needed and is kept for later calls.
     pub fn with_zeroed_scratch<R>(&self, len: usize, f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>) -> Result<R> {
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|b| b.len() < len) {
-            *guard = None; // free the smaller buffer first
-            *guard = Some(self.stream.alloc_zeros::<f32>(len).during("allocating the scratch buffer")?);
-        } else if let Some(b) = guard.as_mut() {
-            let mut view = b.slice_mut(..len);
-            self.stream.memset_zeros(&mut view).during("zeroing the scratch buffer")?;
-        }
-        f(guard.as_mut().expect("allocated above"))
+        let buf = match guard.take() {
+            Some(mut b) if b.len() >= len => {
+                self.stream.memset_zeros(&mut b.slice_mut(..len)).during("zeroing the scratch buffer")?;
+                b
+            }
+            smaller => {
+                drop(smaller); // free it before allocating the larger one
+                self.stream.alloc_zeros::<f32>(len).during("allocating the scratch buffer")?
+            }
+        };
+        f(guard.insert(buf))
     }
 
     /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".

@@ -225,19 +225,36 @@ fn tensor_map_2d(
     Ok(TensorMap(map.opaque))
 }
 
-/// How many CTAs of `cfg`'s instance the persistent grid runs at once on `dev`: one per SM, or
-/// for clusters as many whole clusters as fit (they must sit within one GPC).
-pub fn resident_ctas(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<usize> {
-    let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
-    if cfg.cluster_m <= 1 {
-        return Ok(sms);
-    }
+/// The SM count, as a typed error when the driver cannot say (the grid depends on it).
+fn sm_count(dev: &Device) -> Result<usize> {
+    Ok(dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize)
+}
+
+/// `cfg`'s compiled instance, its name and dynamic shared memory, with the function's
+/// shared-memory limit raised to that.
+fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<(String, cudarc::driver::CudaFunction, usize)> {
     let name = cfg.kernel_name(b_n_major);
     let f = dev.function(&name)?;
     let smem = cfg.smem_bytes();
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .during("raising the kernel's shared-memory limit")?;
-    Ok(cfg.cluster_m as usize * max_active_clusters(dev, &name, &f, smem, sms)?)
+    Ok((name, f, smem))
+}
+
+/// CTAs resident at once: one per SM, or as many whole clusters as fit times their size.
+fn slots(dev: &Device, cfg: TileConfig, name: &str, f: &cudarc::driver::CudaFunction, smem: usize, sms: usize) -> Result<usize> {
+    if cfg.cluster_m <= 1 {
+        return Ok(sms);
+    }
+    Ok(cfg.cluster_m as usize * max_active_clusters(dev, name, f, smem, sms)?)
+}
+
+/// How many CTAs of `cfg`'s instance the persistent grid runs at once on `dev`: one per SM, or
+/// for clusters as many whole clusters as fit (they must sit within one GPC).
+pub fn resident_ctas(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<usize> {
+    let sms = sm_count(dev)?;
+    let (name, f, smem) = instance(dev, cfg, b_n_major)?;
+    slots(dev, cfg, &name, &f, smem, sms)
 }
 
 /// How many clusters of the instance `name` fit on the GPU at once (queried once per instance
@@ -307,7 +324,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         }
         return Err(unsupported("sparse_gemm", format!("2:4 sparse tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}")));
     }
-    let sms = dev.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).during("reading the SM count")? as usize;
+    let sms = sm_count(dev)?;
     let cfg = opts.config.unwrap_or_else(|| {
         crate::shape_table::active(dev.name(), dev.compute_capability())
             .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
@@ -380,14 +397,9 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             stream_k: stream_k as i32,
             ws: ws_ptr,
         };
-        let name = cfg.kernel_name(b_n_major);
-        let f = dev.function(&name)?;
-        let smem = cfg.smem_bytes();
-        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .during("raising the kernel's shared-memory limit")?;
+        let (name, f, smem) = instance(dev, cfg, b_n_major)?;
         // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
-        let slots = if cm == 1 { sms } else { cm * max_active_clusters(dev, &name, &f, smem, sms)? };
-        let grid = ((m_tiles * n_tiles) * cm).min(slots) as u32;
+        let grid = ((m_tiles * n_tiles) * cm).min(slots(dev, cfg, &name, &f, smem, sms)?) as u32;
         let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);
         launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
