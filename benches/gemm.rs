@@ -2,7 +2,7 @@
 //! in the three GEMMs of a linear layer. One process, random bf16 data, warm-up, median of
 //! repeats with L2 flushed before each. TFLOP/s are dense-equivalent (2 M N K / time).
 //!
-//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2]
+//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--stream-k]
 //! (cargo bench passes --bench, which is ignored.)
 
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
@@ -23,10 +23,18 @@ struct Args {
     /// Only instances with cluster_m at most this (1: skip the cluster instances, which the
     /// tuner never picked on the H100; halves the sweep's time).
     max_cluster: u32,
+    /// Also time each single-CTA cooperative instance with the stream-K schedule.
+    stream_k: bool,
+}
+
+/// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
+fn config_name(c: &TileConfig) -> String {
+    let kind = if c.pingpong { "_pp" } else if c.cluster_m == 2 { "_c2" } else { "" };
+    format!("bn{}_s{}{kind}_{:?}", c.bn, c.stages, c.schedule)
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2 };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -43,6 +51,7 @@ fn args() -> Args {
                 i += 1;
             }
             "--all-configs" => a.all_configs = true,
+            "--stream-k" => a.stream_k = true,
             "--max-cluster" => {
                 a.max_cluster = v[i + 1].parse().unwrap_or(2);
                 i += 1;
@@ -141,14 +150,15 @@ fn main() {
                 };
                 let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
                 let mut best: Option<(f64, TileConfig)> = None;
-                let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c });
+                let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && c.cluster_m == 1 && !c.pingpong).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
+                let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
                 for cfg in candidates {
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
                     let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
                     let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
                     if a.all_configs {
                         let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
-                        eprintln!("  {} {} bn{} c{} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), cfg.bn, cfg.cluster_m, ms, flop / ms / 1e9);
+                        eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(&cfg), ms, flop / ms / 1e9);
                     }
                     if best.is_none_or(|b| ms < b.0) {
                         best = Some((ms, cfg));
@@ -201,7 +211,7 @@ fn main() {
                 format!("{dense_tf:.0}"),
                 fmt(cslt_tf),
                 ours_tf.map_or("-".into(), |o| format!("{:.2}", o / dense_tf)),
-                ours.map_or("-".into(), |(_, c)| format!("bn{} s{} {:?}", c.bn, c.stages, c.schedule))
+                ours.map_or("-".into(), |(_, c)| config_name(&c))
             );
             std::io::stdout().flush().ok();
             records.push(format!(
@@ -210,7 +220,7 @@ fn main() {
                 pass.name(),
                 ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
                 cslt_tf.map_or("null".into(), |v| format!("{v:.1}")),
-                ours.map_or("null".into(), |(_, c)| format!("\"bn{}_s{}_{:?}\"", c.bn, c.stages, c.schedule))
+                ours.map_or("null".into(), |(_, c)| format!("\"{}\"", config_name(&c)))
             ));
         }
         write_json(&a.json, &dev, commit, &records);

@@ -23,9 +23,13 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
     const long long total = (long long)(tokens / 32) * (feats / 32);
     for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
         const int ti = (int)(id / (feats / 32)), tj = (int)(id % (feats / 32));
-        const uint4* src = reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + lane) * feats + 32 * tj);
+        // A quarter-warp reads one token's 64 contiguous bytes, so each 16-byte load of the warp
+        // touches 8 rows, not 32 (the fused gated kernel got 2x faster from the same change).
 #pragma unroll
-        for (int v = 0; v < 4; ++v) *reinterpret_cast<uint4*>(&tiles[warp][lane][8 * v]) = src[v];
+        for (int it = 0; it < 4; ++it) {
+            const int r = it * 8 + (lane >> 2), c = (lane & 3) * 8;
+            *reinterpret_cast<uint4*>(&tiles[warp][r][c]) = *reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + r) * feats + 32 * tj + c);
+        }
         __syncwarp();
         run_tile(id, tiles[warp], lane, tokens, feats, seed, step, vals, meta, mask);
         __syncwarp();

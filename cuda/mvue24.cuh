@@ -44,15 +44,20 @@ __device__ __forceinline__ void weights(const float a[4], float w[4], float& h, 
     }
 }
 
-// reference::mvue::systematic_pick (the two picks held in scalars, not an array, so nothing is
-// indexed at run time): the intervals of the running sums of w holding u h and u h + h.
-__device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0, int& k1) {
+// reference::mvue::systematic_pick, computed by counting instead of walking the intervals:
+// with w >= 0 the running sums c_0 <= c_1 <= c_2 <= c_3 split [0, c_3) into the intervals
+// [c_{i-1}, c_i), and v >= 0 lies in interval #{i : c_i <= v} when that count is below 4. The
+// reference takes the distinct intervals holding u h and u h + h (at most two; u h <= u h + h, so
+// the first index is the smaller) and fills up with the highest indices not yet kept when
+// rounding left them short. Same sums, same compares: bit for bit the reference's picks.
+// Non-finite sums (inf or NaN in dY) take the reference's interval walk itself (scalars, so
+// nothing is indexed at run time).
+__device__ __forceinline__ void pick_walk(float w0, float w1, float w2, float w3, float v0, float v1, int& k0, int& k1) {
     int a = 4, b = 4, n = 0;
     float lo = 0.f;
-    const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const float hi = __fadd_rn(lo, w[i]);
+        const float hi = __fadd_rn(lo, i == 0 ? w0 : i == 1 ? w1 : i == 2 ? w2 : w3);
         const bool hit = (lo <= v0 && v0 < hi) || (lo <= v1 && v1 < hi);
         if (hit && n < 2) {
             if (n == 0) a = i; else b = i;
@@ -60,11 +65,31 @@ __device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0
         }
         lo = hi;
     }
-    // Rounding left the intervals short: fill up with the highest indices not yet kept.
     if (n == 0) { a = 3; b = 2; }
     else if (n == 1) { b = a == 3 ? 2 : 3; }
     k0 = min(a, b);
     k1 = max(a, b);
+}
+
+__device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0, int& k1) {
+    const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
+    const float c0 = __fadd_rn(0.f, w[0]), c1 = __fadd_rn(c0, w[1]), c2 = __fadd_rn(c1, w[2]), c3 = __fadd_rn(c2, w[3]);
+    if (!isfinite(c3) || !isfinite(v1)) {
+        pick_walk(w[0], w[1], w[2], w[3], v0, v1, k0, k1);
+        return;
+    }
+    const int j0 = (c0 <= v0) + (c1 <= v0) + (c2 <= v0) + (c3 <= v0);
+    const int j1 = (c0 <= v1) + (c1 <= v1) + (c2 <= v1) + (c3 <= v1);
+    if (j0 == 4) {  // neither value inside: keep 2 and 3
+        k0 = 2;
+        k1 = 3;
+    } else if (j1 == 4 || j1 == j0) {  // one interval hit: add 3 (or 2 when it is 3)
+        k0 = j0 == 3 ? 2 : j0;
+        k1 = 3;
+    } else {
+        k0 = j0;
+        k1 = j1;
+    }
 }
 
 // reference::mvue::kept_value: a_i / p_i without dividing.

@@ -18,6 +18,10 @@
 //     both CTAs' shared memory (PTX ISA 9.7.9.25.5.1, .multicast::cluster), so each SM pulls
 //     24 KB instead of 40 KB from L2 per 128x256 stage. A stage is free again only when the
 //     consumers of both CTAs released it: they arrive on both CTAs' `empty[s]` (count 16).
+//   ping-pong (PP = 1, BN = 128): each consumer warpgroup owns whole 128 x 128 tiles (two m64
+//     wgmma.sp a k32 step, rows 0-63 and 64-127), the CTA's tiles alternating between them; the
+//     producer fills the ring tile by tile, so one warpgroup's main loop runs while the other
+//     stores its tile: the epilogue no longer stops the tensor cores (CUTLASS's "pingpong").
 //   epilogue: each consumer stages its 64 x BN accumulators through shared memory in 64 x 64
 //     chunks. bf16 output without beta: TMA stores from two alternating 128B-swizzled buffers, so
 //     the writes overlap the next tile's main loop. f32 output or beta != 0: coalesced 16-byte
@@ -184,6 +188,10 @@ __device__ __forceinline__ void fence_acc(float (&d)[R]) {
 
 __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 
@@ -458,6 +466,139 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
 
+// Advances a ring position by n stages.
+template <int STAGES>
+__device__ __forceinline__ void ring_advance(int& s, uint32_t& phase, int n) {
+    s += n;
+    phase ^= (uint32_t)((s / STAGES) & 1);
+    s %= STAGES;
+}
+
+// Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D, as the
+// cooperative consumer's epilogue does for its half. (That epilogue keeps its own inline copy:
+// routing it through this function changed the measured kernels' PTX, register allocation and
+// vector stores included; fold them together when both are re-measured.)
+template <int BN, int R>
+__device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
+                                           int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
+    const int warp = tid >> 5, lane = tid & 31;
+    if (p.tma_store) {
+        const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
+        const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
+        const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
+            uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
+            if (tid == 0) tma_store_wait_read<1>();
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            if (tid == 0 && gm0 < p.m) {
+                const int gn = n0 + chunk * EPI_COLS;
+                if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
+                else tma_store_2d(td, buf, gn, gm0);
+            }
+        }
+    } else {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
+#pragma unroll
+            for (int j = 0; j < EPI_COLS / 8; ++j) {
+                const int r = chunk * (EPI_COLS / 8) + j;
+                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
+                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
+                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
+            }
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+        }
+    }
+}
+
+// Ping-pong consumer: warpgroup wg computes the CTA's tiles wg, wg + 2, ... whole (128 x BN, two
+// m64 halves); the stages of the other warpgroup's tiles are skipped in the ring. Data-parallel
+// only (the host refuses stream-K here): every tile has all K blocks.
+// Main loops take turns (named barriers 3 and 4, 256 threads: warpgroup wg waits on 3 + wg, the
+// other arrives on it after its main loop). Besides the ordering, this is what keeps the full
+// barriers' parity waits sound: a warpgroup starts waiting on its next tile's stages only after
+// the other consumed every stage of the tile in between, so no stage is two phases behind.
+template <int BN, int STAGES, int B_MN>
+__device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                                  int wg, const TensorMap* td) {
+    using S = Smem<BN, STAGES>;
+    using Mma = WgmmaSp<BN, B_MN>;
+    const int tid = threadIdx.x - 128 * (wg + 1);
+    const int warp = tid >> 5, lane = tid & 31;
+    float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
+    uint8_t* tma_buf = smem + S::EPI_OFF + wg * 2 * 8192;
+    int epi_count = 0;
+    // Metadata words of this lane for row-blocks warp (half 0) and 4 + warp (half 1).
+    const int e_word0 = warp * 32 + ((lane >> 2) * 2) + (lane & 1), e_word1 = e_word0 + 4 * 32;
+    float acc0[Mma::kAccRegs], acc1[Mma::kAccRegs];
+    int s = 0;
+    uint32_t phase = 0;
+    Schedule<1> work(p);
+    int tile, kb_begin, kb_end, local = 0;
+    while (work.next(tile, kb_begin, kb_end)) {
+        const int idx = local++;
+        if ((idx & 1) != wg) {  // the other warpgroup's tile: its stages pass by
+            ring_advance<STAGES>(s, phase, kb_end - kb_begin);
+            continue;
+        }
+        if (idx > 0) named_barrier(3 + wg, 256);  // the other warpgroup's main loop is done
+        int m0, nt;
+        tile_coords<1>(tile, p, m0, nt);
+        const int n0 = nt * BN;
+        for (int kb = kb_begin; kb < kb_end; ++kb) {
+            mbar_wait(&full[s], phase);
+            const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES);
+            const uint32_t b_base = smem_u32(smem + S::B_OFF + s * S::B_BYTES);
+            const uint32_t* e = reinterpret_cast<const uint32_t*>(smem + S::E_OFF + s * S::E_BYTES);
+            // Every register the wgmmas read is set before the fence (C7519, as in `consumer`).
+            uint32_t meta0[BK / 32], meta1[BK / 32];
+            uint64_t da0[BK / 32], da1[BK / 32], db[BK / 32];
+#pragma unroll
+            for (int kk = 0; kk < BK / 32; ++kk) {
+                meta0[kk] = e[e_word0 + kk * 16];
+                meta1[kk] = e[e_word1 + kk * 16];
+                da0[kk] = smem_desc(a_base + kk * 32, 16, 512, 2);
+                da1[kk] = smem_desc(a_base + 64 * 64 + kk * 32, 16, 512, 2);
+                db[kk] = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1) : smem_desc(b_base + kk * 64, 16, 1024, 1);
+            }
+            const int first = kb == kb_begin;
+            fence_acc(acc0);
+            fence_acc(acc1);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BK / 32; ++kk) {
+                Mma::mma(da0[kk], db[kk], meta0[kk], kk != 0 || !first, acc0);
+                Mma::mma(da1[kk], db[kk], meta1[kk], kk != 0 || !first, acc1);
+            }
+            wgmma_commit();
+            fence_acc(acc0);
+            fence_acc(acc1);
+            wgmma_wait<1>();
+            fence_acc(acc0);
+            fence_acc(acc1);
+            if (kb > kb_begin && lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+            if (++s == STAGES) { s = 0; phase ^= 1; }
+        }
+        // Every stage of this tile is consumed: the other warpgroup may start its next tile (only
+        // if there is one, so no arrival is left pending at exit).
+        if (work.cur < work.end) named_arrive(4 - wg, 256);
+        wgmma_wait<0>();
+        fence_acc(acc0);
+        fence_acc(acc1);
+        if (lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
+        store_half<BN>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
+        store_half<BN>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
+    }
+    if (p.tma_store && tid == 0) tma_store_wait_read<0>();
+}
+
 template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                          const TensorMap* ta, const TensorMap* tb, const TensorMap* te, int rank) {
@@ -495,9 +636,10 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
 }
 #endif  // TWOFOUR_SM90A
 
-template <int BN, int STAGES, int B_MN, int CM>
+template <int BN, int STAGES, int B_MN, int CM, int PP = 0>
 __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te,
                                      const TensorMap* td) {
+    static_assert(PP == 0 || (CM == 1 && BN == 128), "ping-pong: single CTAs, 128 x 128 tiles (128 accumulators a thread)");
     static_assert(CM == 1 || CM == 2, "clusters of 1 or 2 CTAs along M");
     static_assert(CM == 1 || (BN / 2) % 8 == 0, "each CTA's half of a K-major B stage must be whole 1024-byte swizzle atoms");
 #ifdef TWOFOUR_SM90A
@@ -511,7 +653,9 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     if (threadIdx.x == 0) {
         for (int i = 0; i < STAGES; ++i) {
             mbar_init(&full[i], 1);
-            mbar_init(&empty[i], 8 * CM);  // lane 0 of each of the 8 consumer warps of every CTA of the cluster
+            // Lane 0 of each consumer warp that reads the stage: 8 a CTA (4 in ping-pong, where
+            // one warpgroup owns a stage), times the CTAs of the cluster that multicast into it.
+            mbar_init(&empty[i], (PP ? 4 : 8) * CM);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
@@ -524,7 +668,8 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
         if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        consumer<BN, STAGES, B_MN, CM>(p, smem, full, empty, wg - 1, td);
+        if (PP) consumer_pingpong<BN, STAGES, B_MN>(p, smem, full, empty, wg - 1, td);
+        else consumer<BN, STAGES, B_MN, CM>(p, smem, full, empty, wg - 1, td);
     }
     // Neither CTA may exit while the peer can still arrive on its barriers.
     if (CM > 1) {
@@ -571,6 +716,16 @@ TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90(192, 5, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n)
+#define TWOFOUR_SPARSE_GEMM_SM90_PP(BN, STAGES, B_MN, SUFFIX)                                         \
+    extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                    \
+        sparse_gemm_sm90_bn##BN##_s##STAGES##_pp_##SUFFIX(                                            \
+            const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
+            const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
+            sm90::Params p) {                                                                         \
+        sm90::gemm<BN, STAGES, B_MN, 1, 1>(p, &ta, &tb, &te, &td);                                    \
+    }
+TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k)
+TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n)

@@ -5,7 +5,7 @@ use crate::kernels;
 use crate::Result;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Which compiled image of the kernels to load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,9 @@ pub struct Device {
     name: String,
     cc: (i32, i32),
     image: KernelImage,
+    /// f32 scratch that grows to the largest size asked for and is kept (the stream-K GEMM's
+    /// workspace): allocating it per call cost a fresh mapping of the memory pool every time.
+    scratch: Mutex<Option<CudaSlice<f32>>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -68,7 +71,25 @@ impl Device {
         };
         let module = ctx.load_module(ptx).during("loading twofour's kernels")?;
         let stream = ctx.default_stream();
-        Ok(Self { ctx, stream, module, name, cc, image })
+        Ok(Self { ctx, stream, module, name, cc, image, scratch: Mutex::new(None) })
+    }
+
+    /// Runs `f` with at least `len` zeroed f32 of the device's scratch buffer (queued on the
+    /// stream: work queued before `f` returns sees the zeros, and the next user is ordered after
+    /// it by the stream). The buffer grows when needed and is kept for later calls.
+    pub fn with_zeroed_scratch<R>(&self, len: usize, f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>) -> Result<R> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let buf = match guard.take() {
+            Some(mut b) if b.len() >= len => {
+                self.stream.memset_zeros(&mut b.slice_mut(..len)).during("zeroing the scratch buffer")?;
+                b
+            }
+            smaller => {
+                drop(smaller); // free it before allocating the larger one
+                self.stream.alloc_zeros::<f32>(len).during("allocating the scratch buffer")?
+            }
+        };
+        f(guard.insert(buf))
     }
 
     /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".

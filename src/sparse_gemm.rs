@@ -30,6 +30,11 @@ pub struct TileConfig {
     /// CTAs per cluster along M (1 or 2); tables written before clusters existed mean 1.
     #[serde(default = "one")]
     pub cluster_m: u32,
+    /// Ping-pong consumers: each of the two consumer warpgroups owns whole 128 x `bn` tiles and
+    /// their main loops take turns, so one tile's epilogue runs under the next tile's MMAs
+    /// (instance `_pp`; data-parallel only).
+    #[serde(default)]
+    pub pingpong: bool,
 }
 
 fn one() -> u32 {
@@ -51,13 +56,14 @@ pub enum Schedule {
 
 impl TileConfig {
     /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
-    /// two wider ones also in clusters of two sharing B.
-    pub const ALL: [TileConfig; 5] = [
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
-        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 },
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2 },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2 },
+    /// two wider ones also in clusters of two sharing B, and 128 x 128 with ping-pong consumers.
+    pub const ALL: [TileConfig; 6] = [
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
+        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false },
+        TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true },
     ];
 
     /// Whether `Schedule::Auto` picks stream-K. Never, for now: measured on the H100 the stream-K
@@ -70,7 +76,7 @@ impl TileConfig {
     pub const BK: usize = 64;
 
     fn kernel_name(self, b_n_major: bool) -> String {
-        let c = if self.cluster_m == 2 { "_c2" } else { "" };
+        let c = if self.pingpong { "_pp" } else if self.cluster_m == 2 { "_c2" } else { "" };
         format!("sparse_gemm_sm90_bn{}_s{}{c}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
     }
 
@@ -97,7 +103,7 @@ impl TileConfig {
             let tiles = m.div_ceil(Self::BM) * n.div_ceil(c.bn as usize);
             tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 16.0)
         };
-        *Self::ALL.iter().filter(|c| c.cluster_m == 1).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
+        *Self::ALL.iter().filter(|c| c.cluster_m == 1 && !c.pingpong).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
     }
 }
 
@@ -278,8 +284,9 @@ pub fn storage_layout(b_n_major: bool, d_col_major: bool) -> String {
 }
 
 /// D = A * B (+ bias) (+ beta D). A: Sparse24, M x K. B: see `BOperand`. `d`: M x N (row-major)
-/// or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8, a Hopper GPU
-/// with the native kernel image.
+/// or N x M (`d_layout: ColMajor`). Rules: K a multiple of 64, N a multiple of 8. Hopper with the
+/// native image runs the wgmma.sp kernel; sm_80+ otherwise (or with the Ampere image forced)
+/// runs the mma.sp kernels with the same options (its speed measured on an H100 only).
 pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
     let (m, k) = (a.rows(), a.cols());
     let (bk, n) = b.kn();
@@ -308,12 +315,14 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             return Err(shape("sparse_gemm", format!("bias has {} entries, D has {m} rows", b.len())));
         }
     }
-    let (major, _) = dev.compute_capability();
+    let (major, minor) = dev.compute_capability();
     if major != 9 || dev.image() != KernelImage::Native {
-        return Err(unsupported(
-            "sparse_gemm",
-            format!("the wgmma.sp kernel needs a Hopper GPU (sm_90) and the native kernel image; this is sm_{}{} with {:?}", major, dev.compute_capability().1, dev.image()),
-        ));
+        // Not Hopper, or the Ampere image forced (TWOFOUR_FORCE_AMPERE=1): the warp-level mma.sp
+        // kernels (sm_80 and up), same options; `opts.config` is the wgmma kernel's and unused.
+        if major >= 8 {
+            return crate::sparse_mma_sm80::gemm_sm80(dev, a, b, d, opts);
+        }
+        return Err(unsupported("sparse_gemm", format!("2:4 sparse tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}")));
     }
     let sms = sm_count(dev)?;
     let cfg = opts.config.unwrap_or_else(|| {
@@ -321,7 +330,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
             .unwrap_or_else(|| TileConfig::default_for(m, n, sms))
     });
-    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m) {
+    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
 
@@ -356,61 +365,68 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         d.data_mut().device_ptr_mut(stream)
     };
     let stream_k = match cfg.schedule {
-        Schedule::Auto => TileConfig::wants_stream_k(m_tiles * n_tiles, sms),
+        Schedule::Auto => TileConfig::wants_stream_k(m_tiles * n_tiles, sms) && !cfg.pingpong,
         Schedule::DataParallel => false,
         Schedule::StreamK => true,
     };
-    let mut ws = if stream_k { Some(stream.alloc_zeros::<f32>(m * n).during("allocating the stream-K workspace")?) } else { None };
-    let ws_ptr = match ws.as_mut() {
-        Some(w) => {
-            use cudarc::driver::DevicePtrMut;
-            w.device_ptr_mut(stream).0
-        }
-        None => 0,
-    };
-    // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
-    let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && !stream_k;
-    let td = if tma_store {
-        let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
-        tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
-    } else {
-        TensorMap([0; 16])
-    };
-    let params = Params {
-        d: pd,
-        bias: bias_ptr,
-        beta: opts.beta,
-        m: m as i32,
-        n: n as i32,
-        k: k as i32,
-        d_col_major: col as i32,
-        d_f32: T::IS_F32,
-        m_tiles: m_tiles as i32,
-        n_tiles: n_tiles as i32,
-        tma_store: tma_store as i32,
-        group_m: group_m as i32,
-        stream_k: stream_k as i32,
-        ws: ws_ptr,
-    };
-    let (name, f, smem) = instance(dev, cfg, b_n_major)?;
-    // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
-    let grid = ((m_tiles * n_tiles) * cm).min(slots(dev, cfg, &name, &f, smem, sms)?) as u32;
-    let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
-    let mut launcher = stream.launch_builder(&f);
-    launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
-    // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
-    // kernel's struct; D has dr x dc elements of T as Params says.
-    unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
-    if let Some(ws) = ws.as_ref() {
-        let f = dev.function("sparse_gemm_finalize")?;
-        let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
-        let mut l = stream.launch_builder(&f);
-        l.arg(ws).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
-        // SAFETY: ws and D both hold m * n elements in D's layout; bias has m entries or is null.
-        unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
+    if stream_k && cfg.pingpong {
+        return Err(unsupported("sparse_gemm", format!("{cfg:?}: the ping-pong instance runs whole tiles only; use Schedule::DataParallel or Auto")));
     }
-    Ok(())
+    let run = |ws_ptr: u64| -> Result<()> {
+        // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
+        let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && !stream_k;
+        let td = if tma_store {
+            let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
+            tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
+        } else {
+            TensorMap([0; 16])
+        };
+        let params = Params {
+            d: pd,
+            bias: bias_ptr,
+            beta: opts.beta,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            d_col_major: col as i32,
+            d_f32: T::IS_F32,
+            m_tiles: m_tiles as i32,
+            n_tiles: n_tiles as i32,
+            tma_store: tma_store as i32,
+            group_m: group_m as i32,
+            stream_k: stream_k as i32,
+            ws: ws_ptr,
+        };
+        let (name, f, smem) = instance(dev, cfg, b_n_major)?;
+        // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
+        let grid = ((m_tiles * n_tiles) * cm).min(slots(dev, cfg, &name, &f, smem, sms)?) as u32;
+        let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+        let mut launcher = stream.launch_builder(&f);
+        launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
+        // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
+        // kernel's struct; D has dr x dc elements of T as Params says.
+        unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
+        if stream_k {
+            let f = dev.function("sparse_gemm_finalize")?;
+            let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
+            let mut l = stream.launch_builder(&f);
+            l.arg(&ws_ptr).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
+            // SAFETY: ws and D both hold m * n elements in D's layout; bias has m entries or is null.
+            unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
+        }
+        Ok(())
+    };
+    if stream_k {
+        // The f32 workspace partial tiles meet in: the device's kept scratch, zeroed on the stream.
+        dev.with_zeroed_scratch(m * n, |ws| {
+            use cudarc::driver::DevicePtrMut;
+            let (ptr, _guard) = ws.device_ptr_mut(stream);
+            run(ptr)
+        })
+    } else {
+        run(0)
+    }
 }
 
 #[cfg(test)]

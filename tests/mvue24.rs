@@ -53,3 +53,32 @@ fn mvue24_same_seed_same_result_other_step_other_result() {
     let bad = DeviceMatrix::from_host(&dev, 48, 64, &normal_bf16(9, 48 * 64)).unwrap();
     assert!(matches!(mvue24_compress(&dev, &bad, 1, 1), Err(Error::Unsupported { .. })));
 }
+
+/// The GPU's counting form of the systematic pick equals the reference's interval walk: over
+/// groups drawn with mixed magnitudes (zeros, ties, subnormals, 1e±30, inf and NaN among them)
+/// and draws u including 0 and the largest value below 1.
+#[test]
+fn pick_by_counting_is_the_walk() {
+    use reference::mvue::{group_weights, systematic_pick, systematic_pick_counting};
+    let special = [0.0f32, -0.0, 1.0, -1.0, 2.0, 3.0, 1e-45, 1e-30, 1e30, 3e38, f32::INFINITY, f32::NAN, 0.5, 0.25];
+    let value = prop_oneof![
+        4 => -4.0f32..4.0,
+        1 => prop::sample::select(special.to_vec()),
+        1 => -1e-38f32..1e-38,
+    ];
+    let u = prop_oneof![
+        6 => (0u32..1 << 24).prop_map(|x| x as f32 / 16_777_216.0),
+        1 => Just(0.0f32),
+        1 => Just(16_777_215.0f32 / 16_777_216.0),
+    ];
+    let mut runner = TestRunner::new(Config { cases: 200_000, ..Config::default() });
+    runner
+        .run(&(prop::array::uniform4(value), u), |(a, u)| {
+            let (w, h, _) = group_weights(a);
+            let walk = systematic_pick(w, h, u);
+            let count = systematic_pick_counting(w, h, u);
+            prop_assert_eq!(walk, count, "a = {:?}, w = {:?}, h = {}, u = {}", a, w, h, u);
+            Ok(())
+        })
+        .unwrap();
+}

@@ -95,7 +95,12 @@ fn case<T: GemmOut + ToF64 + Default + Clone>(dev: &Device, m: usize, n: usize, 
 }
 
 fn run(cases: u32, f32_out: bool) {
-    let dev = Device::new(0).expect("a CUDA GPU");
+    run_on(&Device::new(0).expect("a CUDA GPU"), cases, f32_out);
+}
+
+/// The proptest on `dev` (with the Ampere image, `sparse_gemm` runs the mma.sp kernels and the
+/// drawn TileConfig is unused).
+fn run_on(dev: &Device, cases: u32, f32_out: bool) {
     let mut runner = TestRunner::new(Config { cases, ..Config::default() });
     let strat = ((1usize..=40, 1usize..=97, 1usize..=16, any::<u64>()), (any::<bool>(), any::<bool>(), prop::sample::select(vec![0.0f32, 0.5, -1.0]), 0usize..TileConfig::ALL.len(), any::<bool>()));
     runner
@@ -104,7 +109,10 @@ fn run(cases: u32, f32_out: bool) {
             // Raster groups 0 (auto), 1 and 3 exercise full and partial groups.
             // ...and all three schedules (stream-K splits tiles across CTAs at arbitrary K blocks).
             let schedule = [Schedule::Auto, Schedule::DataParallel, Schedule::StreamK][((seed >> 8) % 3) as usize];
-            let cfg = TileConfig { group_m: [0, 1, 3][(seed % 3) as usize], schedule, ..TileConfig::ALL[ci] };
+            let base = TileConfig::ALL[ci];
+            // The ping-pong instance runs whole tiles only (stream-K is refused: tested below).
+            let schedule = if base.pingpong && schedule == Schedule::StreamK { Schedule::DataParallel } else { schedule };
+            let cfg = TileConfig { group_m: [0, 1, 3][(seed % 3) as usize], schedule, ..base };
             let (err, bound) = if f32_out {
                 (case::<f32>(&dev, m, n, k, seed, col, bias, beta, cfg, nmaj, |v| v as f32), 1e-4)
             } else {
@@ -134,7 +142,8 @@ fn sparse_gemm_bf16_matches_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_large_matches_mma_sp() {
     let dev = Device::new(0).expect("a CUDA GPU");
-    for (m, n, k) in [(1040, 2056, 4096), (3072, 768, 1024), (256, 4096, 2048)] {
+    // (2048, 4096, 1024): ~4 tiles a CTA, so the ping-pong warpgroups take several turns each.
+    for (m, n, k) in [(1040, 2056, 4096), (3072, 768, 1024), (256, 4096, 2048), (2048, 4096, 1024)] {
         let w = normal_bf16(m as u64, m * k);
         let x = normal_bf16(n as u64, n * k);
         let sparse = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &w).unwrap()).unwrap();
@@ -142,7 +151,7 @@ fn sparse_gemm_large_matches_mma_sp() {
         let mut want = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
         sparse_mma_naive(&dev, &sparse, &xd, &mut want, MetaReading::Documented).unwrap();
         let want: Vec<f64> = want.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect();
-        let both = TileConfig::ALL.iter().flat_map(|c| [Schedule::DataParallel, Schedule::StreamK].map(|schedule| TileConfig { schedule, ..*c }));
+        let both = TileConfig::ALL.iter().flat_map(|c| [Schedule::DataParallel, Schedule::StreamK].map(|schedule| TileConfig { schedule, ..*c })).filter(|c| !(c.pingpong && c.schedule == Schedule::StreamK));
         for cfg in both {
             let mut d = DeviceMatrix::<f32>::poisoned(&dev, m, n).unwrap();
             sparse_gemm(&dev, &sparse, BOperand::KMajor(&xd), &mut d, &GemmOptions { config: Some(cfg), ..Default::default() }).unwrap();
@@ -175,14 +184,31 @@ fn sparse_gemm_rejects_bad_input() {
     let bias = dev.upload(&[0f32; 7]).unwrap();
     let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &with_bias), Err(Error::Shape { .. })));
-    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1 }), ..Default::default() };
+    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false }), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &odd), Err(Error::Unsupported { .. })));
-    // The Ampere image has no wgmma: a clear error, not a launch.
+    // Ping-pong with stream-K: refused, with the rule.
+    let pp_sk = GemmOptions { config: Some(TileConfig { schedule: Schedule::StreamK, ..TileConfig::ALL[5] }), ..Default::default() };
+    assert!(TileConfig::ALL[5].pingpong);
+    assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &pp_sk), Err(Error::Unsupported { .. })));
+    // The Ampere image (no wgmma) takes the mma.sp kernels, with the same rules.
     let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
     let a = prune24_compress(&amp, &DeviceMatrix::from_host(&amp, 32, 64, &normal_bf16(1, 2048)).unwrap()).unwrap();
     let b = DeviceMatrix::from_host(&amp, 16, 64, &normal_bf16(2, 1024)).unwrap();
     let mut d = DeviceMatrix::<f32>::poisoned(&amp, 32, 16).unwrap();
-    assert!(matches!(sparse_gemm(&amp, &a, BOperand::KMajor(&b), &mut d, &opts), Err(Error::Unsupported { .. })));
+    assert!(sparse_gemm(&amp, &a, BOperand::KMajor(&b), &mut d, &opts).is_ok());
+    let b12 = DeviceMatrix::from_host(&amp, 12, 64, &normal_bf16(2, 768)).unwrap();
+    let mut d12 = DeviceMatrix::<f32>::poisoned(&amp, 32, 12).unwrap();
+    assert!(matches!(sparse_gemm(&amp, &a, BOperand::KMajor(&b12), &mut d12, &opts), Err(Error::Unsupported { .. })));
+}
+
+/// Every layout and option of `sparse_gemm` on the Ampere image (compute_80 PTX, mma.sp kernels)
+/// against the CPU reference: the sm_80 path, tested on the H100 (no A100 is lent).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_ampere_image_matches_reference() {
+    let amp = Device::with_image(0, KernelImage::Ampere).expect("a CUDA GPU");
+    run_on(&amp, 24, true);
+    run_on(&amp, 24, false);
 }
 
 /// The three GEMMs of a sparse linear layer against the reference linear-layer functions.

@@ -75,6 +75,30 @@ pub fn systematic_pick(w: [f32; 4], h: f32, u: f32) -> (usize, usize) {
     (kept[0], kept[1])
 }
 
+/// `systematic_pick` as the GPU computes it (cuda/mvue24.cuh, `mvue::pick`): with w >= 0 the
+/// running sums c_0 <= .. <= c_3 split [0, c_3) into intervals, and v lies in interval
+/// #{i : c_i <= v} when that count is below 4, so the picks come from two counts instead of a
+/// walk. Non-finite sums fall back to the walk. Equal to `systematic_pick` for every input (the
+/// test `pick_by_counting_is_the_walk` checks it); kept here so that claim is tested on the CPU.
+pub fn systematic_pick_counting(w: [f32; 4], h: f32, u: f32) -> (usize, usize) {
+    let (v0, v1) = (u * h, u * h + h);
+    let c0 = 0.0 + w[0];
+    let (c1, c2) = (c0 + w[1], c0 + w[1] + w[2]);
+    let c3 = c2 + w[3];
+    if !c3.is_finite() || !v1.is_finite() {
+        return systematic_pick(w, h, u);
+    }
+    let count = |v: f32| [c0, c1, c2, c3].iter().filter(|&&c| c <= v).count();
+    let (j0, j1) = (count(v0), count(v1));
+    if j0 == 4 {
+        (2, 3)
+    } else if j1 == 4 || j1 == j0 {
+        (if j0 == 3 { 2 } else { j0 }, 3)
+    } else {
+        (j0, j1)
+    }
+}
+
 /// The unbiased value of kept element i: a_i / p_i, which is a_i for the element kept for sure
 /// and sign(a_i) h for the others (0 where a_i is).
 pub fn kept_value(a: f32, i: usize, h: f32, big: usize) -> f32 {

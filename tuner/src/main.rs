@@ -358,7 +358,7 @@ fn run(args: Args) -> Result<(), String> {
         let (cfg, ms, default_ms) = tune(&dev, &s, pass, args.reps, &bar, &mut flush).map_err(|e| e.to_string())?;
         table.insert(TableEntry { kernel: "sparse_gemm".into(), layout, pass: format!("{} {}", s.name, pass.name()), m, n, k, config: Some(cfg), launch: None, ms, default_ms });
         table.save(&args.out).map_err(|e| e.to_string())?;
-        say(&bar, format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, cfg.schedule, cfg.group_m));
+        say(&bar, format!("{:<28} {:<3} {m:>6}x{n:>6}x{k:>6}  best {:>8.4} ms  default {:>8.4} ms  x{:.3}  bn{} s{}{} {:?} group {}", s.name, pass.name(), ms, default_ms, default_ms / ms, cfg.bn, cfg.stages, if cfg.pingpong { " pingpong" } else if cfg.cluster_m == 2 { " cluster2" } else { "" }, cfg.schedule, cfg.group_m));
     }
     bar.finish_and_clear();
     if !stopped {
