@@ -3,6 +3,7 @@
 //! repeats with L2 flushed before each. TFLOP/s are dense-equivalent (2 M N K / time).
 //!
 //!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--stream-k]
+//!        [--no-cusparselt]   (leave the cuSPARSELt peer out: for ncu, which it does not survive)
 //! (cargo bench passes --bench, which is ignored.)
 
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
@@ -25,6 +26,7 @@ struct Args {
     max_cluster: u32,
     /// Also time each single-CTA cooperative instance with the stream-K schedule.
     stream_k: bool,
+    no_cusparselt: bool,
 }
 
 /// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
@@ -34,7 +36,7 @@ fn config_name(c: &TileConfig) -> String {
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false, no_cusparselt: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -52,6 +54,7 @@ fn args() -> Args {
             }
             "--all-configs" => a.all_configs = true,
             "--stream-k" => a.stream_k = true,
+            "--no-cusparselt" => a.no_cusparselt = true,
             "--max-cluster" => {
                 a.max_cluster = v[i + 1].parse().unwrap_or(2);
                 i += 1;
@@ -93,7 +96,7 @@ fn main() {
     };
     let blas = CudaBlasLT::new(dev.stream().clone()).expect("cuBLASLt");
     let mut flush = dev.stream().alloc_zeros::<u8>(FLUSH_BYTES).expect("flush buffer");
-    let cslt = match CuSparseLt::load() {
+    let cslt = match if a.no_cusparselt { Err("left out (--no-cusparselt)".to_string()) } else { CuSparseLt::load() } {
         Ok(c) => {
             println!("cuSPARSELt version {}", c.version().unwrap_or(-1));
             Some(c)
