@@ -120,14 +120,14 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
             }
             *reinterpret_cast<uint4*>(dh + up) = *reinterpret_cast<uint4*>(du);
             *reinterpret_cast<uint4*>(dh + gate) = *reinterpret_cast<uint4*>(dg);
-            *reinterpret_cast<uint4*>(&tiles[warp][0][0][0] + mvue::tile_at(r, c)) = *reinterpret_cast<uint4*>(du);
-            *reinterpret_cast<uint4*>(&tiles[warp][1][0][0] + mvue::tile_at(r, c)) = *reinterpret_cast<uint4*>(dg);
+            *reinterpret_cast<uint4*>(&tiles[warp][0][r][c]) = *reinterpret_cast<uint4*>(du);
+            *reinterpret_cast<uint4*>(&tiles[warp][1][r][c]) = *reinterpret_cast<uint4*>(dg);
         }
         __syncwarp();
         // dH has 2F columns: the up tile is column tile tj, the gate tile F/32 + tj.
         const int cols = 2 * F, tiles_c = cols / 32;
-        mvue::run_tile((long long)ti * tiles_c + tj, &tiles[warp][0][0][0], lane, tokens, cols, seed, step, vals, meta, mask);
-        mvue::run_tile((long long)ti * tiles_c + tiles_f + tj, &tiles[warp][1][0][0], lane, tokens, cols, seed, step, vals, meta, mask);
+        mvue::run_tile((long long)ti * tiles_c + tj, tiles[warp][0], lane, tokens, cols, seed, step, vals, meta, mask);
+        mvue::run_tile((long long)ti * tiles_c + tiles_f + tj, tiles[warp][1], lane, tokens, cols, seed, step, vals, meta, mask);
         __syncwarp();
     }
 }

@@ -28,10 +28,10 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
 #pragma unroll
         for (int it = 0; it < 4; ++it) {
             const int r = it * 8 + (lane >> 2), c = (lane & 3) * 8;
-            *reinterpret_cast<uint4*>(&tiles[warp][0][0] + tile_at(r, c)) = *reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + r) * feats + 32 * tj + c);
+            *reinterpret_cast<uint4*>(&tiles[warp][r][c]) = *reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + r) * feats + 32 * tj + c);
         }
         __syncwarp();
-        run_tile(id, &tiles[warp][0][0], lane, tokens, feats, seed, step, vals, meta, mask);
+        run_tile(id, tiles[warp], lane, tokens, feats, seed, step, vals, meta, mask);
         __syncwarp();
     }
 }

@@ -7,16 +7,7 @@ namespace mvue {
 
 using namespace twofour;
 
-// A 32 x 32 tile of dY in shared memory: 32 tokens of 64 bytes (no padding), the four 16-byte
-// chunks of tokens 16..31 swapped pairwise (chunk XOR 1). run_tile's lanes read the same feature of
-// tokens r and r + 16 at once (lane bit t), which a 64-byte (or any 16-byte-multiple) pitch puts
-// on one bank; the swap moves them 16 bytes apart (ncu on the padded layout: 2-way conflicts on
-// half of the loads, 2x the wavefronts on the 16-byte stores). Chunk-granular, so the producers'
-// 16-byte stores stay whole.
-constexpr int PITCH = 32;
-__device__ __forceinline__ int tile_at(int token, int feat) {
-    return token * PITCH + ((((feat >> 3) ^ (token >> 4)) & 3) << 3) + (feat & 7);
-}
+constexpr int PITCH = 40;
 
 // reference::mvue::group_weights: weights w (summing to 2h), half-total h, the index kept for
 // sure (4: none). No division anywhere (the reference is written the same way).
@@ -108,10 +99,10 @@ __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
 
 
 // One warp, one 32 x 32 tile of dY (tokens 32 ti.., features 32 tj..; tile_id = ti * feats/32 + tj),
-// already in shared memory (element (token, feature) at tile[tile_at(token, feature)]): S(dY^T)'s values, metadata and mask words of
+// already in shared memory (`tile[token][feature]`): S(dY^T)'s values, metadata and mask words of
 // those 32 rows x 32 tokens. Used by mvue24_compress and by producers of dY that sparsify in place
 // (gated_backward_mvue).
-__device__ __forceinline__ void run_tile(long long tile_id, const uint16_t* tile, int lane, int tokens, int feats,
+__device__ __forceinline__ void run_tile(long long tile_id, const uint16_t (*tile)[PITCH], int lane, int tokens, int feats,
                                          unsigned long long seed, unsigned int step, uint16_t* __restrict__ vals,
                                          uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
     const int ti = (int)(tile_id / (feats / 32)), tj = (int)(tile_id % (feats / 32));
@@ -123,9 +114,6 @@ __device__ __forceinline__ void run_tile(long long tile_id, const uint16_t* tile
     for (int h = 0; h < 2; ++h) {
         const int jl = 16 * rb + g + 8 * h;  // output row (feature) within the tile
         const long long row = 32LL * tj + jl;
-        // Feature jl of tokens 16 t + 0..15: tile_at(16 t + i, jl) = col + i * PITCH, written out so
-        // that the 16 loads use immediate offsets (ALU-bound kernel: per-load swizzle math cost 10%).
-        const uint16_t* col = tile + tile_at(16 * t, jl);
         uint32_t packed[4];  // two bf16 per group; indexed by the unrolled q only
         uint32_t nibbles = 0;
         // Groups base .. base + 3 (q = 0..3) share one Philox call (base is a multiple of 4).
@@ -137,7 +125,7 @@ __device__ __forceinline__ void run_tile(long long tile_id, const uint16_t* tile
             float a[4], w[4], hh;
             int big;
 #pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = bf16_to_f32(col[(4 * q + r) * PITCH]);
+            for (int r = 0; r < 4; ++r) a[r] = bf16_to_f32(tile[16 * t + 4 * q + r][jl]);
             mvue::weights(a, w, hh, big);
             int k0, k1;
             mvue::pick(w, hh, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), k0, k1);
