@@ -24,22 +24,26 @@ pub fn matmul(
 ) -> Result<Vec<f32>> {
     check_len("matmul", "A", a.len(), m, k)?;
     check_len("matmul", "B", b.len(), k, n)?;
-    let at = |i: usize, p: usize| match a_layout {
-        MatLayout::RowMajor => a[i * k + p],
-        MatLayout::ColMajor => a[p * m + i],
+    // Operands widened to f64 once, A as rows and B as columns (both contiguous along K), so the
+    // inner loop is a plain dot product; the sum runs over p = 0..k in order, as written.
+    let a_rows: Vec<f64> = match a_layout {
+        MatLayout::RowMajor => a.iter().map(|v| v.to_f64()).collect(),
+        MatLayout::ColMajor => (0..m * k).map(|i| a[(i % k) * m + i / k].to_f64()).collect(),
     };
-    let bt = |p: usize, j: usize| match b_layout {
-        MatLayout::RowMajor => b[p * n + j],
-        MatLayout::ColMajor => b[j * k + p],
+    let b_cols: Vec<f64> = match b_layout {
+        MatLayout::RowMajor => (0..n * k).map(|i| b[(i % k) * n + i / k].to_f64()).collect(),
+        MatLayout::ColMajor => b.iter().map(|v| v.to_f64()).collect(),
     };
     let mut d = vec![0f32; m * n];
-    for i in 0..m {
-        for j in 0..n {
+    for (i, row) in d.chunks_mut(n.max(1)).enumerate().take(m) {
+        let ar = &a_rows[i * k..(i + 1) * k];
+        for (j, out) in row.iter_mut().enumerate() {
+            let bc = &b_cols[j * k..(j + 1) * k];
             let mut s = 0f64;
             for p in 0..k {
-                s += at(i, p).to_f64() * bt(p, j).to_f64();
+                s += ar[p] * bc[p];
             }
-            d[i * n + j] = s as f32;
+            *out = s as f32;
         }
     }
     Ok(d)
