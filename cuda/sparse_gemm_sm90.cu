@@ -755,10 +755,11 @@ TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n)
 extern "C" __global__ void sparse_gemm_finalize(const float* __restrict__ ws, void* d, const float* __restrict__ bias,
                                                 float beta, int m, int n, int d_col_major, int d_f32, int dp_tiles,
                                                 int tiles, int m_tiles, int n_tiles, int group_m, int cm, int bn) {
+    // 32-bit indices: the tail is less than one wave of tiles (at most 132 x 2 x 128 x 256).
     const int per = sm90::BM * bn;
-    const long long total = (long long)(tiles - dp_tiles) * cm * per;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
-        const int slot = (int)(i / per), e = (int)(i % per);
+    const int total = (tiles - dp_tiles) * cm * per;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int slot = i / per, e = i % per;
         const int tile = dp_tiles + slot / cm, rank = slot % cm;
         int mt, nt;
         sm90::raster(tile, group_m, m_tiles, n_tiles, mt, nt);
