@@ -373,6 +373,49 @@ __device__ __forceinline__ void release_stage(uint64_t* empty_s, int lane) {
     else mbar_arrive_cluster(empty_s, lane);
 }
 
+// Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D: the epilogue of
+// a cooperative consumer's half tile and of each half of a ping-pong tile. bf16 without beta: TMA
+// stores from the two alternating swizzled buffers; otherwise staged f32 chunks, 16-byte stores.
+template <int BN, int R>
+__device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
+                                           int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
+    const int warp = tid >> 5, lane = tid & 31;
+    if (p.tma_store) {
+        const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
+        const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
+        const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
+            uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
+            if (tid == 0) tma_store_wait_read<1>();
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            if (tid == 0 && gm0 < p.m) {
+                const int gn = n0 + chunk * EPI_COLS;
+                if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
+                else tma_store_2d(td, buf, gn, gm0);
+            }
+        }
+    } else {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
+#pragma unroll
+            for (int j = 0; j < EPI_COLS / 8; ++j) {
+                const int r = chunk * (EPI_COLS / 8) + j;
+                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
+                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
+                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
+            }
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+        }
+    }
+}
+
 template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg,
                                          const TensorMap* td) {
@@ -445,39 +488,8 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
                     atomicAdd(reinterpret_cast<float2*>(ws + r * BN + c), make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]));
                 }
             }
-        } else if (p.tma_store) {
-            const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
-            const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
-            const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
-#pragma unroll
-            for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
-                uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
-                if (tid == 0) tma_store_wait_read<1>();  // the store that last used `buf` has read it
-                named_barrier(1 + wg, 128);
-                stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes -> TMA reads
-                named_barrier(1 + wg, 128);
-                if (tid == 0 && gm0 < p.m) {  // a tile wholly below M (odd M tiles, CM = 2) stores nothing
-                    const int gn = n0 + chunk * EPI_COLS;
-                    if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
-                    else tma_store_2d(td, buf, gn, gm0);
-                }
-            }
         } else {
-            const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-            for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
-#pragma unroll
-                for (int j = 0; j < EPI_COLS / 8; ++j) {
-                    const int r = chunk * (EPI_COLS / 8) + j;
-                    float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
-                    *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
-                    *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
-                }
-                named_barrier(1 + wg, 128);
-                store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
-                named_barrier(1 + wg, 128);
-            }
+            store_half<BN>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
         }
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
@@ -489,50 +501,6 @@ __device__ __forceinline__ void ring_advance(int& s, uint32_t& phase, int n) {
     s += n;
     phase ^= (uint32_t)((s / STAGES) & 1);
     s %= STAGES;
-}
-
-// Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D, as the
-// cooperative consumer's epilogue does for its half. (That epilogue keeps its own inline copy:
-// routing it through this function changed the measured kernels' PTX, register allocation and
-// vector stores included; fold them together when both are re-measured.)
-template <int BN, int R>
-__device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
-                                           int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
-    const int warp = tid >> 5, lane = tid & 31;
-    if (p.tma_store) {
-        const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
-        const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
-        const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
-#pragma unroll
-        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
-            uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
-            if (tid == 0) tma_store_wait_read<1>();
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            if (tid == 0 && gm0 < p.m) {
-                const int gn = n0 + chunk * EPI_COLS;
-                if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
-                else tma_store_2d(td, buf, gn, gm0);
-            }
-        }
-    } else {
-        const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
-#pragma unroll
-            for (int j = 0; j < EPI_COLS / 8; ++j) {
-                const int r = chunk * (EPI_COLS / 8) + j;
-                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
-                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
-                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
-            }
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-        }
-    }
 }
 
 // Ping-pong consumer: warpgroup wg computes the CTA's tiles wg, wg + 2, ... whole (128 x BN, two
