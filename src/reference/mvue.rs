@@ -83,7 +83,8 @@ pub fn systematic_pick(w: [f32; 4], h: f32, u: f32) -> (usize, usize) {
 pub fn systematic_pick_counting(w: [f32; 4], h: f32, u: f32) -> (usize, usize) {
     let (v0, v1) = (u * h, u * h + h);
     let c0 = 0.0 + w[0];
-    let (c1, c2) = (c0 + w[1], c0 + w[1] + w[2]);
+    let c1 = c0 + w[1];
+    let c2 = c1 + w[2];
     let c3 = c2 + w[3];
     if !c3.is_finite() || !v1.is_finite() {
         return systematic_pick(w, h, u);
