@@ -92,6 +92,62 @@ __device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0
     }
 }
 
+// weights + pick for one group, with the running sums of the common cases taken from the sum's
+// own partial sums: with no dominant value (2 max <= sum) the weights are the magnitudes, so
+// c_0..c_3 are exactly 0 + m_0, + m_1, + m_2, + m_3 (the additions `sum` already did); with one
+// dominant value b the weights are the magnitudes with m_b replaced by rest = sum - m_b. All-zero
+// groups, a lone non-zero (rest = 0) and non-finite sums take weights() + pick() themselves (the
+// reference's special weights, the interval walk). Same operations on the same values as the
+// reference in every case, so the same picks bit for bit.
+__device__ __forceinline__ void weights_pick(const float a[4], float u, float& h, int& big, int& k0, int& k1) {
+    float m[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
+    const float s1 = __fadd_rn(0.f, m[0]), s2 = __fadd_rn(s1, m[1]), s3 = __fadd_rn(s2, m[2]), sum = __fadd_rn(s3, m[3]);
+    int b = 0;  // first index of the largest magnitude
+    float mb = m[0];
+#pragma unroll
+    for (int i = 1; i < 4; ++i) {
+        if (m[i] > mb) {
+            b = i;
+            mb = m[i];
+        }
+    }
+    const bool spread = __fmul_rn(2.f, mb) <= sum;
+    const float rest = __fsub_rn(sum, mb);
+    float c0 = s1, c1 = s2, c2 = s3, c3 = sum;
+    if (spread) {
+        h = __fmul_rn(0.5f, sum);
+        big = 4;
+    } else {
+        h = rest;
+        big = b;
+        c0 = __fadd_rn(0.f, b == 0 ? rest : m[0]);
+        c1 = __fadd_rn(c0, b == 1 ? rest : m[1]);
+        c2 = __fadd_rn(c1, b == 2 ? rest : m[2]);
+        c3 = __fadd_rn(c2, b == 3 ? rest : m[3]);
+    }
+    const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
+    if (sum == 0.f || (!spread && rest == 0.f) || !isfinite(c3) || !isfinite(v1)) {
+        float w[4];
+        weights(a, w, h, big);
+        pick(w, h, u, k0, k1);
+        return;
+    }
+    const int j0 = (c0 <= v0) + (c1 <= v0) + (c2 <= v0) + (c3 <= v0);
+    const int j1 = (c0 <= v1) + (c1 <= v1) + (c2 <= v1) + (c3 <= v1);
+    if (j0 == 4) {
+        k0 = 2;
+        k1 = 3;
+    } else if (j1 == 4 || j1 == j0) {
+        k0 = j0 == 3 ? 2 : j0;
+        k1 = 3;
+    } else {
+        k0 = j0;
+        k1 = j1;
+    }
+}
+
 // reference::mvue::kept_value: a_i / p_i without dividing.
 __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
     return i == big ? a : a == 0.f ? 0.f : copysignf(h, a);
@@ -122,13 +178,12 @@ __device__ __forceinline__ void run_tile(long long tile_id, const uint16_t (*til
         const uint4 rnd = philox4x32(make_uint4((uint32_t)ctr, (uint32_t)(ctr >> 32), step, 0x6d767565u), key);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] and kept_bits[h] stay in registers
-            float a[4], w[4], hh;
+            float a[4], hh;
             int big;
 #pragma unroll
             for (int r = 0; r < 4; ++r) a[r] = bf16_to_f32(tile[16 * t + 4 * q + r][jl]);
-            mvue::weights(a, w, hh, big);
             int k0, k1;
-            mvue::pick(w, hh, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), k0, k1);
+            mvue::weights_pick(a, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), hh, big, k0, k1);
             const float a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : k0 == 2 ? a[2] : a[3];
             const float a1 = k1 == 0 ? a[0] : k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
             packed[q] = (uint32_t)f32_to_bf16(mvue::kept_value(a0, k0, hh, big)) | ((uint32_t)f32_to_bf16(mvue::kept_value(a1, k1, hh, big)) << 16);

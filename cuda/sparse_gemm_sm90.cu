@@ -69,13 +69,28 @@ struct Params {
     int m_tiles, n_tiles;  // m_tiles counts cluster tiles of CM x 128 rows
     int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
     int group_m;       // raster: tiles run in groups of group_m M tiles, M fastest within a group
-    int stream_k;      // 1: each CTA takes an equal share of all (tile, K block) iterations and adds
-                       //    its partial tiles into ws with f32 atomics; a finalize kernel writes D
-    float* ws;         // stream-K workspace: M x N f32 in D's layout, zeroed
+    int stream_k;      // 1: tiles 0 .. dp_tiles run data-parallel (whole waves); the K blocks of the
+                       //    remaining tiles (the last partial wave) are shared equally by all CTAs,
+                       //    whose partial tiles meet in ws through f32 atomics; a finalize kernel
+                       //    writes those tiles of D
+    int dp_tiles;      // stream-K: the tiles before the stream-K tail (a multiple of the clusters)
+    float* ws;         // stream-K workspace: per tail tile and CTA rank, 128 x BN f32 row-major, zeroed
 };
 
 template <int BN, int TRANS_B>
 struct WgmmaSp;
+
+// Grouped raster: the CTAs of one wave cover about group_m M tiles x (SMs / group_m) N tiles,
+// so the A rows and B columns a wave needs stay in L2 (a slab of B is 4x one of compressed A,
+// the host picks group_m to balance the two). M runs fastest within a group. mt counts cluster
+// tiles (CM x 128 rows). Shared by the GEMM and the stream-K finalize kernel.
+__device__ __forceinline__ void raster(int tile, int group_m, int m_tiles, int n_tiles, int& mt, int& nt) {
+    const int per_group = group_m * n_tiles;
+    const int group = tile / per_group, rem = tile % per_group;
+    const int gm = min(group_m, m_tiles - group * group_m);
+    mt = group * group_m + rem % gm;
+    nt = rem / gm;
+}
 
 #include "sparse_gemm_sm90_wgmma.inc"
 
@@ -218,39 +233,48 @@ template <int CM>
 __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, int& nt) {
     // Read here, not kept in a register across the main loop (the consumers are at 168).
     const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
-    // Grouped raster: the CTAs of one wave cover about group_m M tiles x (SMs / group_m) N tiles,
-    // so the A rows and B columns a wave needs stay in L2 (a slab of B is 4x one of compressed A,
-    // the host picks group_m to balance the two). M runs fastest within a group.
-    const int per_group = p.group_m * p.n_tiles;
-    const int group = tile / per_group, rem = tile % per_group;
-    const int gm = min(p.group_m, p.m_tiles - group * p.group_m);
-    m0 = ((group * p.group_m + rem % gm) * CM + rank) * BM;
-    nt = rem / gm;
+    int mt;
+    raster(tile, p.group_m, p.m_tiles, p.n_tiles, mt, nt);
+    m0 = (mt * CM + rank) * BM;
 }
 
 // The work of one cluster (both of its CTAs run the same sequence), as segments (cluster tile,
 // K blocks [kb_begin, kb_end)). Data-parallel: whole tiles, cluster c, c + clusters, ...
-// Stream-K: a contiguous 1/clusters share of the flattened (tile, K block) space, so every SM
-// gets the same amount of work whatever the tile count.
+// Stream-K: the same for tiles below dp_tiles (the whole waves), then a contiguous 1/clusters
+// share of the flattened (tile, K block) space of the tail tiles, so the last, partial wave is
+// spread over every SM instead of leaving most of them idle. Only tail tiles go through the
+// workspace (CUTLASS's data-parallel + stream-K hybrid).
 template <int CM>
 struct Schedule {
     // 32-bit: the host refuses shapes with 2^31 or more (tile, K block) iterations; 64-bit
     // division here made the 40-register producer spill.
-    int cur, end, step;
+    int cur, end, step;     // data-parallel part: whole tiles (cur is a multiple of k_blocks)
+    int sk_cur, sk_end;     // stream-K tail: flattened (tile, K block) indices
     int k_blocks;
     __device__ Schedule(const Params& p) : k_blocks(p.k / BK) {
         const int tiles = p.m_tiles * p.n_tiles;
         const int c = blockIdx.x / CM, clusters = gridDim.x / CM;
+        const int dp = p.stream_k ? p.dp_tiles : tiles;
+        cur = c * k_blocks;
+        end = dp * k_blocks;
+        step = (clusters - 1) * k_blocks;
+        sk_cur = sk_end = 0;
         if (p.stream_k) {
-            const long long total = (long long)tiles * k_blocks;
-            cur = (int)(total * c / clusters);
-            end = (int)(total * (c + 1) / clusters);
-            step = 0;
-        } else {
-            cur = c * k_blocks;
-            end = tiles * k_blocks;
-            step = (clusters - 1) * k_blocks;
+            const long long tail = (long long)(tiles - dp) * k_blocks;
+            sk_cur = end + (int)(tail * c / clusters);
+            sk_end = end + (int)(tail * (c + 1) / clusters);
         }
+        to_tail_when_done();
+    }
+    // Moves to the stream-K share once the data-parallel tiles are done, by selects: a branch
+    // here made ptxas leave the uniform datapath in the main loop (mbarrier addresses in vector
+    // registers, convergence barriers around every stage; 5-13% slower on long-K shapes).
+    __device__ void to_tail_when_done() {
+        const bool done = cur >= end;
+        cur = done ? sk_cur : cur;
+        end = done ? sk_end : end;
+        step = done ? 0 : step;
+        sk_cur = done ? sk_end : sk_cur;
     }
     __device__ bool next(int& tile, int& kb_begin, int& kb_end) {
         if (cur >= end) return false;
@@ -258,6 +282,7 @@ struct Schedule {
         kb_begin = cur % k_blocks;
         kb_end = min(k_blocks, kb_begin + (end - cur));
         cur += (kb_end - kb_begin) + step;
+        to_tail_when_done();
         return true;
     }
 };
@@ -353,6 +378,49 @@ __device__ __forceinline__ void release_stage(uint64_t* empty_s, int lane) {
     else mbar_arrive_cluster(empty_s, lane);
 }
 
+// Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D: the epilogue of
+// a cooperative consumer's half tile and of each half of a ping-pong tile. bf16 without beta: TMA
+// stores from the two alternating swizzled buffers; otherwise staged f32 chunks, 16-byte stores.
+template <int BN, int R>
+__device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
+                                           int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
+    const int warp = tid >> 5, lane = tid & 31;
+    if (p.tma_store) {
+        const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
+        const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
+        const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
+            uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
+            if (tid == 0) tma_store_wait_read<1>();
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            if (tid == 0 && gm0 < p.m) {
+                const int gn = n0 + chunk * EPI_COLS;
+                if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
+                else tma_store_2d(td, buf, gn, gm0);
+            }
+        }
+    } else {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
+#pragma unroll
+            for (int j = 0; j < EPI_COLS / 8; ++j) {
+                const int r = chunk * (EPI_COLS / 8) + j;
+                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
+                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
+                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
+            }
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+            store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+        }
+    }
+}
+
 template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg,
                                          const TensorMap* td) {
@@ -410,57 +478,23 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
         const int gm0 = m0 + 64 * wg;
-        if (p.stream_k) {
-            // Partial tile: add into the f32 workspace (D's layout); the finalize kernel writes D.
+        if (p.stream_k && tile >= p.dp_tiles) {
+            // Stream-K tail tile: add this segment into the tile's f32 workspace (128 x BN,
+            // row-major, one per CTA of the cluster); the finalize kernel writes D from it.
             const int g = lane >> 2, t = lane & 3;
+            const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
+            float* ws = p.ws + ((long long)(tile - p.dp_tiles) * CM + rank) * (BM * BN);
 #pragma unroll
             for (int q = 0; q < Mma::kAccRegs / 4; ++q) {
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int row = gm0 + 16 * warp + g + 8 * h, c = n0 + 8 * q + 2 * t;
-                    if (row >= p.m || c >= p.n) continue;
-                    const float v0 = acc[4 * q + 2 * h], v1 = acc[4 * q + 2 * h + 1];
-                    if (p.d_col_major) {
-                        atomicAdd(p.ws + (long long)c * p.m + row, v0);
-                        atomicAdd(p.ws + (long long)(c + 1) * p.m + row, v1);
-                    } else {
-                        atomicAdd(reinterpret_cast<float2*>(p.ws + (long long)row * p.n + c), make_float2(v0, v1));
-                    }
-                }
-            }
-        } else if (p.tma_store) {
-            const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
-            const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
-            const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
-#pragma unroll
-            for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
-                uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
-                if (tid == 0) tma_store_wait_read<1>();  // the store that last used `buf` has read it
-                named_barrier(1 + wg, 128);
-                stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes -> TMA reads
-                named_barrier(1 + wg, 128);
-                if (tid == 0 && gm0 < p.m) {  // a tile wholly below M (odd M tiles, CM = 2) stores nothing
-                    const int gn = n0 + chunk * EPI_COLS;
-                    if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
-                    else tma_store_2d(td, buf, gn, gm0);
+                    const int r = 64 * wg + 16 * warp + g + 8 * h, c = 8 * q + 2 * t;
+                    if (m0 + r >= p.m || n0 + c >= p.n) continue;  // the finalize skips these too
+                    atomicAdd(reinterpret_cast<float2*>(ws + r * BN + c), make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]));
                 }
             }
         } else {
-            const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-            for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
-#pragma unroll
-                for (int j = 0; j < EPI_COLS / 8; ++j) {
-                    const int r = chunk * (EPI_COLS / 8) + j;
-                    float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
-                    *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
-                    *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
-                }
-                named_barrier(1 + wg, 128);
-                store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
-                named_barrier(1 + wg, 128);
-            }
+            store_half<BN>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
         }
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
@@ -472,50 +506,6 @@ __device__ __forceinline__ void ring_advance(int& s, uint32_t& phase, int n) {
     s += n;
     phase ^= (uint32_t)((s / STAGES) & 1);
     s %= STAGES;
-}
-
-// Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D, as the
-// cooperative consumer's epilogue does for its half. (That epilogue keeps its own inline copy:
-// routing it through this function changed the measured kernels' PTX, register allocation and
-// vector stores included; fold them together when both are re-measured.)
-template <int BN, int R>
-__device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
-                                           int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
-    const int warp = tid >> 5, lane = tid & 31;
-    if (p.tma_store) {
-        const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
-        const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
-        const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
-#pragma unroll
-        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
-            uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
-            if (tid == 0) tma_store_wait_read<1>();
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            if (tid == 0 && gm0 < p.m) {
-                const int gn = n0 + chunk * EPI_COLS;
-                if (p.d_col_major) tma_store_2d(td, buf, gm0, gn);
-                else tma_store_2d(td, buf, gn, gm0);
-            }
-        }
-    } else {
-        const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-        for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
-#pragma unroll
-            for (int j = 0; j < EPI_COLS / 8; ++j) {
-                const int r = chunk * (EPI_COLS / 8) + j;
-                float* row0 = stage_epi + (16 * warp + g) * EPI_PITCH + 8 * j + 2 * t;
-                *reinterpret_cast<float2*>(row0) = make_float2(acc[4 * r], acc[4 * r + 1]);
-                *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
-            }
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
-            named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-        }
-    }
 }
 
 // Ping-pong consumer: warpgroup wg computes the CTA's tiles wg, wg + 2, ... whole (128 x BN, two
@@ -731,18 +721,30 @@ TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n)
 
-// Stream-K finalize: D = ws (+ bias[row]) (+ beta * D), elementwise in D's layout.
+// Stream-K finalize: for every tail tile (dp_tiles .. tiles) and CTA rank of its cluster, D = ws
+// (+ bias[row]) (+ beta * D) over the tile's 128 x bn elements inside M x N, in D's layout. The
+// workspace is compact (128 x bn f32 row-major per tail tile and rank), so it costs the tail's
+// size, not M x N.
 extern "C" __global__ void sparse_gemm_finalize(const float* __restrict__ ws, void* d, const float* __restrict__ bias,
-                                                float beta, int m, int n, int d_col_major, int d_f32) {
-    const long long total = (long long)m * n;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
-        const int row = d_col_major ? (int)(i % m) : (int)(i / n);
-        float v = ws[i] + (bias ? bias[row] : 0.f);
+                                                float beta, int m, int n, int d_col_major, int d_f32, int dp_tiles,
+                                                int tiles, int m_tiles, int n_tiles, int group_m, int cm, int bn) {
+    // 32-bit indices: the tail is less than one wave of tiles (at most 132 x 2 x 128 x 256).
+    const int per = sm90::BM * bn;
+    const int total = (tiles - dp_tiles) * cm * per;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int slot = i / per, e = i % per;
+        const int tile = dp_tiles + slot / cm, rank = slot % cm;
+        int mt, nt;
+        sm90::raster(tile, group_m, m_tiles, n_tiles, mt, nt);
+        const int row = (mt * cm + rank) * sm90::BM + e / bn, col = nt * bn + e % bn;
+        if (row >= m || col >= n) continue;
+        const long long at = d_col_major ? (long long)col * m + row : (long long)row * n + col;
+        const float v = ws[i] + (bias ? bias[row] : 0.f);
         if (d_f32) {
-            float* o = static_cast<float*>(d) + i;
+            float* o = static_cast<float*>(d) + at;
             *o = v + (beta != 0.f ? beta * *o : 0.f);
         } else {
-            __nv_bfloat16* o = static_cast<__nv_bfloat16*>(d) + i;
+            __nv_bfloat16* o = static_cast<__nv_bfloat16*>(d) + at;
             *o = __float2bfloat16_rn(v + (beta != 0.f ? beta * __bfloat162float(*o) : 0.f));
         }
     }

@@ -137,6 +137,12 @@ if command -v cuobjdump >/dev/null; then
   hmma_sp=$(grep -cE "HMMA\.SP|HMMA.*\.SP" "$out/logs/sass-sm90a.txt")
   hgmma_sp=$(grep -cE "HGMMA.*SP|HGMMA\.SP" "$out/logs/sass-sm90a.txt")
   record "sass sm_90a" "INFO" "sparse HMMA: $hmma_sp, sparse HGMMA: $hgmma_sp"
+  # The cooperative single-CTA instances keep their main loops on the uniform datapath: every
+  # mbarrier wait addresses shared memory through a uniform register. When a schedule change made
+  # ptxas treat the loop as divergent, the waits moved to vector registers and the GEMM lost 5-13%
+  # on long-K shapes with no other sign (docs/bench/notes.md).
+  vec_waits=$(awk '/Function :/ {f=$3} /TRYWAIT/ && f ~ /^sparse_gemm_sm90_bn[0-9]+_s[0-9]+_[kn]$/ && $0 !~ /\[UR/ {n++} END {print n+0}' "$out/logs/sass-sm90a.txt")
+  record "sass main loops uniform" "$([ "$vec_waits" = 0 ] && echo PASS || echo FAIL)" "mbarrier waits on vector registers in cooperative instances: $vec_waits"
 fi
 
 cp "$pack/ptxas-report.txt" "$out/" 2>/dev/null

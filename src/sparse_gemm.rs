@@ -49,8 +49,9 @@ pub enum Schedule {
     Auto,
     /// Whole tiles, round-robin over a persistent grid.
     DataParallel,
-    /// Every SM takes an equal share of all (tile, K block) iterations; partial tiles meet in an
-    /// f32 workspace through atomics (not bit-reproducible run to run), then a finalize pass.
+    /// Whole waves of tiles data-parallel; the last, partial wave's (tile, K block) iterations
+    /// shared equally by every SM. Those tail tiles' partial sums meet in a compact f32 workspace
+    /// through atomics (not bit-reproducible run to run), then a finalize pass writes them.
     StreamK,
 }
 
@@ -180,6 +181,7 @@ struct Params {
     tma_store: i32,
     group_m: i32,
     stream_k: i32,
+    dp_tiles: i32,
     ws: u64,
 }
 // SAFETY: repr(C) plain data matching the CUDA struct.
@@ -372,9 +374,21 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     if stream_k && cfg.pingpong {
         return Err(unsupported("sparse_gemm", format!("{cfg:?}: the ping-pong instance runs whole tiles only; use Schedule::DataParallel or Auto")));
     }
+    let (name, f, smem) = instance(dev, cfg, b_n_major)?;
+    let tiles = m_tiles * n_tiles;
+    // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once;
+    // data-parallel launches no more CTAs than tiles, stream-K fills every slot (with fewer tiles
+    // than SMs it splits all of them along K).
+    let slots = slots(dev, cfg, &name, &f, smem, sms)?;
+    let grid = if stream_k { slots } else { (tiles * cm).min(slots) };
+    // Stream-K: whole waves data-parallel, only the last partial wave split (none when the tiles
+    // fill whole waves).
+    let clusters = grid / cm;
+    let dp_tiles = if stream_k { tiles / clusters * clusters } else { tiles };
+    let tail = tiles - dp_tiles;
     let run = |ws_ptr: u64| -> Result<()> {
         // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
-        let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && !stream_k;
+        let tma_store = T::IS_F32 == 0 && opts.beta == 0.0;
         let td = if tma_store {
             let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
             tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
@@ -394,32 +408,34 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             n_tiles: n_tiles as i32,
             tma_store: tma_store as i32,
             group_m: group_m as i32,
-            stream_k: stream_k as i32,
+            stream_k: (tail > 0) as i32,
+            dp_tiles: dp_tiles as i32,
             ws: ws_ptr,
         };
-        let (name, f, smem) = instance(dev, cfg, b_n_major)?;
-        // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once.
-        let grid = ((m_tiles * n_tiles) * cm).min(slots(dev, cfg, &name, &f, smem, sms)?) as u32;
-        let launch = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+        let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);
         launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
         // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
         // kernel's struct; D has dr x dc elements of T as Params says.
         unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
-        if stream_k {
+        if tail > 0 {
             let f = dev.function("sparse_gemm_finalize")?;
             let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
+            let (dpi, ti, mti, nti, gmi, cmi, bni) = (dp_tiles as i32, tiles as i32, m_tiles as i32, n_tiles as i32, group_m as i32, cm as i32, cfg.bn as i32);
             let mut l = stream.launch_builder(&f);
             l.arg(&ws_ptr).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
-            // SAFETY: ws and D both hold m * n elements in D's layout; bias has m entries or is null.
+            l.arg(&dpi).arg(&ti).arg(&mti).arg(&nti).arg(&gmi).arg(&cmi).arg(&bni);
+            // SAFETY: ws holds tail * cm tiles of 128 x bn f32; the kernel writes only D elements
+            // inside m x n (D has m * n elements of T); bias has m entries or is null.
             unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
         }
         Ok(())
     };
-    if stream_k {
-        // The f32 workspace partial tiles meet in: the device's kept scratch, zeroed on the stream.
-        dev.with_zeroed_scratch(m * n, |ws| {
+    if tail > 0 {
+        // The f32 workspace the tail tiles' partial sums meet in: the device's kept scratch, zeroed
+        // on the stream; tail x cluster_m tiles of 128 x bn (not M x N: only the tail goes through it).
+        dev.with_zeroed_scratch(tail * cm * TileConfig::BM * cfg.bn as usize, |ws| {
             use cudarc::driver::DevicePtrMut;
             let (ptr, _guard) = ws.device_ptr_mut(stream);
             run(ptr)
@@ -456,5 +472,54 @@ mod tests {
         }
         assert_eq!(TileConfig::ALL[3].kernel_name(false), "sparse_gemm_sm90_bn256_s4_c2_k");
         assert_eq!(TileConfig::ALL[0].kernel_name(true), "sparse_gemm_sm90_bn256_s4_n");
+    }
+
+    /// The kernel's `Schedule` (cuda/sparse_gemm_sm90.cu), step for step: the segments
+    /// (tile, kb_begin, kb_end) cluster `c` of `clusters` runs.
+    fn device_schedule(tiles: usize, k_blocks: usize, clusters: usize, dp_tiles: usize, c: usize) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        let (mut cur, end, step) = (c * k_blocks, dp_tiles * k_blocks, (clusters - 1) * k_blocks);
+        while cur < end {
+            out.push((cur / k_blocks, 0, k_blocks));
+            cur += k_blocks + step;
+        }
+        let tail = (tiles - dp_tiles) * k_blocks;
+        let (mut sk, sk_end) = (end + tail * c / clusters, end + tail * (c + 1) / clusters);
+        while sk < sk_end {
+            let (tile, kb) = (sk / k_blocks, sk % k_blocks);
+            let kb_end = k_blocks.min(kb + (sk_end - sk));
+            out.push((tile, kb, kb_end));
+            sk += kb_end - kb;
+        }
+        out
+    }
+
+    /// Stream-K's data-parallel waves + split tail cover every (tile, K block) exactly once, give
+    /// whole tiles below dp_tiles, and spread the tail's iterations within one K block of evenly.
+    #[test]
+    fn stream_k_tail_covers_every_iteration_once() {
+        for (tiles, k_blocks, clusters) in [(450, 256, 132), (350, 256, 132), (72, 256, 132), (264, 16, 132), (5, 3, 132), (1, 1, 66), (133, 7, 132)] {
+            let dp_tiles = tiles / clusters * clusters;
+            let mut seen = vec![0u8; tiles * k_blocks];
+            let mut tail_work = Vec::new();
+            for c in 0..clusters {
+                let mut tail = 0;
+                for (tile, b, e) in device_schedule(tiles, k_blocks, clusters, dp_tiles, c) {
+                    assert!(b < e && e <= k_blocks, "{tiles}/{k_blocks}/{clusters}: segment {tile} {b}..{e}");
+                    if tile < dp_tiles {
+                        assert_eq!((b, e), (0, k_blocks), "data-parallel tiles are whole");
+                    } else {
+                        tail += e - b;
+                    }
+                    for kb in b..e {
+                        seen[tile * k_blocks + kb] += 1;
+                    }
+                }
+                tail_work.push(tail);
+            }
+            assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}: not covered exactly once");
+            let (lo, hi) = (tail_work.iter().min().unwrap(), tail_work.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: tail shares {lo}..{hi}");
+        }
     }
 }

@@ -113,14 +113,19 @@ pub(crate) fn median_alternating(dev: &Device, reps: usize, flush: &mut CudaSlic
 fn candidates(m: usize) -> Vec<TileConfig> {
     let m_tiles = m.div_ceil(TileConfig::BM);
     let mut v = Vec::new();
-    // Stream-K is left out: it lost to data-parallel on every shape measured (docs/bench/notes.md),
-    // and the library never picks it by itself.
     for base in TileConfig::ALL {
         for group_m in [0u32, 4, 8, 16, 32] {
             if group_m as usize > m_tiles {
                 continue; // same raster as a smaller group: nothing new to measure
             }
             v.push(TileConfig { group_m, schedule: Schedule::DataParallel, ..base });
+        }
+        // Stream-K (whole waves data-parallel, the last partial wave split along K) for the
+        // single-CTA cooperative instances, default raster only: it targets tile counts that leave
+        // SMs idle in the last wave (GPT-2 XL fc1 dW, GPT-2 small dW). The library's Auto never
+        // picks it by itself; a tuned table may.
+        if base.cluster_m == 1 && !base.pingpong {
+            v.push(TileConfig { group_m: 0, schedule: Schedule::StreamK, ..base });
         }
     }
     v
