@@ -475,21 +475,26 @@ mod tests {
     }
 
     /// The kernel's `Schedule` (cuda/sparse_gemm_sm90.cu), step for step: the segments
-    /// (tile, kb_begin, kb_end) cluster `c` of `clusters` runs.
+    /// (tile, kb_begin, kb_end) cluster `c` of `clusters` runs. One cursor: when the data-parallel
+    /// tiles are done it moves to the cluster's tail share (`to_tail_when_done`).
     fn device_schedule(tiles: usize, k_blocks: usize, clusters: usize, dp_tiles: usize, c: usize) -> Vec<(usize, usize, usize)> {
-        let mut out = Vec::new();
-        let (mut cur, end, step) = (c * k_blocks, dp_tiles * k_blocks, (clusters - 1) * k_blocks);
-        while cur < end {
-            out.push((cur / k_blocks, 0, k_blocks));
-            cur += k_blocks + step;
-        }
+        let (mut cur, mut end, mut step) = (c * k_blocks, dp_tiles * k_blocks, (clusters - 1) * k_blocks);
         let tail = (tiles - dp_tiles) * k_blocks;
-        let (mut sk, sk_end) = (end + tail * c / clusters, end + tail * (c + 1) / clusters);
-        while sk < sk_end {
-            let (tile, kb) = (sk / k_blocks, sk % k_blocks);
-            let kb_end = k_blocks.min(kb + (sk_end - sk));
+        let (mut sk_cur, sk_end) = (end + tail * c / clusters, end + tail * (c + 1) / clusters);
+        let mut to_tail_when_done = |cur: &mut usize, end: &mut usize, step: &mut usize| {
+            if *cur >= *end {
+                (*cur, *end, *step) = (sk_cur, sk_end, 0);
+                sk_cur = sk_end;
+            }
+        };
+        to_tail_when_done(&mut cur, &mut end, &mut step);
+        let mut out = Vec::new();
+        while cur < end {
+            let (tile, kb) = (cur / k_blocks, cur % k_blocks);
+            let kb_end = k_blocks.min(kb + (end - cur));
             out.push((tile, kb, kb_end));
-            sk += kb_end - kb;
+            cur += (kb_end - kb) + step;
+            to_tail_when_done(&mut cur, &mut end, &mut step);
         }
         out
     }
