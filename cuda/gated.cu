@@ -85,55 +85,83 @@ extern "C" __global__ void gated_backward(const uint16_t* __restrict__ h, const 
 // gated_backward writes it, and S(dH^T) (2F x tokens, 2:4 along tokens, the A operand of fc1's
 // dW GEMM) comes out of the same pass instead of a second read of dH by mvue24_compress. Bit for
 // bit the same as gated_backward followed by mvue24_compress(dH) with the same (seed, step).
-// One warp per 32 tokens x 32 features of y; the up and gate gradients of those 32 features go
-// through shared memory as two 32 x 32 tiles of dH (columns f and F + f) and are sparsified by
-// mvue::run_tile. Loads and stores: a quarter-warp covers one token's 64 contiguous bytes, so each
-// 16-byte access of the warp touches 8 rows (an access per lane per row made it 5x slower).
-// F and tokens multiples of 32 (checked by the host).
-template <int WARPS>
+// One warp per 32 features x 64 tokens of y, in mvue24.cuh's lane layout: each lane computes the
+// up and gate gradients of its 4 features x 16 tokens in registers (8-byte loads and stores, a
+// quarter-warp covering one token's 64 contiguous bytes) and sparsifies them where they are: rows
+// f and F + f of dH^T. No shared memory, so loads of the next tokens overlap the arithmetic of
+// other warps. F and tokens multiples of 32 (checked by the host).
+// KIND is a template parameter (the kernel dispatches on it once): each instance's loop then holds
+// one activation's code, half the size.
+template <int KIND>
 __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
-                                                        int tokens, int F, int kind, unsigned long long seed, unsigned int step,
+                                                        int tokens, int F, unsigned long long seed, unsigned int step,
                                                         uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    __shared__ __align__(16) uint16_t tiles[WARPS][2][32][mvue::PITCH];
+    constexpr int WARPS = 4;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const mvue::LaneTile lt = mvue::lane_tile(lane);
+    const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
     const int tiles_f = F / 32;
-    const int c = (lane & 3) * 8;  // this lane's 8 features of a row
-    const long long total = (long long)(tokens / 32) * tiles_f;
+    const long long total = (long long)((tokens + 63) / 64) * tiles_f;
     for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
-        const int ti = (int)(id / tiles_f), tj = (int)(id % tiles_f);
+        const int tile_tok = 64 * (int)(id / tiles_f);
+        const long long f0 = 32LL * (id % tiles_f) + lt.c0;  // the lane's first feature of y
+        const int tok0 = tile_tok + lt.tok;
+        const bool live = tok0 < tokens;
+        uint32_t xu[16][2], xg[16][2];  // dH's up and gate gradients, packed pairs
 #pragma unroll
-        for (int it = 0; it < 4; ++it) {
-            const int r = it * 8 + (lane >> 2);  // token within the tile
-            const long long t = 32LL * ti + r;
-            const long long up = t * 2 * F + 32 * tj + c, gate = up + F;
-            uint16_t u[8], g[8], d[8], du[8], dg[8];
-            *reinterpret_cast<uint4*>(u) = *reinterpret_cast<const uint4*>(h + up);
-            *reinterpret_cast<uint4*>(g) = *reinterpret_cast<const uint4*>(h + gate);
-            *reinterpret_cast<uint4*>(d) = *reinterpret_cast<const uint4*>(dy + t * F + 32 * tj + c);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {  // gated_backward's arithmetic, element for element
-                float a, da;
-                gated::act(kind, bf16_to_f32(g[j]), a, da);
-                const float dyj = bf16_to_f32(d[j]);
-                du[j] = f32_to_bf16(dyj * a);
-                dg[j] = f32_to_bf16(dyj * bf16_to_f32(u[j]) * da);
+        for (int r = 0; r < 16; ++r) {
+            const long long t = tok0 + r;
+            const long long up = t * 2 * F + f0, gate = up + F;
+            // Packed pairs in registers throughout (a u16 array cast to uint2 went to local memory).
+            uint2 u = make_uint2(0, 0), g = make_uint2(0, 0), d = make_uint2(0, 0);
+            if (live) {
+                u = *reinterpret_cast<const uint2*>(h + up);
+                g = *reinterpret_cast<const uint2*>(h + gate);
+                d = *reinterpret_cast<const uint2*>(dy + t * F + f0);
             }
-            *reinterpret_cast<uint4*>(dh + up) = *reinterpret_cast<uint4*>(du);
-            *reinterpret_cast<uint4*>(dh + gate) = *reinterpret_cast<uint4*>(dg);
-            *reinterpret_cast<uint4*>(&tiles[warp][0][r][c]) = *reinterpret_cast<uint4*>(du);
-            *reinterpret_cast<uint4*>(&tiles[warp][1][r][c]) = *reinterpret_cast<uint4*>(dg);
+            uint32_t du[2], dg[2];
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                const uint32_t uw = p ? u.y : u.x, gw = p ? g.y : g.x, dw = p ? d.y : d.x;
+                uint32_t dup = 0, dgp = 0;
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {  // gated_backward's arithmetic, element for element
+                    float a, da;
+                    gated::act(KIND, mvue::half_f32(gw, j), a, da);
+                    const float dyj = mvue::half_f32(dw, j);
+                    dup |= (uint32_t)f32_to_bf16(dyj * a) << (16 * j);
+                    dgp |= (uint32_t)f32_to_bf16(dyj * mvue::half_f32(uw, j) * da) << (16 * j);
+                }
+                du[p] = dup;
+                dg[p] = dgp;
+            }
+            if (live) {
+                // As 64-bit words: stored as a uint2, NVVM split each into two 32-bit stores.
+                *reinterpret_cast<unsigned long long*>(dh + up) = du[0] | (unsigned long long)du[1] << 32;
+                *reinterpret_cast<unsigned long long*>(dh + gate) = dg[0] | (unsigned long long)dg[1] << 32;
+            }
+            xu[r][0] = du[0];
+            xu[r][1] = du[1];
+            xg[r][0] = dg[0];
+            xg[r][1] = dg[1];
         }
-        __syncwarp();
-        // dH has 2F columns: the up tile is column tile tj, the gate tile F/32 + tj.
-        const int cols = 2 * F, tiles_c = cols / 32;
-        mvue::run_tile((long long)ti * tiles_c + tj, tiles[warp][0], lane, tokens, cols, seed, step, vals, meta, mask);
-        mvue::run_tile((long long)ti * tiles_c + tiles_f + tj, tiles[warp][1], lane, tokens, cols, seed, step, vals, meta, mask);
-        __syncwarp();
+        // dH^T's rows: up gradients are rows f, gate gradients rows F + f (a rolled loop: one copy
+        // of the MVUE code, the part's words picked by selects in lane_rows).
+#pragma unroll 1
+        for (int part = 0; part < 2; ++part) {
+            const long long row0 = (part ? F : 0) + f0;
+            uint32_t nib[2], kept[2];
+            mvue::lane_rows([&](int r, int p) { return part ? (p ? xg[r][1] : xg[r][0]) : (p ? xu[r][1] : xu[r][0]); }, row0, tok0, tokens, key, step, live, vals, nib, kept);
+            mvue::write_words(nib, kept, lane, row0 - lt.c0, tile_tok, tokens, live, meta, mask);
+        }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) gated_backward_mvue(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
+// 3 blocks an SM: at most 168 registers, 12 warps to overlap loads with the arithmetic (at 4
+// blocks, 128 registers, ptxas spills).
+extern "C" __global__ void __launch_bounds__(128, 3) gated_backward_mvue(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
                                                                       int tokens, int F, int kind, unsigned long long seed, unsigned int step,
                                                                       uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    gated_backward_mvue_run<4>(h, dy, dh, tokens, F, kind, seed, step, vals, meta, mask);
+    if (kind == 0) gated_backward_mvue_run<0>(h, dy, dh, tokens, F, seed, step, vals, meta, mask);
+    else gated_backward_mvue_run<1>(h, dy, dh, tokens, F, seed, step, vals, meta, mask);
 }

@@ -6,8 +6,9 @@
 // bit-identical to the CPU reference; none of them is a division (a kept value a_i / p_i is
 // sign(a_i) h exactly in real arithmetic, see reference::mvue).
 //
-// One warp per 32 x 32 tile of dY: the tile is one 32-token chunk of 32 output rows, i.e. exactly
-// two 16-row metadata blocks of S(dY^T), so each lane writes whole metadata words.
+// One warp per tile of 32 features x 64 tokens of dY, held in registers (mvue24.cuh: each lane 4
+// features x 16 tokens, i.e. whole metadata nibbles and one Philox call a row); with tokens a
+// multiple of 32 but not of 64 the last tile row's upper lanes compute and store nothing.
 #include "mvue24.cuh"
 
 using namespace twofour;
@@ -18,21 +19,26 @@ namespace mvue {
 template <int WARPS>
 __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,
                                     uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    __shared__ __align__(16) uint16_t tiles[WARPS][32][PITCH];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const long long total = (long long)(tokens / 32) * (feats / 32);
+    const LaneTile lt = lane_tile(lane);
+    const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
+    const int tiles_f = feats / 32;
+    const long long total = (long long)((tokens + 63) / 64) * tiles_f;
     for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
-        const int ti = (int)(id / (feats / 32)), tj = (int)(id % (feats / 32));
-        // A quarter-warp reads one token's 64 contiguous bytes, so each 16-byte load of the warp
-        // touches 8 rows, not 32 (the fused gated kernel got 2x faster from the same change).
+        const int tile_tok = 64 * (int)(id / tiles_f);
+        const long long row0 = 32LL * (id % tiles_f);
+        const int tok0 = tile_tok + lt.tok;
+        const bool live = tok0 < tokens;
+        uint32_t x[16][2];
 #pragma unroll
-        for (int it = 0; it < 4; ++it) {
-            const int r = it * 8 + (lane >> 2), c = (lane & 3) * 8;
-            *reinterpret_cast<uint4*>(&tiles[warp][r][c]) = *reinterpret_cast<const uint4*>(dy + (long long)(32 * ti + r) * feats + 32 * tj + c);
+        for (int r = 0; r < 16; ++r) {
+            const uint2 v = live ? *reinterpret_cast<const uint2*>(dy + (long long)(tok0 + r) * feats + row0 + lt.c0) : make_uint2(0, 0);
+            x[r][0] = v.x;
+            x[r][1] = v.y;
         }
-        __syncwarp();
-        run_tile(id, tiles[warp], lane, tokens, feats, seed, step, vals, meta, mask);
-        __syncwarp();
+        uint32_t nib[2], kept[2];
+        lane_rows([&](int r, int p) { return p ? x[r][1] : x[r][0]; }, row0 + lt.c0, tok0, tokens, key, step, live, vals, nib, kept);
+        write_words(nib, kept, lane, row0, tile_tok, tokens, live, meta, mask);
     }
 }
 

@@ -1,5 +1,5 @@
-// MVUE 2:4 of one 32 x 32 tile of dY, shared by mvue24.cu and the kernels that produce dY and
-// sparsify it in the same pass (gated.cu). See mvue24.cu for the method.
+// MVUE 2:4 of dY along tokens, shared by mvue24.cu and the kernels that produce dY and sparsify it
+// in the same pass (gated.cu). See mvue24.cu for the method.
 #pragma once
 #include "common.cuh"
 
@@ -7,40 +7,53 @@ namespace mvue {
 
 using namespace twofour;
 
-constexpr int PITCH = 40;
+// The magnitudes of a group, their running sums (0 + m_0, + m_1, ...: the reference's order) and
+// the first index of the largest one: the start of both weights() and weights_pick().
+struct Magnitudes {
+    float m[4], s1, s2, s3, sum, mb;
+    int b;
+};
+
+__device__ __forceinline__ Magnitudes magnitudes(const float a[4]) {
+    Magnitudes g;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) g.m[i] = fabsf(a[i]);
+    g.s1 = __fadd_rn(0.f, g.m[0]);
+    g.s2 = __fadd_rn(g.s1, g.m[1]);
+    g.s3 = __fadd_rn(g.s2, g.m[2]);
+    g.sum = __fadd_rn(g.s3, g.m[3]);
+    g.b = 0;
+    g.mb = g.m[0];
+#pragma unroll
+    for (int i = 1; i < 4; ++i) {
+        if (g.m[i] > g.mb) {
+            g.b = i;
+            g.mb = g.m[i];
+        }
+    }
+    return g;
+}
 
 // reference::mvue::group_weights: weights w (summing to 2h), half-total h, the index kept for
 // sure (4: none). No division anywhere (the reference is written the same way).
 __device__ __forceinline__ void weights(const float a[4], float w[4], float& h, int& big) {
-    float m[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
-    const float sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.f, m[0]), m[1]), m[2]), m[3]);
-    int b = 0;  // first index of the largest magnitude
-    float mb = m[0];
-#pragma unroll
-    for (int i = 1; i < 4; ++i) {
-        if (m[i] > mb) {
-            b = i;
-            mb = m[i];
-        }
-    }
-    if (sum == 0.f) {
+    const Magnitudes g = magnitudes(a);
+    if (g.sum == 0.f) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) w[i] = 1.f;
         h = 2.f;
         big = 4;
-    } else if (__fmul_rn(2.f, mb) <= sum) {
+    } else if (__fmul_rn(2.f, g.mb) <= g.sum) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = m[i];
-        h = __fmul_rn(0.5f, sum);
+        for (int i = 0; i < 4; ++i) w[i] = g.m[i];
+        h = __fmul_rn(0.5f, g.sum);
         big = 4;
     } else {
-        const float rest = __fsub_rn(sum, mb);
+        const float rest = __fsub_rn(g.sum, g.mb);
         h = rest == 0.f ? 1.f : rest;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = i == b ? h : rest == 0.f ? 1.f / 3.f : m[i];
-        big = b;
+        for (int i = 0; i < 4; ++i) w[i] = i == g.b ? h : rest == 0.f ? 1.f / 3.f : g.m[i];
+        big = g.b;
     }
 }
 
@@ -92,115 +105,169 @@ __device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0
     }
 }
 
+// #{i : c_i <= v}, as pick() counts, from four set.le.u32.f32 (all ones when true, so the count
+// is minus their sum): a third of the instructions the compiler makes of the comparisons.
+__device__ __forceinline__ int count_le(float c0, float c1, float c2, float c3, float v) {
+    uint32_t s0, s1, s2, s3;
+    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s0) : "f"(c0), "f"(v));
+    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s1) : "f"(c1), "f"(v));
+    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s2) : "f"(c2), "f"(v));
+    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s3) : "f"(c3), "f"(v));
+    return -(int)(s0 + s1 + s2 + s3);
+}
+
+// weights() + pick() as one call, out of line: the rare groups of weights_pick (all zero, a lone
+// non-zero, non-finite sums) come here, so their code is not copied into every unrolled group.
+// Returns h and k0 | k1 << 2 | big << 4.
+__device__ __noinline__ uint2 weights_pick_rare(float a0, float a1, float a2, float a3, float u) {
+    const float a[4] = {a0, a1, a2, a3};
+    float w[4], h;
+    int big, k0, k1;
+    weights(a, w, h, big);
+    pick(w, h, u, k0, k1);
+    return make_uint2(__float_as_uint(h), (uint32_t)(k0 | k1 << 2 | big << 4));
+}
+
 // weights + pick for one group, with the running sums of the common cases taken from the sum's
 // own partial sums: with no dominant value (2 max <= sum) the weights are the magnitudes, so
 // c_0..c_3 are exactly 0 + m_0, + m_1, + m_2, + m_3 (the additions `sum` already did); with one
 // dominant value b the weights are the magnitudes with m_b replaced by rest = sum - m_b. All-zero
-// groups, a lone non-zero (rest = 0) and non-finite sums take weights() + pick() themselves (the
-// reference's special weights, the interval walk). Same operations on the same values as the
-// reference in every case, so the same picks bit for bit.
+// groups, a lone non-zero (rest = 0) and non-finite sums take weights_pick_rare (the reference's
+// special weights, the interval walk). Same operations on the same values as the reference in
+// every case, so the same picks bit for bit.
 __device__ __forceinline__ void weights_pick(const float a[4], float u, float& h, int& big, int& k0, int& k1) {
-    float m[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
-    const float s1 = __fadd_rn(0.f, m[0]), s2 = __fadd_rn(s1, m[1]), s3 = __fadd_rn(s2, m[2]), sum = __fadd_rn(s3, m[3]);
-    int b = 0;  // first index of the largest magnitude
-    float mb = m[0];
-#pragma unroll
-    for (int i = 1; i < 4; ++i) {
-        if (m[i] > mb) {
-            b = i;
-            mb = m[i];
-        }
-    }
-    const bool spread = __fmul_rn(2.f, mb) <= sum;
-    const float rest = __fsub_rn(sum, mb);
-    float c0 = s1, c1 = s2, c2 = s3, c3 = sum;
-    if (spread) {
-        h = __fmul_rn(0.5f, sum);
-        big = 4;
-    } else {
-        h = rest;
-        big = b;
-        c0 = __fadd_rn(0.f, b == 0 ? rest : m[0]);
-        c1 = __fadd_rn(c0, b == 1 ? rest : m[1]);
-        c2 = __fadd_rn(c1, b == 2 ? rest : m[2]);
-        c3 = __fadd_rn(c2, b == 3 ? rest : m[3]);
-    }
+    // Written as selects, not branches: a warp's groups split between the cases, and divergent
+    // branches would run both sides anyway (plus the convergence barriers).
+    const Magnitudes g = magnitudes(a);
+    const bool spread = __fmul_rn(2.f, g.mb) <= g.sum;
+    const float rest = __fsub_rn(g.sum, g.mb);
+    big = spread ? 4 : g.b;
+    h = spread ? __fmul_rn(0.5f, g.sum) : rest;
+    // Weights: the magnitudes, m_big replaced by rest (spread: none replaced, so the running sums
+    // are the very additions `sum` did).
+    const float c0 = __fadd_rn(0.f, big == 0 ? rest : g.m[0]);
+    const float c1 = __fadd_rn(c0, big == 1 ? rest : g.m[1]);
+    const float c2 = __fadd_rn(c1, big == 2 ? rest : g.m[2]);
+    const float c3 = __fadd_rn(c2, big == 3 ? rest : g.m[3]);
     const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
-    if (sum == 0.f || (!spread && rest == 0.f) || !isfinite(c3) || !isfinite(v1)) {
-        float w[4];
-        weights(a, w, h, big);
-        pick(w, h, u, k0, k1);
+    if (g.sum == 0.f || (!spread && rest == 0.f) || !isfinite(c3) || !isfinite(v1)) {
+        const uint2 r = weights_pick_rare(a[0], a[1], a[2], a[3], u);
+        h = __uint_as_float(r.x);
+        k0 = r.y & 3;
+        k1 = (r.y >> 2) & 3;
+        big = r.y >> 4;
         return;
     }
-    const int j0 = (c0 <= v0) + (c1 <= v0) + (c2 <= v0) + (c3 <= v0);
-    const int j1 = (c0 <= v1) + (c1 <= v1) + (c2 <= v1) + (c3 <= v1);
-    if (j0 == 4) {
-        k0 = 2;
-        k1 = 3;
-    } else if (j1 == 4 || j1 == j0) {
-        k0 = j0 == 3 ? 2 : j0;
-        k1 = 3;
-    } else {
-        k0 = j0;
-        k1 = j1;
-    }
+    const int j0 = count_le(c0, c1, c2, c3, v0), j1 = count_le(c0, c1, c2, c3, v1);
+    // pick()'s three cases in one: with j0 <= j1, neither value inside (j0 = 4) or one interval
+    // hit (j1 = 4 or j1 = j0) keep min(j0, 2) and 3; two hits keep j0 (< j1 <= 3, so <= 2) and j1.
+    k0 = min(j0, 2);
+    k1 = (j1 == 4 || j1 == j0) ? 3 : j1;
 }
 
 // reference::mvue::kept_value: a_i / p_i without dividing.
 __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
-    return i == big ? a : a == 0.f ? 0.f : copysignf(h, a);
+    const float scaled = a == 0.f ? 0.f : copysignf(h, a);
+    return i == big ? a : scaled;
 }
 
 
-// One warp, one 32 x 32 tile of dY (tokens 32 ti.., features 32 tj..; tile_id = ti * feats/32 + tj),
-// already in shared memory (`tile[token][feature]`): S(dY^T)'s values, metadata and mask words of
-// those 32 rows x 32 tokens. Used by mvue24_compress and by producers of dY that sparsify in place
-// (gated_backward_mvue).
-__device__ __forceinline__ void run_tile(long long tile_id, const uint16_t (*tile)[PITCH], int lane, int tokens, int feats,
-                                         unsigned long long seed, unsigned int step, uint16_t* __restrict__ vals,
-                                         uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    const int ti = (int)(tile_id / (feats / 32)), tj = (int)(tile_id % (feats / 32));
+// The lane-level layout of S(dY^T) shared by mvue24_compress and the kernels that produce dY and
+// sparsify it in the same pass (gated_backward_mvue). A warp tile is 32 output rows (features of
+// dY) x 64 tokens; lane l holds rows 4 (l & 7) .. + 3 of it and tokens 16 (l >> 3) .. + 15 in
+// registers, read straight from dY (no shared memory: a quarter-warp's loads cover one token's 64
+// contiguous bytes). 16 tokens of a row are four groups: one Philox call, 16 bytes of kept values,
+// 16 metadata bits and 16 mask bits; the lanes holding rows g and g + 8 (lane ^ 2) and tokens
+// 0..15 and 16..31 of a 32-token block (lane ^ 8) swap halves to write whole 32-bit words.
+struct LaneTile {
+    int c0;    // first of the lane's four rows within the warp tile: 4 (lane & 7)
+    int tok;   // first of its 16 tokens within the warp tile: 16 (lane >> 3)
+};
 
-    const int rb = lane >> 4, g = (lane >> 1) & 7, t = lane & 1;
-    const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
-    uint32_t word = 0, kept_bits[2] = {0, 0};
+__device__ __forceinline__ LaneTile lane_tile(int lane) { return LaneTile{4 * (lane & 7), 16 * (lane >> 3)}; }
+
+// bf16 #i (0: low half) of a packed pair as f32.
+__device__ __forceinline__ float half_f32(uint32_t w, int i) { return __uint_as_float(i ? (w & 0xffff0000u) : (w << 16)); }
+
+// S(dY^T) of one lane's 4 rows x 16 tokens: words(r, p) (p a run-time 0 or 1) is the packed word
+// of token tok0 + r holding rows row0 + 2p (low half) and row0 + 2p + 1 (high). Same arithmetic and draws as reference::mvue (group q of a row's
+// 16 tokens takes word q of the Philox call at counter row * tokens / 16 + tok0 / 16). Writes the
+// kept values (16 bytes a row) when `store`; returns the rows' metadata nibbles and mask bits in
+// pairs: nib[p] = row 2p's 16 bits | row 2p + 1's << 16, kept likewise. The pair loop is rolled
+// (the pair's words picked by selects) to keep the code small: unrolled over all rows, the fused
+// gated kernel's loop outgrew the instruction cache.
+template <class Words>
+__device__ __forceinline__ void lane_rows(Words words, long long row0, int tok0, int tokens, uint2 key, unsigned int step,
+                                          bool store, uint16_t* __restrict__ vals, uint32_t (&nib)[2], uint32_t (&kept)[2]) {
+#pragma unroll 1
+    for (int p = 0; p < 2; ++p) {
+        uint32_t w[16];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int jl = 16 * rb + g + 8 * h;  // output row (feature) within the tile
-        const long long row = 32LL * tj + jl;
-        uint32_t packed[4];  // two bf16 per group; indexed by the unrolled q only
-        uint32_t nibbles = 0;
-        // Groups base .. base + 3 (q = 0..3) share one Philox call (base is a multiple of 4).
-        const unsigned long long base = row * (tokens / 4) + (32LL * ti + 16 * t) / 4;
-        const unsigned long long ctr = base / 4;
-        const uint4 rnd = philox4x32(make_uint4((uint32_t)ctr, (uint32_t)(ctr >> 32), step, 0x6d767565u), key);
+        for (int r = 0; r < 16; ++r) w[r] = words(r, p);
+        uint32_t nib_pair = 0, kept_pair = 0;
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] and kept_bits[h] stay in registers
-            float a[4], hh;
-            int big;
+        for (int hi = 0; hi < 2; ++hi) {
+            const long long row = row0 + 2 * p + hi;
+            const unsigned long long ctr = (unsigned long long)row * (tokens / 16) + tok0 / 16;
+            const uint4 rnd = philox4x32(make_uint4((uint32_t)ctr, (uint32_t)(ctr >> 32), step, 0x6d767565u), key);
+            uint32_t packed[4], nibbles = 0, bits = 0;
 #pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = bf16_to_f32(tile[16 * t + 4 * q + r][jl]);
-            int k0, k1;
-            mvue::weights_pick(a, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), hh, big, k0, k1);
-            const float a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : k0 == 2 ? a[2] : a[3];
-            const float a1 = k1 == 0 ? a[0] : k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
-            packed[q] = (uint32_t)f32_to_bf16(mvue::kept_value(a0, k0, hh, big)) | ((uint32_t)f32_to_bf16(mvue::kept_value(a1, k1, hh, big)) << 16);
-            nibbles |= ((uint32_t)k0 | ((uint32_t)k1 << 2)) << (4 * q);
-            kept_bits[h] |= ((1u << k0) | (1u << k1)) << (4 * q);
+            for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] stays in registers
+                float a[4], hh;
+                int big, k0, k1;
+#pragma unroll
+                for (int r = 0; r < 4; ++r) a[r] = half_f32(w[4 * q + r], hi);
+                weights_pick(a, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), hh, big, k0, k1);
+                const float a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : a[2];  // k0 < k1 <= 3
+                const float a1 = k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
+                packed[q] = (uint32_t)f32_to_bf16(kept_value(a0, k0, hh, big)) | ((uint32_t)f32_to_bf16(kept_value(a1, k1, hh, big)) << 16);
+                nibbles |= ((uint32_t)k0 | ((uint32_t)k1 << 2)) << (4 * q);
+                bits |= ((1u << k0) | (1u << k1)) << (4 * q);
+            }
+            if (store) *reinterpret_cast<uint4*>(vals + row * (tokens / 2) + tok0 / 2) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            nib_pair |= nibbles << (16 * hi);
+            kept_pair |= bits << (16 * hi);
         }
-        word |= nibbles << (16 * h);
-        *reinterpret_cast<uint4*>(vals + row * (tokens / 2) + 16 * ti + 8 * t) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        nib[0] = p ? nib[0] : nib_pair;
+        nib[1] = p ? nib_pair : nib[1];
+        kept[0] = p ? kept[0] : kept_pair;
+        kept[1] = p ? kept_pair : kept[1];
     }
-    meta[((long long)(2 * tj + rb) * (tokens / 32) + ti) * 16 + 2 * g + t] = word;
-    // Mask words (32 tokens of one output row) are split over the lane pair t = 0, 1.
-    const uint32_t other0 = __shfl_xor_sync(0xffffffffu, kept_bits[0], 1);
-    const uint32_t other1 = __shfl_xor_sync(0xffffffffu, kept_bits[1], 1);
-    const long long r0 = 32LL * tj + 16 * rb + g;
-    if (t == 0) mask[r0 * (tokens / 32) + ti] = kept_bits[0] | (other0 << 16);
-    else mask[(r0 + 8) * (tokens / 32) + ti] = other1 | (kept_bits[1] << 16);
 }
 
+// The metadata and mask words of a warp tile whose rows start at row0 (a multiple of 32) and
+// tokens at tile_tok (a multiple of 32), from every lane's lane_rows. Metadata (crate::layout):
+// the word of 16-row block R, 32-token block C, row g < 8 and token half t sits at
+// (R * tokens / 32 + C) * 16 + 2 g + t and holds row g's nibbles low, row g + 8's high. All 32
+// lanes must call it (shuffles); `store` is false for lanes past the last token.
+__device__ __forceinline__ void write_words(const uint32_t (&nib)[2], const uint32_t (&kept)[2], int lane, long long row0, int tile_tok, int tokens,
+                                            bool store, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
+    const LaneTile lt = lane_tile(lane);
+    const bool high = (lt.c0 & 8) != 0;        // rows g + 8 of the 16-row block
+    const bool odd = (lt.tok & 16) != 0;       // tokens 16..31 of the 32-token block
+    const uint32_t nib_other = __shfl_xor_sync(0xffffffffu, high ? nib[0] : nib[1], 2);
+    const uint32_t kept_other = __shfl_xor_sync(0xffffffffu, odd ? kept[0] : kept[1], 8);
+    if (!store) return;
+    const int tok0 = tile_tok + lt.tok;
+    const long long blk = ((row0 + (lt.c0 & 16)) / 16) * (tokens / 32) + tok0 / 32;
+    const int g = lt.c0 & 7, t = odd;
+    // Low lanes write rows g, g + 1 of their pair, high lanes g + 2, g + 3.
+    if (!high) {
+        meta[blk * 16 + 2 * g + t] = (nib[0] & 0xffffu) | (nib_other << 16);
+        meta[blk * 16 + 2 * (g + 1) + t] = (nib[0] >> 16) | (nib_other & 0xffff0000u);
+    } else {
+        meta[blk * 16 + 2 * (g + 2) + t] = (nib_other & 0xffffu) | (nib[1] << 16);
+        meta[blk * 16 + 2 * (g + 3) + t] = (nib_other >> 16) | (nib[1] & 0xffff0000u);
+    }
+    // Even token halves write rows c0, c0 + 1, odd ones c0 + 2, c0 + 3.
+    const long long r = row0 + lt.c0, words = tokens / 32, col = tok0 / 32;
+    if (!odd) {
+        mask[r * words + col] = (kept[0] & 0xffffu) | (kept_other << 16);
+        mask[(r + 1) * words + col] = (kept[0] >> 16) | (kept_other & 0xffff0000u);
+    } else {
+        mask[(r + 2) * words + col] = (kept_other & 0xffffu) | (kept[1] << 16);
+        mask[(r + 3) * words + col] = (kept_other >> 16) | (kept[1] & 0xffff0000u);
+    }
+}
 
 }  // namespace mvue

@@ -108,19 +108,19 @@ pub fn gated_backward_mvue(dev: &Device, gate: Gate, h: &DeviceMatrix<bf16>, dy:
     let op = "gated_backward_mvue";
     let (t, f) = dims(op, GatedLayout::TokenMajor, h)?;
     if t % 32 != 0 || f % 32 != 0 {
-        return Err(unsupported(op, format!("H is {t} x {}: tokens and F must be multiples of 32 (MVUE works on 32 x 32 tiles)", 2 * f)));
+        return Err(unsupported(op, format!("H is {t} x {}: tokens and F must be multiples of 32 (MVUE's metadata words cover 32-token blocks of 32 rows)", 2 * f)));
     }
     if (dy.rows(), dy.cols()) != (t, f) || (dh.rows(), dh.cols()) != (t, 2 * f) || (s_dht.rows(), s_dht.cols()) != (2 * f, t) {
         return Err(shape(op, format!("dy is {} x {}, dH {} x {}, S(dH^T) {} x {}; for H {t} x {} they must be {t} x {f}, {t} x {}, {} x {t}", dy.rows(), dy.cols(), dh.rows(), dh.cols(), s_dht.rows(), s_dht.cols(), 2 * f, 2 * f, 2 * f)));
     }
     let func = dev.function(op)?;
     let (ti, fi, kind) = (t as i32, f as i32, (gate == Gate::GeGlu) as i32);
-    let tiles = (t / 32) * (f / 32);
+    let tiles = t.div_ceil(64) * (f / 32); // warp tiles of 32 features x 64 tokens
     let cfg = LaunchConfig { grid_dim: (tiles.div_ceil(4).min(launch::sms(dev) * 16).max(1) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let mut b = dev.stream().launch_builder(&func);
     b.arg(h.data()).arg(dy.data()).arg(dh.data_mut()).arg(&ti).arg(&fi).arg(&kind).arg(&seed).arg(&step);
     b.arg(&mut s_dht.values).arg(&mut s_dht.meta).arg(&mut s_dht.mask);
-    // SAFETY: shapes checked above; one warp per 32 x 32 tile of y, grid-stride.
+    // SAFETY: shapes checked above; one warp per 32 x 64 tile of y, grid-stride.
     unsafe { b.launch(cfg) }.during("launching gated_backward_mvue")?;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub struct LaunchShape {
 pub enum Family {
     /// transposable_mask_compress / apply_mask_compress: one warp per 32 x 32 tile.
     Mask24,
-    /// mvue24_compress: one warp per 32 x 32 tile.
+    /// mvue24_compress: one warp per 32 features x 64 tokens.
     Mvue24,
     /// gated_forward / gated_backward: 8 elements a thread.
     Gated,

@@ -25,7 +25,7 @@ pub fn mvue24_compress_with(dev: &Device, dy: &DeviceMatrix<bf16>, seed: u64, st
     if (out.rows(), out.cols()) != (f, t) {
         return Err(shape("mvue24_compress", format!("output is {} x {}, S(dY^T) is {f} x {t}", out.rows(), out.cols())));
     }
-    let tiles = (t / 32) * (f / 32);
+    let tiles = t.div_ceil(64) * (f / 32); // warp tiles of 32 features x 64 tokens
     let (ti, fi) = (t as i32, f as i32);
     let shape = launch_shape.unwrap_or_else(|| launch::resolve(dev, Family::Mvue24, "mvue24", "row-major", t, f));
     let func = dev.function(&format!("mvue24_compress{}", shape.warps_suffix()))?;
@@ -33,7 +33,7 @@ pub fn mvue24_compress_with(dev: &Device, dy: &DeviceMatrix<bf16>, seed: u64, st
     let cfg = LaunchConfig { grid_dim: (shape.grid(tiles, block as usize / 32, launch::sms(dev)), 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
     let mut b = dev.stream().launch_builder(&func);
     b.arg(dy.data()).arg(&ti).arg(&fi).arg(&seed).arg(&step).arg(&mut out.values).arg(&mut out.meta).arg(&mut out.mask);
-    // SAFETY: shapes checked; one warp per 32x32 tile of dY.
+    // SAFETY: shapes checked; one warp per 32 x 64 tile of dY, grid-stride.
     unsafe { b.launch(cfg) }.during("launching mvue24_compress")?;
     Ok(())
 }
