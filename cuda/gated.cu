@@ -86,39 +86,48 @@ extern "C" __global__ void gated_backward(const uint16_t* __restrict__ h, const 
 // dW GEMM) comes out of the same pass instead of a second read of dH by mvue24_compress. Bit for
 // bit the same as gated_backward followed by mvue24_compress(dH) with the same (seed, step).
 // One warp per 32 features x 64 tokens of y, in mvue24.cuh's lane layout: each lane computes the
-// up and gate gradients of its 4 features x 16 tokens in registers (8-byte loads and stores, a
-// quarter-warp covering one token's 64 contiguous bytes) and sparsifies them where they are: rows
-// f and F + f of dH^T. No shared memory, so loads of the next tokens overlap the arithmetic of
-// other warps. F and tokens multiples of 32 (checked by the host).
+// up and gate gradients of its 4 features x 16 tokens in registers (8-byte stores, a quarter-warp
+// covering one token's 64 contiguous bytes) and sparsifies them where they are: rows
+// f and F + f of dH^T. H and dY come in by cp.async one tile ahead (mvue::stage_async), so a
+// warp's next loads fly during its arithmetic. F and tokens multiples of 32 (checked by the host).
 // KIND is a template parameter (the kernel dispatches on it once): each instance's loop then holds
 // one activation's code, half the size.
 template <int KIND>
 __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
                                                         int tokens, int F, unsigned long long seed, unsigned int step,
-                                                        uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    constexpr int WARPS = 4;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+                                                        uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask,
+                                                        uint8_t (*stage)[mvue::STAGE_BYTES]) {
+    const int lane = threadIdx.x;
     const mvue::LaneTile lt = mvue::lane_tile(lane);
     const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
     const int tiles_f = F / 32;
-    const long long total = (long long)((tokens + 63) / 64) * tiles_f;
-    for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
+    const long long total = (long long)((tokens + 63) / 64) * tiles_f, stride = gridDim.x;
+    auto issue = [&](long long tile) {  // the tile's up, gate and dy slices, one commit group
+        const int tt = 64 * (int)(tile / tiles_f);
+        const long long c = 32LL * (tile % tiles_f);
+        mvue::stage_async(stage[0], h, 2LL * F, tt, tokens, c, lane);
+        mvue::stage_async(stage[1], h, 2LL * F, tt, tokens, F + c, lane);
+        mvue::stage_async(stage[2], dy, F, tt, tokens, c, lane);
+        sm80ptx::cp_async_commit();
+    };
+    long long id = blockIdx.x;
+    if (id < total) issue(id);
+    for (; id < total; id += stride) {
         const int tile_tok = 64 * (int)(id / tiles_f);
         const long long f0 = 32LL * (id % tiles_f) + lt.c0;  // the lane's first feature of y
         const int tok0 = tile_tok + lt.tok;
         const bool live = tok0 < tokens;
+        // The backward from the staged slice (dH stored as it goes), then the next tile's copies,
+        // then MVUE, the longer part, while they fly. (Reading the whole slice into registers
+        // first, to issue the copies earlier, spilled.)
+        mvue::stage_wait();
         uint32_t xu[16][2], xg[16][2];  // dH's up and gate gradients, packed pairs
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
             const long long t = tok0 + r;
             const long long up = t * 2 * F + f0, gate = up + F;
-            // Packed pairs in registers throughout (a u16 array cast to uint2 went to local memory).
-            uint2 u = make_uint2(0, 0), g = make_uint2(0, 0), d = make_uint2(0, 0);
-            if (live) {
-                u = *reinterpret_cast<const uint2*>(h + up);
-                g = *reinterpret_cast<const uint2*>(h + gate);
-                d = *reinterpret_cast<const uint2*>(dy + t * F + f0);
-            }
+            const uint2 u = mvue::staged(stage[0], lt.tok + r, lt.c0), g = mvue::staged(stage[1], lt.tok + r, lt.c0),
+                        d = mvue::staged(stage[2], lt.tok + r, lt.c0);
             uint32_t du[2], dg[2];
 #pragma unroll
             for (int p = 0; p < 2; ++p) {
@@ -145,6 +154,8 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
             xg[r][0] = dg[0];
             xg[r][1] = dg[1];
         }
+        __syncwarp();  // every lane has read the slice: the next tile's copies may overwrite it
+        if (id + stride < total) issue(id + stride);
         // dH^T's rows: up gradients are rows f, gate gradients rows F + f (a rolled loop: one copy
         // of the MVUE code, the part's words picked by selects in lane_rows).
 #pragma unroll 1
@@ -155,13 +166,16 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
             mvue::write_words(nib, kept, lane, row0 - lt.c0, tile_tok, tokens, live, meta, mask);
         }
     }
+    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
 }
 
-// 3 blocks an SM: at most 168 registers, 12 warps to overlap loads with the arithmetic (at 4
-// blocks, 128 registers, ptxas spills).
-extern "C" __global__ void __launch_bounds__(128, 3) gated_backward_mvue(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
+// One warp a block, each with its 12 KB staging buffer: its ~165 registers allow 12 warps an SM
+// (10 guaranteed by the bounds); 4-warp blocks under the same bound spilled or, given 2 blocks an
+// SM, got only 8.
+extern "C" __global__ void __launch_bounds__(32, 10) gated_backward_mvue(const uint16_t* __restrict__ h, const uint16_t* __restrict__ dy, uint16_t* __restrict__ dh,
                                                                       int tokens, int F, int kind, unsigned long long seed, unsigned int step,
                                                                       uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
-    if (kind == 0) gated_backward_mvue_run<0>(h, dy, dh, tokens, F, seed, step, vals, meta, mask);
-    else gated_backward_mvue_run<1>(h, dy, dh, tokens, F, seed, step, vals, meta, mask);
+    __shared__ __align__(128) uint8_t stage[3][mvue::STAGE_BYTES];  // up, gate, dy
+    if (kind == 0) gated_backward_mvue_run<0>(h, dy, dh, tokens, F, seed, step, vals, meta, mask, stage);
+    else gated_backward_mvue_run<1>(h, dy, dh, tokens, F, seed, step, vals, meta, mask, stage);
 }

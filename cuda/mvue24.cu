@@ -7,8 +7,9 @@
 // sign(a_i) h exactly in real arithmetic, see reference::mvue).
 //
 // One warp per tile of 32 features x 64 tokens of dY, held in registers (mvue24.cuh: each lane 4
-// features x 16 tokens, i.e. whole metadata nibbles and one Philox call a row); with tokens a
-// multiple of 32 but not of 64 the last tile row's upper lanes compute and store nothing.
+// features x 16 tokens, i.e. whole metadata nibbles and one Philox call a row), copied in by
+// cp.async one tile ahead; with tokens a multiple of 32 but not of 64 the last tile row's upper
+// lanes compute and store nothing.
 #include "mvue24.cuh"
 
 using namespace twofour;
@@ -19,33 +20,44 @@ namespace mvue {
 template <int WARPS>
 __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,
                                     uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
+    __shared__ __align__(128) uint8_t stage[WARPS][STAGE_BYTES];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const LaneTile lt = lane_tile(lane);
     const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
     const int tiles_f = feats / 32;
-    const long long total = (long long)((tokens + 63) / 64) * tiles_f;
-    for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
+    const long long total = (long long)((tokens + 63) / 64) * tiles_f, stride = (long long)gridDim.x * WARPS;
+    uint8_t* buf = stage[warp];
+    long long id = (long long)blockIdx.x * WARPS + warp;
+    if (id < total) stage_async(buf, dy, feats, 64 * (int)(id / tiles_f), tokens, 32LL * (id % tiles_f), lane);
+    sm80ptx::cp_async_commit();
+    for (; id < total; id += stride) {
         const int tile_tok = 64 * (int)(id / tiles_f);
         const long long row0 = 32LL * (id % tiles_f);
         const int tok0 = tile_tok + lt.tok;
         const bool live = tok0 < tokens;
+        stage_wait();
         uint32_t x[16][2];
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
-            const uint2 v = live ? *reinterpret_cast<const uint2*>(dy + (long long)(tok0 + r) * feats + row0 + lt.c0) : make_uint2(0, 0);
+            const uint2 v = staged(buf, lt.tok + r, lt.c0);
             x[r][0] = v.x;
             x[r][1] = v.y;
         }
+        __syncwarp();  // every lane has read the slice: the next tile's copies may overwrite it
+        const long long next = id + stride;
+        if (next < total) stage_async(buf, dy, feats, 64 * (int)(next / tiles_f), tokens, 32LL * (next % tiles_f), lane);
+        sm80ptx::cp_async_commit();
         uint32_t nib[2], kept[2];
         lane_rows([&](int r, int p) { return p ? x[r][1] : x[r][0]; }, row0 + lt.c0, tok0, tokens, key, step, live, vals, nib, kept);
         write_words(nib, kept, lane, row0, tile_tok, tokens, live, meta, mask);
     }
+    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
 }
 
 }  // namespace mvue
 
 #define TWOFOUR_MVUE24(WARPS)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS) mvue24_compress_w##WARPS(                                \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 1) mvue24_compress_w##WARPS(                             \
         const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,           \
         uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {                      \
         mvue::run<WARPS>(dy, tokens, feats, seed, step, vals, meta, mask);                                            \

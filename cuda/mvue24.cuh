@@ -2,6 +2,7 @@
 // in the same pass (gated.cu). See mvue24.cu for the method.
 #pragma once
 #include "common.cuh"
+#include "sm80_ptx.cuh"
 
 namespace mvue {
 
@@ -172,12 +173,44 @@ __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
 }
 
 
+// Per-warp staging of a 64-token x 32-column (64-byte) slice of a row-major bf16 matrix in shared
+// memory by cp.async: a warp issues the next tile's copies, then does the current tile's
+// arithmetic from registers while they fly (with plain loads a warp waited for its loads and then
+// computed, and 3-5 warps a scheduler could not cover both). Token t of the slice sits in 64-byte
+// slot 4 (t % 16) + t / 16: the four 16-token lane groups then read four adjacent slots, 256
+// contiguous bytes (no bank conflicts). Tokens at or past `tokens` are zero-filled, not read.
+constexpr int STAGE_BYTES = 64 * 64;
+
+__device__ __forceinline__ void stage_async(uint8_t* buf, const uint16_t* __restrict__ src, long long ld, int tile_tok, int tokens, long long col0, int lane) {
+    // Copy i (8 tokens x 4 chunks a warp instruction) moves token lane / 4 + 8 i, chunk lane % 4.
+    // With tokens a multiple of 32 a tile has 32 or 64 of them: copies 4..7 exist when it has 64
+    // (else they zero-fill, their source address a valid one). Addresses: one base, constant steps.
+    const bool full = tile_tok + 64 <= tokens;
+    const uint16_t* row = src + (long long)(tile_tok + (lane >> 2)) * ld + col0 + 8 * (lane & 3);
+    uint8_t* dst = buf + (lane >> 2) * 256 + 16 * (lane & 3);  // slot 4 (t % 16) + t / 16 of t = lane / 4
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const bool ok = i < 4 || full;
+        sm80ptx::cp_async16(dst + (32 * (i & 1) + (i >> 1)) * 64, row + (ok ? i : i - 4) * 8 * ld, ok);
+    }
+}
+
+// Waits for this thread's copies, then the warp's (every lane reads what others copied).
+__device__ __forceinline__ void stage_wait() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncwarp();
+}
+
+// The 8 bytes (4 columns from c0) of token t of a staged slice.
+__device__ __forceinline__ uint2 staged(const uint8_t* buf, int t, int c0) {
+    return *reinterpret_cast<const uint2*>(buf + (4 * (t & 15) + (t >> 4)) * 64 + 2 * c0);
+}
+
 // The lane-level layout of S(dY^T) shared by mvue24_compress and the kernels that produce dY and
 // sparsify it in the same pass (gated_backward_mvue). A warp tile is 32 output rows (features of
 // dY) x 64 tokens; lane l holds rows 4 (l & 7) .. + 3 of it and tokens 16 (l >> 3) .. + 15 in
-// registers, read straight from dY (no shared memory: a quarter-warp's loads cover one token's 64
-// contiguous bytes). 16 tokens of a row are four groups: one Philox call, 16 bytes of kept values,
-// 16 metadata bits and 16 mask bits; the lanes holding rows g and g + 8 (lane ^ 2) and tokens
+// registers (read from a cp.async-staged copy of the tile, see stage_async). 16 tokens of a row
+// are four groups: one Philox call, 16 bytes of kept values, 16 metadata bits and 16 mask bits; the lanes holding rows g and g + 8 (lane ^ 2) and tokens
 // 0..15 and 16..31 of a 32-token block (lane ^ 8) swap halves to write whole 32-bit words.
 struct LaneTile {
     int c0;    // first of the lane's four rows within the warp tile: 4 (lane & 7)
