@@ -4,7 +4,8 @@
 //   feature-major: H is 2F x tokens row-major (H^T), up = rows 0..F, gate = rows F..2F; y is F x T.
 // Either way every thread walks 8 consecutive elements of the contiguous axis with 16-byte loads
 // and stores, and each byte is read or written once (the paper's L2 point: never stride across
-// the transposed output). f32 math; reference: reference::gated.
+// the transposed output). f32 math (SiLU's exp and reciprocal approximate: see act); reference:
+// reference::gated.
 #include "common.cuh"
 #include "mvue24.cuh"
 
@@ -12,9 +13,14 @@ using namespace twofour;
 
 namespace gated {
 
+// SiLU with the hardware's approximate exp and reciprocal (__expf: 2 + 1.17 |x| ulp; __fdividef:
+// 2 ulp) instead of expf and IEEE division: a few instructions instead of ~20, which matters where
+// MVUE shares the arithmetic pipes (gated_backward_mvue), and inside one bf16 rounding of the
+// outputs (tests/gated.rs bounds the error against the f64 reference). GELU keeps tanhf: the
+// hardware tanh's ~2^-11 absolute error would swamp 0.5 x (1 + tanh) on the negative tail.
 __device__ __forceinline__ void act(int kind, float x, float& a, float& da) {
     if (kind == 0) {  // SiLU
-        const float s = 1.f / (1.f + expf(-x));
+        const float s = __fdividef(1.f, 1.f + __expf(-x));
         a = x * s;
         da = s * (1.f + x * (1.f - s));
     } else {  // GELU, tanh approximation
@@ -101,20 +107,20 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
     const mvue::LaneTile lt = mvue::lane_tile(lane);
     const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
     const int tiles_f = F / 32;
-    const long long total = (long long)((tokens + 63) / 64) * tiles_f, stride = gridDim.x;
-    auto issue = [&](long long tile) {  // the tile's up, gate and dy slices, one commit group
-        const int tt = 64 * (int)(tile / tiles_f);
-        const long long c = 32LL * (tile % tiles_f);
+    const int total = ((tokens + 63) / 64) * tiles_f, stride = gridDim.x;  // 32-bit: see mvue24.cu
+    auto issue = [&](int tile) {  // the tile's up, gate and dy slices, one commit group
+        const int tt = 64 * (tile / tiles_f);
+        const long long c = 32 * (tile % tiles_f);
         mvue::stage_async(stage[0], h, 2LL * F, tt, tokens, c, lane);
         mvue::stage_async(stage[1], h, 2LL * F, tt, tokens, F + c, lane);
         mvue::stage_async(stage[2], dy, F, tt, tokens, c, lane);
         sm80ptx::cp_async_commit();
     };
-    long long id = blockIdx.x;
+    int id = blockIdx.x;
     if (id < total) issue(id);
     for (; id < total; id += stride) {
-        const int tile_tok = 64 * (int)(id / tiles_f);
-        const long long f0 = 32LL * (id % tiles_f) + lt.c0;  // the lane's first feature of y
+        const int tile_tok = 64 * (id / tiles_f);
+        const long long f0 = 32 * (id % tiles_f) + lt.c0;  // the lane's first feature of y
         const int tok0 = tile_tok + lt.tok;
         const bool live = tok0 < tokens;
         // The backward from the staged slice (dH stored as it goes), then the next tile's copies,
@@ -162,7 +168,7 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
         for (int part = 0; part < 2; ++part) {
             const long long row0 = (part ? F : 0) + f0;
             uint32_t nib[2], kept[2];
-            mvue::lane_rows([&](int r, int p) { return part ? (p ? xg[r][1] : xg[r][0]) : (p ? xu[r][1] : xu[r][0]); }, row0, tok0, tokens, key, step, live, vals, nib, kept);
+            mvue::lane_rows<true>([&](int r, int p) { return part ? (p ? xg[r][1] : xg[r][0]) : (p ? xu[r][1] : xu[r][0]); }, row0, tok0, tokens, key, step, live, vals, nib, kept);
             mvue::write_words(nib, kept, lane, row0 - lt.c0, tile_tok, tokens, live, meta, mask);
         }
     }

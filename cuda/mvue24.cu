@@ -24,15 +24,17 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const LaneTile lt = lane_tile(lane);
     const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
+    // Tile indices in 32 bits (a 64-bit division is a subroutine call): a matrix with 2^31 tiles
+    // of 2048 elements would hold 2^42 elements, far beyond any GPU's memory.
     const int tiles_f = feats / 32;
-    const long long total = (long long)((tokens + 63) / 64) * tiles_f, stride = (long long)gridDim.x * WARPS;
+    const int total = ((tokens + 63) / 64) * tiles_f, stride = gridDim.x * WARPS;
     uint8_t* buf = stage[warp];
-    long long id = (long long)blockIdx.x * WARPS + warp;
-    if (id < total) stage_async(buf, dy, feats, 64 * (int)(id / tiles_f), tokens, 32LL * (id % tiles_f), lane);
+    int id = blockIdx.x * WARPS + warp;
+    if (id < total) stage_async(buf, dy, feats, 64 * (id / tiles_f), tokens, 32 * (id % tiles_f), lane);
     sm80ptx::cp_async_commit();
     for (; id < total; id += stride) {
-        const int tile_tok = 64 * (int)(id / tiles_f);
-        const long long row0 = 32LL * (id % tiles_f);
+        const int tile_tok = 64 * (id / tiles_f);
+        const long long row0 = 32 * (id % tiles_f);
         const int tok0 = tile_tok + lt.tok;
         const bool live = tok0 < tokens;
         stage_wait();
@@ -44,11 +46,11 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
             x[r][1] = v.y;
         }
         __syncwarp();  // every lane has read the slice: the next tile's copies may overwrite it
-        const long long next = id + stride;
-        if (next < total) stage_async(buf, dy, feats, 64 * (int)(next / tiles_f), tokens, 32LL * (next % tiles_f), lane);
+        const int next = id + stride;
+        if (next < total) stage_async(buf, dy, feats, 64 * (next / tiles_f), tokens, 32 * (next % tiles_f), lane);
         sm80ptx::cp_async_commit();
         uint32_t nib[2], kept[2];
-        lane_rows([&](int r, int p) { return p ? x[r][1] : x[r][0]; }, row0 + lt.c0, tok0, tokens, key, step, live, vals, nib, kept);
+        lane_rows<false>([&](int r, int p) { return p ? x[r][1] : x[r][0]; }, row0 + lt.c0, tok0, tokens, key, step, live, vals, nib, kept);
         write_words(nib, kept, lane, row0, tile_tok, tokens, live, meta, mask);
     }
     sm80ptx::cp_async_wait<0>();  // no copy outlives the block
@@ -57,7 +59,7 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
 }  // namespace mvue
 
 #define TWOFOUR_MVUE24(WARPS)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS, 1) mvue24_compress_w##WARPS(                             \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 20 / WARPS) mvue24_compress_w##WARPS(                            \
         const uint16_t* __restrict__ dy, int tokens, int feats, unsigned long long seed, unsigned int step,           \
         uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {                      \
         mvue::run<WARPS>(dy, tokens, feats, seed, step, vals, meta, mask);                                            \

@@ -8,53 +8,38 @@ namespace mvue {
 
 using namespace twofour;
 
-// The magnitudes of a group, their running sums (0 + m_0, + m_1, ...: the reference's order) and
-// the first index of the largest one: the start of both weights() and weights_pick().
-struct Magnitudes {
-    float m[4], s1, s2, s3, sum, mb;
-    int b;
-};
-
-__device__ __forceinline__ Magnitudes magnitudes(const float a[4]) {
-    Magnitudes g;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) g.m[i] = fabsf(a[i]);
-    g.s1 = __fadd_rn(0.f, g.m[0]);
-    g.s2 = __fadd_rn(g.s1, g.m[1]);
-    g.s3 = __fadd_rn(g.s2, g.m[2]);
-    g.sum = __fadd_rn(g.s3, g.m[3]);
-    g.b = 0;
-    g.mb = g.m[0];
-#pragma unroll
-    for (int i = 1; i < 4; ++i) {
-        if (g.m[i] > g.mb) {
-            g.b = i;
-            g.mb = g.m[i];
-        }
-    }
-    return g;
-}
-
 // reference::mvue::group_weights: weights w (summing to 2h), half-total h, the index kept for
 // sure (4: none). No division anywhere (the reference is written the same way).
 __device__ __forceinline__ void weights(const float a[4], float w[4], float& h, int& big) {
-    const Magnitudes g = magnitudes(a);
-    if (g.sum == 0.f) {
+    float m[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
+    const float sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.f, m[0]), m[1]), m[2]), m[3]);
+    int b = 0;  // first index of the largest magnitude
+    float mb = m[0];
+#pragma unroll
+    for (int i = 1; i < 4; ++i) {
+        if (m[i] > mb) {
+            b = i;
+            mb = m[i];
+        }
+    }
+    if (sum == 0.f) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) w[i] = 1.f;
         h = 2.f;
         big = 4;
-    } else if (__fmul_rn(2.f, g.mb) <= g.sum) {
+    } else if (__fmul_rn(2.f, mb) <= sum) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = g.m[i];
-        h = __fmul_rn(0.5f, g.sum);
+        for (int i = 0; i < 4; ++i) w[i] = m[i];
+        h = __fmul_rn(0.5f, sum);
         big = 4;
     } else {
-        const float rest = __fsub_rn(g.sum, g.mb);
+        const float rest = __fsub_rn(sum, mb);
         h = rest == 0.f ? 1.f : rest;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = i == g.b ? h : rest == 0.f ? 1.f / 3.f : g.m[i];
-        big = g.b;
+        for (int i = 0; i < 4; ++i) w[i] = i == b ? h : rest == 0.f ? 1.f / 3.f : m[i];
+        big = b;
     }
 }
 
@@ -106,18 +91,7 @@ __device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0
     }
 }
 
-// #{i : c_i <= v}, as pick() counts, from four set.le.u32.f32 (all ones when true, so the count
-// is minus their sum): a third of the instructions the compiler makes of the comparisons.
-__device__ __forceinline__ int count_le(float c0, float c1, float c2, float c3, float v) {
-    uint32_t s0, s1, s2, s3;
-    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s0) : "f"(c0), "f"(v));
-    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s1) : "f"(c1), "f"(v));
-    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s2) : "f"(c2), "f"(v));
-    asm("set.le.u32.f32 %0, %1, %2;" : "=r"(s3) : "f"(c3), "f"(v));
-    return -(int)(s0 + s1 + s2 + s3);
-}
-
-// weights() + pick() as one call, out of line: the rare groups of weights_pick (all zero, a lone
+// weights() + pick() as one call, out of line: the rare groups of group_kept (all zero, a lone
 // non-zero, non-finite sums) come here, so their code is not copied into every unrolled group.
 // Returns h and k0 | k1 << 2 | big << 4.
 __device__ __noinline__ uint2 weights_pick_rare(float a0, float a1, float a2, float a3, float u) {
@@ -129,48 +103,76 @@ __device__ __noinline__ uint2 weights_pick_rare(float a0, float a1, float a2, fl
     return make_uint2(__float_as_uint(h), (uint32_t)(k0 | k1 << 2 | big << 4));
 }
 
-// weights + pick for one group, with the running sums of the common cases taken from the sum's
-// own partial sums: with no dominant value (2 max <= sum) the weights are the magnitudes, so
-// c_0..c_3 are exactly 0 + m_0, + m_1, + m_2, + m_3 (the additions `sum` already did); with one
-// dominant value b the weights are the magnitudes with m_b replaced by rest = sum - m_b. All-zero
-// groups, a lone non-zero (rest = 0) and non-finite sums take weights_pick_rare (the reference's
-// special weights, the interval walk). Same operations on the same values as the reference in
-// every case, so the same picks bit for bit.
-__device__ __forceinline__ void weights_pick(const float a[4], float u, float& h, int& big, int& k0, int& k1) {
-    // Written as selects, not branches: a warp's groups split between the cases, and divergent
-    // branches would run both sides anyway (plus the convergence barriers).
-    const Magnitudes g = magnitudes(a);
-    const bool spread = __fmul_rn(2.f, g.mb) <= g.sum;
-    const float rest = __fsub_rn(g.sum, g.mb);
-    big = spread ? 4 : g.b;
-    h = spread ? __fmul_rn(0.5f, g.sum) : rest;
-    // Weights: the magnitudes, m_big replaced by rest (spread: none replaced, so the running sums
-    // are the very additions `sum` did).
-    const float c0 = __fadd_rn(0.f, big == 0 ? rest : g.m[0]);
-    const float c1 = __fadd_rn(c0, big == 1 ? rest : g.m[1]);
-    const float c2 = __fadd_rn(c1, big == 2 ? rest : g.m[2]);
-    const float c3 = __fadd_rn(c2, big == 3 ? rest : g.m[3]);
-    const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
-    if (g.sum == 0.f || (!spread && rest == 0.f) || !isfinite(c3) || !isfinite(v1)) {
-        const uint2 r = weights_pick_rare(a[0], a[1], a[2], a[3], u);
-        h = __uint_as_float(r.x);
-        k0 = r.y & 3;
-        k1 = (r.y >> 2) & 3;
-        big = r.y >> 4;
-        return;
-    }
-    const int j0 = count_le(c0, c1, c2, c3, v0), j1 = count_le(c0, c1, c2, c3, v1);
-    // pick()'s three cases in one: with j0 <= j1, neither value inside (j0 = 4) or one interval
-    // hit (j1 = 4 or j1 = j0) keep min(j0, 2) and 3; two hits keep j0 (< j1 <= 3, so <= 2) and j1.
-    k0 = min(j0, 2);
-    k1 = (j1 == 4 || j1 == j0) ? 3 : j1;
-}
-
 // reference::mvue::kept_value: a_i / p_i without dividing.
 __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
     const float scaled = a == 0.f ? 0.f : copysignf(h, a);
     return i == big ? a : scaled;
 }
+
+// One group's MVUE 2:4: its kept values as a bf16 pair (lower index low), its metadata nibble
+// k0 | k1 << 2 and its mask bits. The common cases are computed here in the reference's
+// operations, organised for the ALU pipe (ncu: 83% busy, the bottleneck; no division anywhere):
+// - a dominant value is one with 2 m_i > sum; at most one exists and it is then the strictly
+//   largest, i.e. the reference's b with 2 m_b > sum (the non-spread case); with none, the
+//   reference's spread case (2 m_b <= sum). The weights are the magnitudes with m_b replaced by
+//   rest = sum - m_b, so the running sums c_i of the spread case are the additions `sum` did.
+// - the picks come from the comparisons c_i <= v themselves: the c_i are non-decreasing, so
+//   min(j0, 2), a[k0] and j0 follow from c_0 <= v0 and c_1 <= v0 by selects (pick(): with
+//   j0 <= j1, no hit (j0 = 4) or one (j1 = 4 or j1 = j0) keeps min(j0, 2) and 3; two keep j0, j1).
+// All-zero groups, a lone non-zero (rest = 0) and non-finite sums take weights_pick_rare (the
+// reference's special weights, the interval walk). The same operations on the same values as the
+// reference in every case, so the same picks and values bit for bit.
+struct Kept {
+    uint32_t pair, nib, bits;
+};
+
+__device__ __forceinline__ Kept group_kept(const float a[4], float u) {
+    float m[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
+    const float sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.f, m[0]), m[1]), m[2]), m[3]);
+    bool d[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[i] = __fmul_rn(2.f, m[i]) > sum;
+    const bool spread = !(d[0] || d[1] || d[2] || d[3]);
+    // rest = sum - m_b when not spread. When spread it is sum - m_3, which is 0 exactly when sum is
+    // (sum = m_3 means m_0..m_2 vanished in it, and then 2 m_3 > sum unless sum = 0): so
+    // `rest == 0` is the reference's "sum = 0 (spread) or rest = 0 (not spread)" in one compare.
+    const float rest = __fsub_rn(sum, d[0] ? m[0] : d[1] ? m[1] : d[2] ? m[2] : m[3]);
+    int big = d[0] ? 0 : d[1] ? 1 : d[2] ? 2 : d[3] ? 3 : 4;
+    float h = spread ? __fmul_rn(0.5f, sum) : rest;
+    const float c0 = __fadd_rn(0.f, d[0] ? rest : m[0]);
+    const float c1 = __fadd_rn(c0, d[1] ? rest : m[1]);
+    const float c2 = __fadd_rn(c1, d[2] ? rest : m[2]);
+    const float c3 = __fadd_rn(c2, d[3] ? rest : m[3]);
+    const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
+    int k0, k1;
+    float a0, a1;
+    // The reference's special cases: sum = 0 (spread), rest = 0 (not spread), non-finite sums.
+    if (rest == 0.f || !isfinite(c3) || !isfinite(v1)) {
+        const uint2 r = weights_pick_rare(a[0], a[1], a[2], a[3], u);
+        h = __uint_as_float(r.x);
+        k0 = r.y & 3;
+        k1 = (r.y >> 2) & 3;
+        big = r.y >> 4;
+        a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : a[2];  // k0 < k1 <= 3
+        a1 = k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
+    } else {
+        const bool p0 = c0 <= v0, p1 = c1 <= v0;
+        k0 = p1 ? 2 : p0 ? 1 : 0;
+        a0 = p1 ? a[2] : p0 ? a[1] : a[0];
+        const int j0 = c3 <= v0 ? 4 : c2 <= v0 ? 3 : k0;
+        const int j1 = c3 <= v1 ? 4 : c2 <= v1 ? 3 : c1 <= v1 ? 2 : c0 <= v1 ? 1 : 0;
+        k1 = (j1 == 4 || j1 == j0) ? 3 : j1;
+        a1 = k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
+    }
+    Kept out;
+    out.pair = (uint32_t)f32_to_bf16(kept_value(a0, k0, h, big)) | ((uint32_t)f32_to_bf16(kept_value(a1, k1, h, big)) << 16);
+    out.nib = (uint32_t)k0 | ((uint32_t)k1 << 2);
+    out.bits = (1u << k0) | (1u << k1);
+    return out;
+}
+
 
 
 // Per-warp staging of a 64-token x 32-column (64-byte) slice of a row-major bf16 matrix in shared
@@ -226,13 +228,13 @@ __device__ __forceinline__ float half_f32(uint32_t w, int i) { return __uint_as_
 // of token tok0 + r holding rows row0 + 2p (low half) and row0 + 2p + 1 (high). Same arithmetic and draws as reference::mvue (group q of a row's
 // 16 tokens takes word q of the Philox call at counter row * tokens / 16 + tok0 / 16). Writes the
 // kept values (16 bytes a row) when `store`; returns the rows' metadata nibbles and mask bits in
-// pairs: nib[p] = row 2p's 16 bits | row 2p + 1's << 16, kept likewise. The pair loop is rolled
-// (the pair's words picked by selects) to keep the code small: unrolled over all rows, the fused
-// gated kernel's loop outgrew the instruction cache.
-template <class Words>
+// pairs: nib[p] = row 2p's 16 bits | row 2p + 1's << 16, kept likewise. ROLLED keeps the pair
+// loop rolled (half the code, two selects a word more): for the fused gated kernel, whose loop
+// also holds the backward's arithmetic.
+template <bool ROLLED, class Words>
 __device__ __forceinline__ void lane_rows(Words words, long long row0, int tok0, int tokens, uint2 key, unsigned int step,
                                           bool store, uint16_t* __restrict__ vals, uint32_t (&nib)[2], uint32_t (&kept)[2]) {
-#pragma unroll 1
+#pragma unroll(ROLLED ? 1 : 2)
     for (int p = 0; p < 2; ++p) {
         uint32_t w[16];
 #pragma unroll
@@ -246,22 +248,19 @@ __device__ __forceinline__ void lane_rows(Words words, long long row0, int tok0,
             uint32_t packed[4], nibbles = 0, bits = 0;
 #pragma unroll
             for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] stays in registers
-                float a[4], hh;
-                int big, k0, k1;
+                float a[4];
 #pragma unroll
                 for (int r = 0; r < 4; ++r) a[r] = half_f32(w[4 * q + r], hi);
-                weights_pick(a, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w), hh, big, k0, k1);
-                const float a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : a[2];  // k0 < k1 <= 3
-                const float a1 = k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
-                packed[q] = (uint32_t)f32_to_bf16(kept_value(a0, k0, hh, big)) | ((uint32_t)f32_to_bf16(kept_value(a1, k1, hh, big)) << 16);
-                nibbles |= ((uint32_t)k0 | ((uint32_t)k1 << 2)) << (4 * q);
-                bits |= ((1u << k0) | (1u << k1)) << (4 * q);
+                const Kept k = group_kept(a, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w));
+                packed[q] = k.pair;
+                nibbles |= k.nib << (4 * q);
+                bits |= k.bits << (4 * q);
             }
             if (store) *reinterpret_cast<uint4*>(vals + row * (tokens / 2) + tok0 / 2) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
             nib_pair |= nibbles << (16 * hi);
             kept_pair |= bits << (16 * hi);
         }
-        nib[0] = p ? nib[0] : nib_pair;
+        nib[0] = p ? nib[0] : nib_pair;  // selects: with the loop rolled p is a run-time value
         nib[1] = p ? nib_pair : nib[1];
         kept[0] = p ? kept[0] : kept_pair;
         kept[1] = p ? kept_pair : kept[1];
