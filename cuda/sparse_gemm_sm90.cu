@@ -70,11 +70,13 @@ struct Params {
     int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
     int group_m;       // raster: tiles run in groups of group_m M tiles, M fastest within a group
     int stream_k;      // 1: tiles 0 .. dp_tiles run data-parallel (whole waves); the K blocks of the
-                       //    remaining tiles (the last partial wave) are shared equally by all CTAs,
-                       //    whose partial tiles meet in ws through f32 atomics; a finalize kernel
-                       //    writes those tiles of D
+                       //    remaining tiles (the last partial wave) are shared equally by all CTAs
+                       //    (see Schedule and fixup_*)
     int dp_tiles;      // stream-K: the tiles before the stream-K tail (a multiple of the clusters)
-    float* ws;         // stream-K workspace: per tail tile and CTA rank, 128 x BN f32 row-major, zeroed
+    float* ws;         // stream-K partials: per CTA and consumer warpgroup 64 x BN f32, in
+                       //    accumulator-register order (register i of thread t at i * 128 + t)
+    unsigned* flags;   // stream-K: per CTA and consumer warpgroup, the epoch of its last partial
+    unsigned epoch;    // this launch's number: a flag equal to it was written by this launch
 };
 
 template <int BN, int TRANS_B>
@@ -83,7 +85,7 @@ struct WgmmaSp;
 // Grouped raster: the CTAs of one wave cover about group_m M tiles x (SMs / group_m) N tiles,
 // so the A rows and B columns a wave needs stay in L2 (a slab of B is 4x one of compressed A,
 // the host picks group_m to balance the two). M runs fastest within a group. mt counts cluster
-// tiles (CM x 128 rows). Shared by the GEMM and the stream-K finalize kernel.
+// tiles (CM x 128 rows).
 __device__ __forceinline__ void raster(int tile, int group_m, int m_tiles, int n_tiles, int& mt, int& nt) {
     const int per_group = group_m * n_tiles;
     const int group = tile / per_group, rem = tile % per_group;
@@ -378,6 +380,55 @@ __device__ __forceinline__ void release_stage(uint64_t* empty_s, int lane) {
     else mbar_arrive_cluster(empty_s, lane);
 }
 
+// Stream-K fixup (Osama et al. 2023, "Stream-K": partial tiles summed by the CTA that computed
+// the tile's first K blocks). A CTA walks its share of the tail in increasing (tile, K block)
+// order, so only its first segment can start inside a tile. Such a segment is a partial: stored,
+// flagged, done; its CTA never waits before that, so no chain of waits forms. The segment holding
+// a tile's K block 0 (its CTA's last, reached later) adds the partials of the clusters whose
+// (non-empty) shares start inside the rest of the tile, in cluster order (the same bits every
+// run), then runs the epilogue. The grid is one wave (the host launches only as many CTAs as can
+// be resident at once) and a CTA only waits on higher-numbered ones, whose partial needs no wait:
+// the waits end. Per consumer warpgroup: 64 x BN f32 in register order (thread t's register i at
+// i * 128 + t: 128 consecutive floats a register, coalesced), one flag.
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+template <int REGS>
+__device__ __forceinline__ void fixup_store(const Params& p, const float (&acc)[REGS], int wg, int tid) {
+    const int slot = blockIdx.x * 2 + wg;
+    float* ws = p.ws + (long long)slot * (128 * REGS);
+#pragma unroll
+    for (int i = 0; i < REGS; ++i) __stcg(ws + i * 128 + tid, acc[i]);  // to L2: another SM reads it
+    // The warpgroup's stores, then one thread's fence and release (cooperative groups' grid sync
+    // and CUTLASS's barrier do the same).
+    named_barrier(5 + wg, 128);
+    if (tid == 0) {
+        __threadfence();
+        st_release_gpu(p.flags + slot, p.epoch);
+    }
+}
+
+template <int REGS>
+__device__ __forceinline__ void fixup_add(const Params& p, float (&acc)[REGS], int wg, int tid, int src_cta) {
+    const int slot = src_cta * 2 + wg;
+    if (tid == 0) {
+        // No time-out: a trap here (even on a cold path) made ptxas spill the 128-accumulator
+        // instances. The wait ends because the grid is one wave of resident CTAs (see above).
+        while (ld_acquire_gpu(p.flags + slot) != p.epoch) __nanosleep(64);
+        __threadfence();
+    }
+    named_barrier(5 + wg, 128);
+    const float* ws = p.ws + (long long)slot * (128 * REGS);
+#pragma unroll
+    for (int i = 0; i < REGS; ++i) acc[i] += __ldcg(ws + i * 128 + tid);  // L2, not a stale L1 line
+}
+
 // Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D: the epilogue of
 // a cooperative consumer's half tile and of each half of a ping-pong tile. bf16 without beta: TMA
 // stores from the two alternating swizzled buffers; otherwise staged f32 chunks, 16-byte stores.
@@ -479,23 +530,29 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
         const int gm0 = m0 + 64 * wg;
         if (p.stream_k && tile >= p.dp_tiles) {
-            // Stream-K tail tile: add this segment into the tile's f32 workspace (128 x BN,
-            // row-major, one per CTA of the cluster); the finalize kernel writes D from it.
-            const int g = lane >> 2, t = lane & 3;
-            const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
-            float* ws = p.ws + ((long long)(tile - p.dp_tiles) * CM + rank) * (BM * BN);
-#pragma unroll
-            for (int q = 0; q < Mma::kAccRegs / 4; ++q) {
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int r = 64 * wg + 16 * warp + g + 8 * h, c = 8 * q + 2 * t;
-                    if (m0 + r >= p.m || n0 + c >= p.n) continue;  // the finalize skips these too
-                    atomicAdd(reinterpret_cast<float2*>(ws + r * BN + c), make_float2(acc[4 * q + 2 * h], acc[4 * q + 2 * h + 1]));
+            const int k_blocks = p.k / BK;
+            if (kb_begin != 0) {  // a partial: store it, raise the flag, no epilogue
+                fixup_store(p, acc, wg, tid);
+                continue;
+            }
+            if (kb_end != k_blocks) {  // the tile's owner: add the next clusters' partials of it
+                const int clusters = gridDim.x / CM, c = blockIdx.x / CM;
+                const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
+                // Share starts as Schedule computes them, base + tail * c / clusters, in 32 bits
+                // (the host keeps all (tile, K block) steps below 2^31; a 64-bit division is a
+                // subroutine call, which made the 128-accumulator instances spill):
+                // tail * c / clusters = q c + r c / clusters with r c < clusters^2.
+                const int base = p.dp_tiles * k_blocks, tail = (p.m_tiles * p.n_tiles - p.dp_tiles) * k_blocks;
+                const int q = tail / clusters, r = tail % clusters, tile_end = (tile + 1) * k_blocks;
+                for (int c2 = c + 1; c2 < clusters; ++c2) {
+                    const int start = base + q * c2 + r * c2 / clusters;
+                    if (start >= tile_end) break;
+                    // A cluster with an empty share (fewer tail iterations than clusters) holds none.
+                    if (base + q * (c2 + 1) + r * (c2 + 1) / clusters > start) fixup_add(p, acc, wg, tid, c2 * CM + rank);
                 }
             }
-        } else {
-            store_half<BN>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
         }
+        store_half<BN>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
@@ -720,32 +777,3 @@ TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n)
-
-// Stream-K finalize: for every tail tile (dp_tiles .. tiles) and CTA rank of its cluster, D = ws
-// (+ bias[row]) (+ beta * D) over the tile's 128 x bn elements inside M x N, in D's layout. The
-// workspace is compact (128 x bn f32 row-major per tail tile and rank), so it costs the tail's
-// size, not M x N.
-extern "C" __global__ void sparse_gemm_finalize(const float* __restrict__ ws, void* d, const float* __restrict__ bias,
-                                                float beta, int m, int n, int d_col_major, int d_f32, int dp_tiles,
-                                                int tiles, int m_tiles, int n_tiles, int group_m, int cm, int bn) {
-    // 32-bit indices: the tail is less than one wave of tiles (at most 132 x 2 x 128 x 256).
-    const int per = sm90::BM * bn;
-    const int total = (tiles - dp_tiles) * cm * per;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int slot = i / per, e = i % per;
-        const int tile = dp_tiles + slot / cm, rank = slot % cm;
-        int mt, nt;
-        sm90::raster(tile, group_m, m_tiles, n_tiles, mt, nt);
-        const int row = (mt * cm + rank) * sm90::BM + e / bn, col = nt * bn + e % bn;
-        if (row >= m || col >= n) continue;
-        const long long at = d_col_major ? (long long)col * m + row : (long long)row * n + col;
-        const float v = ws[i] + (bias ? bias[row] : 0.f);
-        if (d_f32) {
-            float* o = static_cast<float*>(d) + at;
-            *o = v + (beta != 0.f ? beta * *o : 0.f);
-        } else {
-            __nv_bfloat16* o = static_cast<__nv_bfloat16*>(d) + at;
-            *o = __float2bfloat16_rn(v + (beta != 0.f ? beta * __bfloat162float(*o) : 0.f));
-        }
-    }
-}

@@ -25,9 +25,19 @@ pub struct Device {
     name: String,
     cc: (i32, i32),
     image: KernelImage,
-    /// f32 scratch that grows to the largest size asked for and is kept (the stream-K GEMM's
-    /// workspace): allocating it per call cost a fresh mapping of the memory pool every time.
-    scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// The stream-K GEMM's workspace, grown to the largest size asked for and kept: allocating it
+    /// per call cost a fresh mapping of the memory pool every time.
+    stream_k: Mutex<StreamKWorkspace>,
+}
+
+/// Partial tiles of the stream-K GEMM and the flags that say they are written. A flag holds the
+/// epoch (launch number) of its last write, so no launch has to clear them: a waiter compares with
+/// its own launch's epoch.
+#[derive(Default)]
+struct StreamKWorkspace {
+    partials: Option<CudaSlice<f32>>,
+    flags: Option<CudaSlice<u32>>,
+    epoch: u32,
 }
 
 impl std::fmt::Debug for Device {
@@ -71,25 +81,40 @@ impl Device {
         };
         let module = ctx.load_module(ptx).during("loading twofour's kernels")?;
         let stream = ctx.default_stream();
-        Ok(Self { ctx, stream, module, name, cc, image, scratch: Mutex::new(None) })
+        Ok(Self { ctx, stream, module, name, cc, image, stream_k: Mutex::new(StreamKWorkspace::default()) })
     }
 
-    /// Runs `f` with at least `len` zeroed f32 of the device's scratch buffer (queued on the
-    /// stream: work queued before `f` returns sees the zeros, and the next user is ordered after
-    /// it by the stream). The buffer grows when needed and is kept for later calls.
-    pub fn with_zeroed_scratch<R>(&self, len: usize, f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>) -> Result<R> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let buf = match guard.take() {
-            Some(mut b) if b.len() >= len => {
-                self.stream.memset_zeros(&mut b.slice_mut(..len)).during("zeroing the scratch buffer")?;
-                b
-            }
+    /// Runs `f(partials, flags, epoch)` with at least `partials` f32 (not cleared) and `flags` u32
+    /// of the stream-K workspace, and this launch's epoch: a flag equals it only once this launch
+    /// wrote it. Queued on the stream, so consecutive GEMMs are ordered; the buffers grow when
+    /// needed (new flags start at 0, which no epoch equals) and are kept for later calls.
+    pub fn with_stream_k_workspace<R>(&self, partials: usize, flags: usize, f: impl FnOnce(u64, u64, u32) -> Result<R>) -> Result<R> {
+        use cudarc::driver::DevicePtrMut;
+        let mut guard = self.stream_k.lock().unwrap_or_else(|e| e.into_inner());
+        let w = &mut *guard;
+        let pbuf = match w.partials.take() {
+            Some(b) if b.len() >= partials => b,
             smaller => {
                 drop(smaller); // free it before allocating the larger one
-                self.stream.alloc_zeros::<f32>(len).during("allocating the scratch buffer")?
+                self.stream.alloc_zeros::<f32>(partials.max(1)).during("allocating the stream-K workspace")?
             }
         };
-        f(guard.insert(buf))
+        let fbuf = match w.flags.take() {
+            Some(b) if b.len() >= flags && w.epoch < u32::MAX => b,
+            smaller => {
+                drop(smaller);
+                w.epoch = 0; // fresh flags are all 0, below every epoch
+                self.stream.alloc_zeros::<u32>(flags.max(1)).during("allocating the stream-K flags")?
+            }
+        };
+        w.epoch += 1;
+        let epoch = w.epoch;
+        let stream = &self.stream;
+        let pbuf = w.partials.insert(pbuf);
+        let (pp, _gp) = pbuf.device_ptr_mut(stream);
+        let fbuf = w.flags.insert(fbuf);
+        let (pf, _gf) = fbuf.device_ptr_mut(stream);
+        f(pp, pf, epoch)
     }
 
     /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".

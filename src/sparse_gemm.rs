@@ -50,8 +50,10 @@ pub enum Schedule {
     /// Whole tiles, round-robin over a persistent grid.
     DataParallel,
     /// Whole waves of tiles data-parallel; the last, partial wave's (tile, K block) iterations
-    /// shared equally by every SM. Those tail tiles' partial sums meet in a compact f32 workspace
-    /// through atomics (not bit-reproducible run to run), then a finalize pass writes them.
+    /// shared equally by every SM (Osama et al. 2023, "Stream-K"). A CTA whose share starts
+    /// inside a tile stores that partial tile (plain f32 stores) and raises a flag; the CTA that
+    /// holds the tile's first K block adds those partials, in CTA order, and writes the tile: no
+    /// atomics, no second kernel, the same bits every run.
     StreamK,
 }
 
@@ -183,6 +185,8 @@ struct Params {
     stream_k: i32,
     dp_tiles: i32,
     ws: u64,
+    flags: u64,
+    epoch: u32,
 }
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
@@ -386,7 +390,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     let clusters = grid / cm;
     let dp_tiles = if stream_k { tiles / clusters * clusters } else { tiles };
     let tail = tiles - dp_tiles;
-    let run = |ws_ptr: u64| -> Result<()> {
+    let run = |ws_ptr: u64, flags_ptr: u64, epoch: u32| -> Result<()> {
         // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
         let tma_store = T::IS_F32 == 0 && opts.beta == 0.0;
         let td = if tma_store {
@@ -411,6 +415,8 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             stream_k: (tail > 0) as i32,
             dp_tiles: dp_tiles as i32,
             ws: ws_ptr,
+            flags: flags_ptr,
+            epoch,
         };
         let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);
@@ -418,30 +424,14 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the
         // kernel's struct; D has dr x dc elements of T as Params says.
         unsafe { launcher.launch(launch) }.during(format!("launching {name}"))?;
-        if tail > 0 {
-            let f = dev.function("sparse_gemm_finalize")?;
-            let fin = LaunchConfig { grid_dim: (4 * sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            let (mi, ni, ci, fi) = (m as i32, n as i32, col as i32, T::IS_F32);
-            let (dpi, ti, mti, nti, gmi, cmi, bni) = (dp_tiles as i32, tiles as i32, m_tiles as i32, n_tiles as i32, group_m as i32, cm as i32, cfg.bn as i32);
-            let mut l = stream.launch_builder(&f);
-            l.arg(&ws_ptr).arg(&pd).arg(&bias_ptr).arg(&opts.beta).arg(&mi).arg(&ni).arg(&ci).arg(&fi);
-            l.arg(&dpi).arg(&ti).arg(&mti).arg(&nti).arg(&gmi).arg(&cmi).arg(&bni);
-            // SAFETY: ws holds tail * cm tiles of 128 x bn f32; the kernel writes only D elements
-            // inside m x n (D has m * n elements of T); bias has m entries or is null.
-            unsafe { l.launch(fin) }.during("launching sparse_gemm_finalize")?;
-        }
         Ok(())
     };
     if tail > 0 {
-        // The f32 workspace the tail tiles' partial sums meet in: the device's kept scratch, zeroed
-        // on the stream; tail x cluster_m tiles of 128 x bn (not M x N: only the tail goes through it).
-        dev.with_zeroed_scratch(tail * cm * TileConfig::BM * cfg.bn as usize, |ws| {
-            use cudarc::driver::DevicePtrMut;
-            let (ptr, _guard) = ws.device_ptr_mut(stream);
-            run(ptr)
-        })
+        // Stream-K workspace: one partial tile (128 x bn f32) and two flags (one a consumer
+        // warpgroup) per CTA: a CTA writes at most one partial, its first segment's.
+        dev.with_stream_k_workspace(grid * TileConfig::BM * cfg.bn as usize, 2 * grid, run)
     } else {
-        run(0)
+        run(0, 0, 0)
     }
 }
 
@@ -525,6 +515,47 @@ mod tests {
             assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}: not covered exactly once");
             let (lo, hi) = (tail_work.iter().min().unwrap(), tail_work.iter().max().unwrap());
             assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: tail shares {lo}..{hi}");
+        }
+    }
+
+    /// The stream-K fixup's bookkeeping, as the consumer does it (cuda/sparse_gemm_sm90.cu,
+    /// fixup_*): a tail segment not starting at K block 0 is a partial and is its cluster's first
+    /// segment (one workspace slot a CTA, and no wait before it); every tail tile has one owner
+    /// segment (K block 0); the clusters the owner waits for (c + 1, ... while their share starts
+    /// before the tile's end, skipping empty shares) are exactly those holding a partial of the
+    /// tile, and owner plus partials cover the tile's K blocks once.
+    #[test]
+    fn stream_k_fixup_waits_for_exactly_the_partials_of_its_tile() {
+        for (tiles, k_blocks, clusters) in [(450, 256, 132), (350, 256, 132), (72, 256, 132), (264, 16, 132), (5, 3, 132), (1, 1, 66), (133, 7, 132), (86, 256, 66), (200, 2, 132)] {
+            let dp_tiles = tiles / clusters * clusters;
+            let (base, tail) = (dp_tiles * k_blocks, (tiles - dp_tiles) * k_blocks);
+            let mut owner = vec![None; tiles];
+            let mut partials: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new(); tiles];
+            for c in 0..clusters {
+                let segs: Vec<_> = device_schedule(tiles, k_blocks, clusters, dp_tiles, c).into_iter().filter(|s| s.0 >= dp_tiles).collect();
+                for (i, &(tile, b, e)) in segs.iter().enumerate() {
+                    if b != 0 {
+                        assert_eq!(i, 0, "{tiles}/{k_blocks}/{clusters}: cluster {c}'s partial is not its first tail segment");
+                        partials[tile].push((c, b, e));
+                    } else {
+                        assert!(owner[tile].replace((c, e)).is_none(), "two owners of tile {tile}");
+                    }
+                }
+            }
+            for tile in dp_tiles..tiles {
+                let (c, owner_end) = owner[tile].expect("every tail tile has an owner");
+                let tile_end = (tile + 1) * k_blocks;
+                let start = |c2: usize| base + tail * c2 / clusters;
+                let waited: Vec<usize> = if owner_end == k_blocks { Vec::new() } else { (c + 1..clusters).take_while(|&c2| start(c2) < tile_end).filter(|&c2| start(c2 + 1) > start(c2)).collect() };
+                let holders: Vec<usize> = partials[tile].iter().map(|p| p.0).collect();
+                assert_eq!(waited, holders, "{tiles}/{k_blocks}/{clusters}: tile {tile}");
+                let mut next = owner_end;
+                for &(_, b, e) in &partials[tile] {
+                    assert_eq!(b, next, "tile {tile}: partials in K order, no gap or overlap");
+                    next = e;
+                }
+                assert_eq!(next, k_blocks, "tile {tile}: owner and partials cover its K blocks");
+            }
         }
     }
 }

@@ -162,47 +162,52 @@ fn sparse_gemm_large_matches_mma_sp() {
     }
 }
 
-/// Stream-K with more tiles than CTAs gives the data-parallel answer (the proptests check
-/// data-parallel against the CPU): whole waves data-parallel (bf16 through TMA stores, or f32 with
-/// beta through the staged epilogue), the tail tiles split along K (4 K blocks: up to 4 CTAs a
-/// tile) and written by the finalize kernel from the compact workspace, bias and beta applied
-/// there. 2064 x 2056 gives every instance a tail: 128 x 256 tiles 153 (132 + 21), 128 x 192
-/// 187, 128 x 128 289; clusters of two 81 / 99 cluster tiles. Bounds: f32 differs only in the
-/// order of the additions; bf16 may round the other way (half an ulp, 2^-9, on a few elements).
+/// Stream-K gives the data-parallel answer (the proptests check data-parallel against the CPU),
+/// the same bits on every run: whole waves data-parallel (bf16 through TMA stores, or f32 with beta
+/// through the staged epilogue), the tail tiles split along K, each tile's partials added by the
+/// CTA holding its first K block before its epilogue (bias and beta applied there).
+/// 2064 x 2056 x 256 gives every instance a tail of 4-K-block tiles shared by 132 CTAs (most
+/// shares shorter than a tile, many empty: 128 x 256 tiles 153 = 132 + 21, 128 x 192 187,
+/// 128 x 128 289; clusters of two 81 / 99 cluster tiles); 1040 x 1032 x 2048 has fewer tiles
+/// than CTAs (all tail, 32 K blocks a tile over ~3 CTAs). Bounds: f32 differs only in the order
+/// of the additions; bf16 may round the other way (half an ulp, 2^-9, on a few elements).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_stream_k_tail_matches_data_parallel() {
     let dev = Device::new(0).expect("a CUDA GPU");
-    let (m, n, k) = (2064, 2056, 256);
-    let sparse = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &normal_bf16(21, m * k)).unwrap()).unwrap();
-    let x = normal_bf16(22, n * k);
-    let xk = DeviceMatrix::from_host(&dev, n, k, &x).unwrap();
-    let mut xt = vec![bf16::ZERO; n * k];
-    for i in 0..n {
-        for j in 0..k {
-            xt[j * n + i] = x[i * k + j];
+    for (m, n, k) in [(2064, 2056, 256), (1040, 1032, 2048)] {
+        let sparse = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &normal_bf16(21, m * k)).unwrap()).unwrap();
+        let x = normal_bf16(22, n * k);
+        let xk = DeviceMatrix::from_host(&dev, n, k, &x).unwrap();
+        let mut xt = vec![bf16::ZERO; n * k];
+        for i in 0..n {
+            for j in 0..k {
+                xt[j * n + i] = x[i * k + j];
+            }
         }
-    }
-    let xn = DeviceMatrix::from_host(&dev, k, n, &xt).unwrap();
-    let bias = dev.upload(&normal_bf16(23, m).iter().map(|b| b.to_f32()).collect::<Vec<_>>()).unwrap();
-    let old: Vec<f32> = normal_bf16(24, m * n).iter().map(|v| v.to_f32()).collect();
-    for base in TileConfig::ALL.iter().filter(|c| !c.pingpong) {
-        let run_bf16 = |schedule| {
-            let mut d = DeviceMatrix::<bf16>::poisoned(&dev, n, m).unwrap();
-            let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), bias: Some(&bias), config: Some(TileConfig { schedule, ..*base }), ..Default::default() };
-            sparse_gemm(&dev, &sparse, BOperand::KMajor(&xk), &mut d, &opts).unwrap();
-            d.to_host(&dev).unwrap().iter().map(|v| v.to_f64()).collect::<Vec<_>>()
-        };
-        let err = rel(&run_bf16(Schedule::StreamK), &run_bf16(Schedule::DataParallel));
-        assert!(err < 4e-3, "{base:?} bf16 column-major D with bias: stream-K vs data-parallel {err:e}");
-        let run_f32 = |schedule| {
-            let mut d = DeviceMatrix::from_host(&dev, m, n, &old).unwrap();
-            let opts = GemmOptions { d_layout: Some(MatLayout::RowMajor), bias: Some(&bias), beta: 0.5, config: Some(TileConfig { schedule, ..*base }) };
-            sparse_gemm(&dev, &sparse, BOperand::NMajor(&xn), &mut d, &opts).unwrap();
-            d.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>()
-        };
-        let err = rel(&run_f32(Schedule::StreamK), &run_f32(Schedule::DataParallel));
-        assert!(err < 1e-5, "{base:?} f32 row-major D, bias, beta 0.5, B N-major: stream-K vs data-parallel {err:e}");
+        let xn = DeviceMatrix::from_host(&dev, k, n, &xt).unwrap();
+        let bias = dev.upload(&normal_bf16(23, m).iter().map(|b| b.to_f32()).collect::<Vec<_>>()).unwrap();
+        let old: Vec<f32> = normal_bf16(24, m * n).iter().map(|v| v.to_f32()).collect();
+        for base in TileConfig::ALL.iter().filter(|c| !c.pingpong) {
+            let run_bf16 = |schedule| {
+                let mut d = DeviceMatrix::<bf16>::poisoned(&dev, n, m).unwrap();
+                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), bias: Some(&bias), config: Some(TileConfig { schedule, ..*base }), ..Default::default() };
+                sparse_gemm(&dev, &sparse, BOperand::KMajor(&xk), &mut d, &opts).unwrap();
+                d.to_host(&dev).unwrap().iter().map(|v| v.to_f64()).collect::<Vec<_>>()
+            };
+            let sk = run_bf16(Schedule::StreamK);
+            let err = rel(&sk, &run_bf16(Schedule::DataParallel));
+            assert!(err < 4e-3, "{m}x{n}x{k} {base:?} bf16 column-major D with bias: stream-K vs data-parallel {err:e}");
+            assert!(sk == run_bf16(Schedule::StreamK), "{m}x{n}x{k} {base:?}: stream-K differs between two runs");
+            let run_f32 = |schedule| {
+                let mut d = DeviceMatrix::from_host(&dev, m, n, &old).unwrap();
+                let opts = GemmOptions { d_layout: Some(MatLayout::RowMajor), bias: Some(&bias), beta: 0.5, config: Some(TileConfig { schedule, ..*base }) };
+                sparse_gemm(&dev, &sparse, BOperand::NMajor(&xn), &mut d, &opts).unwrap();
+                d.to_host(&dev).unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>()
+            };
+            let err = rel(&run_f32(Schedule::StreamK), &run_f32(Schedule::DataParallel));
+            assert!(err < 1e-5, "{m}x{n}x{k} {base:?} f32 row-major D, bias, beta 0.5, B N-major: stream-K vs data-parallel {err:e}");
+        }
     }
 }
 
