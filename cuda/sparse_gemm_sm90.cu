@@ -250,7 +250,8 @@ template <int CM>
 struct Schedule {
     // 32-bit: the host refuses shapes with 2^31 or more (tile, K block) iterations; 64-bit
     // division here made the 40-register producer spill.
-    int cur, end, step;     // data-parallel part: whole tiles (cur is a multiple of k_blocks)
+    int cur, end, step;     // the current part: data-parallel whole tiles (step skips the other
+                            // clusters' tiles), then, after to_tail_when_done, the tail share (step 0)
     int sk_cur, sk_end;     // stream-K tail: flattened (tile, K block) indices
     int k_blocks;
     __device__ Schedule(const Params& p) : k_blocks(p.k / BK) {
