@@ -153,7 +153,7 @@ fn main() {
                 };
                 let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
                 let mut best: Option<(f64, TileConfig)> = None;
-                let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && c.cluster_m == 1 && !c.pingpong).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
+                let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
                 let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
                 for cfg in candidates {
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };

@@ -121,10 +121,10 @@ fn candidates(m: usize) -> Vec<TileConfig> {
             v.push(TileConfig { group_m, schedule: Schedule::DataParallel, ..base });
         }
         // Stream-K (whole waves data-parallel, the last partial wave split along K) for the
-        // single-CTA cooperative instances, default raster only: it targets tile counts that leave
-        // SMs idle in the last wave (GPT-2 XL fc1 dW, GPT-2 small dW). The library's Auto never
-        // picks it by itself; a tuned table may.
-        if base.cluster_m == 1 && !base.pingpong {
+        // cooperative instances, clusters included, default raster only: it targets tile counts
+        // that leave SMs idle in the last wave (GPT-2 XL dW, GPT-2 small dW). The library's Auto
+        // never picks it by itself; a tuned table may.
+        if !base.pingpong {
             v.push(TileConfig { group_m: 0, schedule: Schedule::StreamK, ..base });
         }
     }
