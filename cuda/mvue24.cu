@@ -29,9 +29,12 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
     const int tiles_f = feats / 32;
     const int total = ((tokens + 63) / 64) * tiles_f, stride = gridDim.x * WARPS;
     uint8_t* buf = stage[warp];
+    auto issue = [&](int tile) {  // the tile's slice of dY, one commit group (none past the end)
+        if (tile < total) stage_async(buf, dy, feats, 64 * (tile / tiles_f), tokens, 32 * (tile % tiles_f), lane);
+        sm80ptx::cp_async_commit();
+    };
     int id = blockIdx.x * WARPS + warp;
-    if (id < total) stage_async(buf, dy, feats, 64 * (id / tiles_f), tokens, 32 * (id % tiles_f), lane);
-    sm80ptx::cp_async_commit();
+    issue(id);
     for (; id < total; id += stride) {
         const int tile_tok = 64 * (id / tiles_f);
         const long long row0 = 32 * (id % tiles_f);
@@ -46,9 +49,7 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
             x[r][1] = v.y;
         }
         __syncwarp();  // every lane has read the slice: the next tile's copies may overwrite it
-        const int next = id + stride;
-        if (next < total) stage_async(buf, dy, feats, 64 * (next / tiles_f), tokens, 32 * (next % tiles_f), lane);
-        sm80ptx::cp_async_commit();
+        issue(id + stride);
         uint32_t nib[2], kept[2];
         lane_rows<false>([&](int r, int p) { return p ? x[r][1] : x[r][0]; }, row0 + lt.c0, tok0, tokens, key, step, live, vals, nib, kept);
         write_words(nib, kept, lane, row0, tile_tok, tokens, live, meta, mask);

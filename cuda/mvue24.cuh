@@ -173,8 +173,6 @@ __device__ __forceinline__ Kept group_kept(const float a[4], float u) {
     return out;
 }
 
-
-
 // Per-warp staging of a 64-token x 32-column (64-byte) slice of a row-major bf16 matrix in shared
 // memory by cp.async: a warp issues the next tile's copies, then does the current tile's
 // arithmetic from registers while they fly (with plain loads a warp waited for its loads and then
@@ -212,8 +210,9 @@ __device__ __forceinline__ uint2 staged(const uint8_t* buf, int t, int c0) {
 // sparsify it in the same pass (gated_backward_mvue). A warp tile is 32 output rows (features of
 // dY) x 64 tokens; lane l holds rows 4 (l & 7) .. + 3 of it and tokens 16 (l >> 3) .. + 15 in
 // registers (read from a cp.async-staged copy of the tile, see stage_async). 16 tokens of a row
-// are four groups: one Philox call, 16 bytes of kept values, 16 metadata bits and 16 mask bits; the lanes holding rows g and g + 8 (lane ^ 2) and tokens
-// 0..15 and 16..31 of a 32-token block (lane ^ 8) swap halves to write whole 32-bit words.
+// are four groups: one Philox call, 16 bytes of kept values, 16 metadata bits and 16 mask bits;
+// the lanes holding rows g and g + 8 (lane ^ 2) and tokens 0..15 and 16..31 of a 32-token block
+// (lane ^ 8) swap halves to write whole 32-bit words.
 struct LaneTile {
     int c0;    // first of the lane's four rows within the warp tile: 4 (lane & 7)
     int tok;   // first of its 16 tokens within the warp tile: 16 (lane >> 3)
@@ -225,8 +224,9 @@ __device__ __forceinline__ LaneTile lane_tile(int lane) { return LaneTile{4 * (l
 __device__ __forceinline__ float half_f32(uint32_t w, int i) { return __uint_as_float(i ? (w & 0xffff0000u) : (w << 16)); }
 
 // S(dY^T) of one lane's 4 rows x 16 tokens: words(r, p) (p a run-time 0 or 1) is the packed word
-// of token tok0 + r holding rows row0 + 2p (low half) and row0 + 2p + 1 (high). Same arithmetic and draws as reference::mvue (group q of a row's
-// 16 tokens takes word q of the Philox call at counter row * tokens / 16 + tok0 / 16). Writes the
+// of token tok0 + r holding rows row0 + 2p (low half) and row0 + 2p + 1 (high). Same arithmetic
+// and draws as reference::mvue (group q of a row's 16 tokens takes word q of the Philox call at
+// counter row * tokens / 16 + tok0 / 16). Writes the
 // kept values (16 bytes a row) when `store`; returns the rows' metadata nibbles and mask bits in
 // pairs: nib[p] = row 2p's 16 bits | row 2p + 1's << 16, kept likewise. ROLLED keeps the pair
 // loop rolled (half the code, two selects a word more): for the fused gated kernel, whose loop
