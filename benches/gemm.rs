@@ -4,6 +4,8 @@
 //!
 //!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--stream-k]
 //!        [--no-cusparselt]   (leave the cuSPARSELt peer out: for ncu, which it does not survive)
+//!        [--pass fwd|dx|dw] [--config SUBSTRING]   (only that pass / the instances whose name, as
+//!        --all-configs prints it, contains SUBSTRING: one kernel for ncu)
 //! (cargo bench passes --bench, which is ignored.)
 
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
@@ -27,6 +29,8 @@ struct Args {
     /// Also time each single-CTA cooperative instance with the stream-K schedule.
     stream_k: bool,
     no_cusparselt: bool,
+    pass: Option<String>,
+    config: Option<String>,
 }
 
 /// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
@@ -36,7 +40,7 @@ fn config_name(c: &TileConfig) -> String {
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false, no_cusparselt: false };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false, no_cusparselt: false, pass: None, config: None };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -57,6 +61,14 @@ fn args() -> Args {
             "--no-cusparselt" => a.no_cusparselt = true,
             "--max-cluster" => {
                 a.max_cluster = v[i + 1].parse().unwrap_or(2);
+                i += 1;
+            }
+            "--pass" => {
+                a.pass = v.get(i + 1).cloned();
+                i += 1;
+            }
+            "--config" => {
+                a.config = v.get(i + 1).cloned();
                 i += 1;
             }
             "--reps" => {
@@ -127,6 +139,9 @@ fn main() {
         let wt = DeviceMatrix::from_host(&dev, s.d_in, s.d_out, &wt).unwrap();
         let dyt = DeviceMatrix::from_host(&dev, s.d_out, s.tokens, &normal_bf16(4, s.tokens * s.d_out)).unwrap();
         for pass in Pass::ALL {
+            if a.pass.as_ref().is_some_and(|p| p != pass.name()) {
+                continue;
+            }
             let (m, n, k) = s.mnk(pass);
             let flop = s.flops();
             // Dense peer.
@@ -156,6 +171,9 @@ fn main() {
                 let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
                 let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
                 for cfg in candidates {
+                    if a.config.as_ref().is_some_and(|sub| !config_name(&cfg).contains(sub.as_str())) {
+                        continue;
+                    }
                     let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
                     let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
                     let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());

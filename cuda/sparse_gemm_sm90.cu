@@ -69,13 +69,15 @@ struct Params {
     int m_tiles, n_tiles;  // m_tiles counts cluster tiles of CM x 128 rows
     int tma_store;     // 1: bf16 D, beta == 0: the epilogue writes D through TMA (td)
     int group_m;       // raster: tiles run in groups of group_m M tiles, M fastest within a group
-    int stream_k;      // 1: tiles 0 .. dp_tiles run data-parallel (whole waves); the K blocks of the
-                       //    remaining tiles (the last partial wave) are shared equally by all CTAs
-                       //    (see Schedule and fixup_*)
-    int dp_tiles;      // stream-K: the tiles before the stream-K tail (a multiple of the clusters)
-    float* ws;         // stream-K partials: per CTA and consumer warpgroup 64 x BN f32, in
-                       //    accumulator-register order (register i of thread t at i * 128 + t)
-    unsigned* flags;   // stream-K: per CTA and consumer warpgroup, the epoch of its last partial
+    int stream_k;      // 1: tiles 0 .. dp_tiles run data-parallel (whole waves); each remaining
+                       //    tile (the last partial wave) is split into `pieces` K ranges spread
+                       //    over all CTAs (see Schedule and fixup_*)
+    int dp_tiles;      // stream-K: the tiles before the split tail (a multiple of the clusters)
+    int pieces;        // stream-K: K pieces of a tail tile, 2 .. k / BK
+    float* ws;         // stream-K partials: per (tail tile, piece < pieces - 1, CTA rank, consumer
+                       //    warpgroup) 64 x BN f32 in accumulator-register order (register i of
+                       //    thread t at i * 128 + t)
+    unsigned* flags;   // stream-K: per partial slot, the epoch of its last write
     unsigned epoch;    // this launch's number: a flag equal to it was written by this launch
 };
 
@@ -246,47 +248,46 @@ __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, 
 // share of the flattened (tile, K block) space of the tail tiles, so the last, partial wave is
 // spread over every SM instead of leaving most of them idle. Only tail tiles go through the
 // workspace (CUTLASS's data-parallel + stream-K hybrid).
+// The work of cluster c: units c, c + clusters, c + 2 clusters, ... Units below dp are whole
+// tiles (data-parallel waves). With stream-K, unit dp + q is K piece q / tail of tail tile
+// dp + q % tail: piece-major, so the clusters working at the same time read the same one or two K
+// ranges of neighbouring tiles and share them in L2. (Contiguous equal shares of the tail's
+// (tile, K block) steps, as in the Stream-K paper, start every CTA at a different K: on GPT-2 XL
+// fc1 dW that read 1.46x the DRAM bytes of data-parallel and lost to it.) The host picks
+// `pieces` so that the tail's rounds of `clusters` units fill the SMs (sparse_gemm.rs).
 template <int CM>
 struct Schedule {
-    // 32-bit: the host refuses shapes with 2^31 or more (tile, K block) iterations; 64-bit
-    // division here made the 40-register producer spill.
-    int cur, end, step;     // the current part: data-parallel whole tiles (step skips the other
-                            // clusters' tiles), then, after to_tail_when_done, the tail share (step 0)
-    int sk_cur, sk_end;     // stream-K tail: flattened (tile, K block) indices
-    int k_blocks;
+    // 32-bit: the host refuses shapes with 2^31 or more (tile, K block) steps; 64-bit division
+    // here made the 40-register producer spill. Every value is uniform (block index and
+    // parameters), and the unit's fields are chosen by selects: a branch here made ptxas leave
+    // the uniform datapath in the main loop (5-13% slower on long-K shapes).
+    int unit, units, step, dp, tail, pieces, k_blocks;
     __device__ Schedule(const Params& p) : k_blocks(p.k / BK) {
         const int tiles = p.m_tiles * p.n_tiles;
-        const int c = blockIdx.x / CM, clusters = gridDim.x / CM;
-        const int dp = p.stream_k ? p.dp_tiles : tiles;
-        cur = c * k_blocks;
-        end = dp * k_blocks;
-        step = (clusters - 1) * k_blocks;
-        sk_cur = sk_end = 0;
-        if (p.stream_k) {
-            const long long tail = (long long)(tiles - dp) * k_blocks;
-            sk_cur = end + (int)(tail * c / clusters);
-            sk_end = end + (int)(tail * (c + 1) / clusters);
-        }
-        to_tail_when_done();
+        dp = p.stream_k ? p.dp_tiles : tiles;
+        tail = tiles - dp;
+        pieces = p.stream_k ? p.pieces : 1;
+        units = dp + tail * pieces;
+        unit = blockIdx.x / CM;
+        step = gridDim.x / CM;
     }
-    // Moves to the stream-K share once the data-parallel tiles are done, by selects: a branch
-    // here made ptxas leave the uniform datapath in the main loop (mbarrier addresses in vector
-    // registers, convergence barriers around every stage; 5-13% slower on long-K shapes).
-    __device__ void to_tail_when_done() {
-        const bool done = cur >= end;
-        cur = done ? sk_cur : cur;
-        end = done ? sk_end : end;
-        step = done ? 0 : step;
-        sk_cur = done ? sk_end : sk_cur;
-    }
-    __device__ bool next(int& tile, int& kb_begin, int& kb_end) {
-        if (cur >= end) return false;
-        tile = cur / k_blocks;
-        kb_begin = cur % k_blocks;
-        kb_end = min(k_blocks, kb_begin + (end - cur));
-        cur += (kb_end - kb_begin) + step;
-        to_tail_when_done();
+    // The next segment: K blocks kb_begin .. kb_end of `tile`, and its piece (0 for whole tiles).
+    __device__ bool next(int& tile, int& kb_begin, int& kb_end, int& piece) {
+        if (unit >= units) return false;
+        const bool split = unit >= dp;
+        const int q = split ? unit - dp : 0;
+        const int i = q / (tail > 0 ? tail : 1);
+        tile = split ? dp + (q - i * tail) : unit;
+        piece = i;
+        kb_begin = i * k_blocks / pieces;  // 0 for whole tiles (i = 0)
+        kb_end = split ? (i + 1) * k_blocks / pieces : k_blocks;
+        unit += step;
         return true;
+    }
+    __device__ bool more() const { return unit < units; }
+    __device__ bool next(int& tile, int& kb_begin, int& kb_end) {
+        int piece;
+        return next(tile, kb_begin, kb_end, piece);
     }
 };
 
@@ -381,16 +382,14 @@ __device__ __forceinline__ void release_stage(uint64_t* empty_s, int lane) {
     else mbar_arrive_cluster(empty_s, lane);
 }
 
-// Stream-K fixup (Osama et al. 2023, "Stream-K": partial tiles summed by the CTA that computed
-// the tile's first K blocks). A CTA walks its share of the tail in increasing (tile, K block)
-// order, so only its first segment can start inside a tile. Such a segment is a partial: stored,
-// flagged, done; its CTA never waits before that, so no chain of waits forms. The segment holding
-// a tile's K block 0 (its CTA's last, reached later) adds the partials of the clusters whose
-// (non-empty) shares start inside the rest of the tile, in cluster order (the same bits every
-// run), then runs the epilogue. The grid is one wave (the host launches only as many CTAs as can
-// be resident at once) and a CTA only waits on higher-numbered ones, whose partial needs no wait:
-// the waits end. Per consumer warpgroup: 64 x BN f32 in register order (thread t's register i at
-// i * 128 + t: 128 consecutive floats a register, coalesced), one flag.
+// Stream-K fixup (Osama et al. 2023, "Stream-K": partial tiles summed by one CTA). Pieces
+// 0 .. pieces - 2 of a tail tile are partials: stored, flagged, done, with no wait. The last
+// piece, the tile's latest unit in every cluster's walk (Schedule), adds the partials in piece
+// order (the same bits every run) and runs the epilogue. It waits only on units numbered below
+// its own, whose CTAs, all resident at once (the host launches one wave), reach them first: by
+// induction on the unit number every wait ends. Per consumer warpgroup and slot: 64 x BN f32 in
+// register order (thread t's register i at i * 128 + t: 128 consecutive floats a register,
+// coalesced), one flag.
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -401,14 +400,13 @@ __device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
 }
 
 template <int REGS>
-__device__ __forceinline__ void fixup_store(const Params& p, const float (&acc)[REGS], int wg, int tid) {
-    const int slot = blockIdx.x * 2 + wg;
+__device__ __forceinline__ void fixup_store(const Params& p, const float (&acc)[REGS], int tid, int slot) {
     float* ws = p.ws + (long long)slot * (128 * REGS);
 #pragma unroll
     for (int i = 0; i < REGS; ++i) __stcg(ws + i * 128 + tid, acc[i]);  // to L2: another SM reads it
     // The warpgroup's stores, then one thread's fence and release (cooperative groups' grid sync
     // and CUTLASS's barrier do the same).
-    named_barrier(5 + wg, 128);
+    named_barrier(5 + (slot & 1), 128);  // slot & 1: the consumer warpgroup
     if (tid == 0) {
         __threadfence();
         st_release_gpu(p.flags + slot, p.epoch);
@@ -416,15 +414,14 @@ __device__ __forceinline__ void fixup_store(const Params& p, const float (&acc)[
 }
 
 template <int REGS>
-__device__ __forceinline__ void fixup_add(const Params& p, float (&acc)[REGS], int wg, int tid, int src_cta) {
-    const int slot = src_cta * 2 + wg;
+__device__ __forceinline__ void fixup_add(const Params& p, float (&acc)[REGS], int tid, int slot) {
     if (tid == 0) {
         // No time-out: a trap here (even on a cold path) made ptxas spill the 128-accumulator
         // instances. The wait ends because the grid is one wave of resident CTAs (see above).
         while (ld_acquire_gpu(p.flags + slot) != p.epoch) __nanosleep(64);
         __threadfence();
     }
-    named_barrier(5 + wg, 128);
+    named_barrier(5 + (slot & 1), 128);
     const float* ws = p.ws + (long long)slot * (128 * REGS);
 #pragma unroll
     for (int i = 0; i < REGS; ++i) acc[i] += __ldcg(ws + i * 128 + tid);  // L2, not a stale L1 line
@@ -490,8 +487,8 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     int s = 0;
     uint32_t phase = 0;
     Schedule<CM> work(p);
-    int tile, kb_begin, kb_end;
-    while (work.next(tile, kb_begin, kb_end)) {
+    int tile, kb_begin, kb_end, piece;
+    while (work.next(tile, kb_begin, kb_end, piece)) {
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
         const int n0 = nt * BN;
@@ -531,27 +528,14 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
         const int gm0 = m0 + 64 * wg;
         if (p.stream_k && tile >= p.dp_tiles) {
-            const int k_blocks = p.k / BK;
-            if (kb_begin != 0) {  // a partial: store it, raise the flag, no epilogue
-                fixup_store(p, acc, wg, tid);
+            // Slot of (tail tile j, piece i, CTA rank, warpgroup): ((j (pieces - 1) + i) CM + rank) 2 + wg.
+            const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
+            const int first = (tile - p.dp_tiles) * (p.pieces - 1);
+            if (piece < p.pieces - 1) {  // a partial: store it, raise its flag, no epilogue
+                fixup_store(p, acc, tid, ((first + piece) * CM + rank) * 2 + wg);
                 continue;
             }
-            if (kb_end != k_blocks) {  // the tile's owner: add the next clusters' partials of it
-                const int clusters = gridDim.x / CM, c = blockIdx.x / CM;
-                const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
-                // Share starts as Schedule computes them, base + tail * c / clusters, in 32 bits
-                // (the host keeps all (tile, K block) steps below 2^31; a 64-bit division is a
-                // subroutine call, which made the 128-accumulator instances spill):
-                // tail * c / clusters = q c + r c / clusters with r c < clusters^2.
-                const int base = p.dp_tiles * k_blocks, tail = (p.m_tiles * p.n_tiles - p.dp_tiles) * k_blocks;
-                const int q = tail / clusters, r = tail % clusters, tile_end = (tile + 1) * k_blocks;
-                for (int c2 = c + 1; c2 < clusters; ++c2) {
-                    const int start = base + q * c2 + r * c2 / clusters;
-                    if (start >= tile_end) break;
-                    // A cluster with an empty share (fewer tail iterations than clusters) holds none.
-                    if (base + q * (c2 + 1) + r * (c2 + 1) / clusters > start) fixup_add(p, acc, wg, tid, c2 * CM + rank);
-                }
-            }
+            for (int i = 0; i < p.pieces - 1; ++i) fixup_add(p, acc, tid, ((first + i) * CM + rank) * 2 + wg);
         }
         store_half<BN>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
     }
@@ -636,7 +620,7 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
         }
         // Every stage of this tile is consumed: the other warpgroup may start its next tile (only
         // if there is one, so no arrival is left pending at exit).
-        if (work.cur < work.end) named_arrive(4 - wg, 256);
+        if (work.more()) named_arrive(4 - wg, 256);
         wgmma_wait<0>();
         fence_acc(acc0);
         fence_acc(acc1);

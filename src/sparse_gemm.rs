@@ -35,6 +35,14 @@ pub struct TileConfig {
     /// (instance `_pp`; data-parallel only).
     #[serde(default)]
     pub pingpong: bool,
+    /// Stream-K only: how many K pieces each tile of the last, partial wave is split into (at
+    /// least 2, at most K / 64); 0 lets the launch pick by `TileConfig::tail_pieces`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tail_pieces: u32,
+}
+
+fn is_zero(x: &u32) -> bool {
+    *x == 0
 }
 
 fn one() -> u32 {
@@ -49,11 +57,11 @@ pub enum Schedule {
     Auto,
     /// Whole tiles, round-robin over a persistent grid.
     DataParallel,
-    /// Whole waves of tiles data-parallel; the last, partial wave's (tile, K block) iterations
-    /// shared equally by every SM (Osama et al. 2023, "Stream-K"). A CTA whose share starts
-    /// inside a tile stores that partial tile (plain f32 stores) and raises a flag; the CTA that
-    /// holds the tile's first K block adds those partials, in CTA order, and writes the tile: no
-    /// atomics, no second kernel, the same bits every run.
+    /// Whole waves of tiles data-parallel; each tile of the last, partial wave split into K
+    /// pieces spread over every SM (a data-parallel + Stream-K hybrid, Osama et al. 2023), taken
+    /// piece by piece so that SMs working at once read the same K range. Each piece but the last
+    /// stores its partial tile (plain f32 stores) and raises a flag; the last adds them, in piece
+    /// order, and writes the tile: no atomics, no second kernel, the same bits every run.
     StreamK,
 }
 
@@ -61,12 +69,12 @@ impl TileConfig {
     /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
     /// two wider ones also in clusters of two sharing B, and 128 x 128 with ping-pong consumers.
     pub const ALL: [TileConfig; 6] = [
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
-        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false },
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false },
-        TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true },
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true, tail_pieces: 0 },
     ];
 
     /// Whether `Schedule::Auto` picks stream-K. Never, for now: measured on the H100 the stream-K
@@ -74,6 +82,17 @@ impl TileConfig {
     /// so it runs only when asked for explicitly.
     pub fn wants_stream_k(_tiles: usize, _sms: usize) -> bool {
         false
+    }
+
+    /// Stream-K: the K pieces to split each of `tail` leftover tiles into, over `clusters`
+    /// persistent clusters, for tiles of `k_blocks` K blocks: the count in 2 ..= 16 (and at most
+    /// `k_blocks`) with the least predicted tail time, in K blocks of one tile:
+    /// rounds x (k_blocks / pieces + 4) + 2 (pieces - 1), where a round is `clusters` pieces at once,
+    /// 4 K blocks fill and drain a segment's pipeline, and the last piece adds each partial in
+    /// about 2 (estimates, not measured one by one). None when no split is possible.
+    pub fn tail_pieces(tail: usize, clusters: usize, k_blocks: usize) -> Option<usize> {
+        let cost = |s: usize| (tail * s).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / s as f64 + 4.0) + 2.0 * (s - 1) as f64;
+        (2..=k_blocks.min(16)).min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
     }
     pub const BM: usize = 128;
     pub const BK: usize = 64;
@@ -184,6 +203,7 @@ struct Params {
     group_m: i32,
     stream_k: i32,
     dp_tiles: i32,
+    pieces: i32,
     ws: u64,
     flags: u64,
     epoch: u32,
@@ -386,9 +406,17 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     let slots = slots(dev, cfg, &name, &f, smem, sms)?;
     let grid = if stream_k { slots } else { (tiles * cm).min(slots) };
     // Stream-K: whole waves data-parallel, only the last partial wave split (none when the tiles
-    // fill whole waves).
+    // fill whole waves, or K is a single block).
     let clusters = grid / cm;
-    let dp_tiles = if stream_k { tiles / clusters * clusters } else { tiles };
+    let k_blocks = k / TileConfig::BK;
+    let split = |tail: usize| match cfg.tail_pieces {
+        0 => TileConfig::tail_pieces(tail, clusters, k_blocks),
+        p => Some((p as usize).clamp(2, k_blocks)).filter(|_| k_blocks >= 2),
+    };
+    let (dp_tiles, pieces) = match stream_k.then(|| tiles % clusters).filter(|&t| t > 0).and_then(|t| split(t).map(|p| (tiles - t, p))) {
+        Some((dp, p)) => (dp, p),
+        None => (tiles, 1),
+    };
     let tail = tiles - dp_tiles;
     let run = |ws_ptr: u64, flags_ptr: u64, epoch: u32| -> Result<()> {
         // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
@@ -414,6 +442,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             group_m: group_m as i32,
             stream_k: (tail > 0) as i32,
             dp_tiles: dp_tiles as i32,
+            pieces: pieces as i32,
             ws: ws_ptr,
             flags: flags_ptr,
             epoch,
@@ -427,9 +456,10 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
         Ok(())
     };
     if tail > 0 {
-        // Stream-K workspace: one partial tile (128 x bn f32) and two flags (one a consumer
-        // warpgroup) per CTA: a CTA writes at most one partial, its first segment's.
-        dev.with_stream_k_workspace(grid * TileConfig::BM * cfg.bn as usize, 2 * grid, run)
+        // Stream-K workspace: a slot (64 x bn f32 and a flag) per tail tile, piece but the last,
+        // CTA rank and consumer warpgroup.
+        let slots = tail * (pieces - 1) * cm * 2;
+        dev.with_stream_k_workspace(slots * 64 * cfg.bn as usize, slots, run)
     } else {
         run(0, 0, 0)
     }
@@ -465,97 +495,109 @@ mod tests {
     }
 
     /// The kernel's `Schedule` (cuda/sparse_gemm_sm90.cu), step for step: the segments
-    /// (tile, kb_begin, kb_end) cluster `c` of `clusters` runs. One cursor: when the data-parallel
-    /// tiles are done it moves to the cluster's tail share (`to_tail_when_done`).
-    fn device_schedule(tiles: usize, k_blocks: usize, clusters: usize, dp_tiles: usize, c: usize) -> Vec<(usize, usize, usize)> {
-        let (mut cur, mut end, mut step) = (c * k_blocks, dp_tiles * k_blocks, (clusters - 1) * k_blocks);
-        let tail = (tiles - dp_tiles) * k_blocks;
-        let (mut sk_cur, sk_end) = (end + tail * c / clusters, end + tail * (c + 1) / clusters);
-        let mut to_tail_when_done = |cur: &mut usize, end: &mut usize, step: &mut usize| {
-            if *cur >= *end {
-                (*cur, *end, *step) = (sk_cur, sk_end, 0);
-                sk_cur = sk_end;
-            }
-        };
-        to_tail_when_done(&mut cur, &mut end, &mut step);
-        let mut out = Vec::new();
-        while cur < end {
-            let (tile, kb) = (cur / k_blocks, cur % k_blocks);
-            let kb_end = k_blocks.min(kb + (end - cur));
-            out.push((tile, kb, kb_end));
-            cur += (kb_end - kb) + step;
-            to_tail_when_done(&mut cur, &mut end, &mut step);
-        }
-        out
+    /// (tile, kb_begin, kb_end, piece) cluster `c` of `clusters` runs, in order, with each one's
+    /// unit number. Units below dp_tiles are whole tiles; unit dp_tiles + q is piece q / tail of
+    /// tail tile dp_tiles + q % tail.
+    fn device_schedule(tiles: usize, k_blocks: usize, clusters: usize, dp_tiles: usize, pieces: usize, c: usize) -> Vec<(usize, usize, usize, usize, usize)> {
+        let tail = tiles - dp_tiles;
+        let units = dp_tiles + tail * pieces;
+        (c..units)
+            .step_by(clusters)
+            .map(|unit| {
+                let split = unit >= dp_tiles;
+                let q = if split { unit - dp_tiles } else { 0 };
+                let i = q / tail.max(1);
+                let tile = if split { dp_tiles + q - i * tail } else { unit };
+                (tile, i * k_blocks / pieces, if split { (i + 1) * k_blocks / pieces } else { k_blocks }, i, unit)
+            })
+            .collect()
     }
 
-    /// Stream-K's data-parallel waves + split tail cover every (tile, K block) exactly once, give
-    /// whole tiles below dp_tiles, and spread the tail's iterations within one K block of evenly.
+    /// The launch's split of `tiles` over `clusters` (sparse_gemm: dp_tiles, pieces).
+    fn launch_split(tiles: usize, k_blocks: usize, clusters: usize) -> (usize, usize) {
+        match Some(tiles % clusters).filter(|&t| t > 0).and_then(|t| TileConfig::tail_pieces(t, clusters, k_blocks).map(|p| (tiles - t, p))) {
+            Some(x) => x,
+            None => (tiles, 1),
+        }
+    }
+
+    const SPLITS: [(usize, usize, usize); 10] = [(450, 256, 132), (350, 256, 132), (72, 256, 132), (264, 16, 132), (5, 3, 132), (1, 1, 66), (133, 7, 132), (86, 256, 66), (200, 2, 132), (270, 256, 132)];
+
+    /// Data-parallel waves + the split tail cover every (tile, K block) exactly once, give whole
+    /// tiles below dp_tiles and non-empty pieces above, and give no cluster more than one unit
+    /// beyond another's.
     #[test]
-    fn stream_k_tail_covers_every_iteration_once() {
-        for (tiles, k_blocks, clusters) in [(450, 256, 132), (350, 256, 132), (72, 256, 132), (264, 16, 132), (5, 3, 132), (1, 1, 66), (133, 7, 132)] {
-            let dp_tiles = tiles / clusters * clusters;
-            let mut seen = vec![0u8; tiles * k_blocks];
-            let mut tail_work = Vec::new();
+    fn stream_k_units_cover_every_iteration_once() {
+        for (tiles, k_blocks, clusters) in SPLITS {
+            for pieces_forced in [None, Some(2), Some(16)] {
+                let (dp_tiles, mut pieces) = launch_split(tiles, k_blocks, clusters);
+                if let (Some(p), true) = (pieces_forced, dp_tiles < tiles) {
+                    pieces = p.clamp(2, k_blocks);
+                }
+                let mut seen = vec![0u8; tiles * k_blocks];
+                let mut counts = Vec::new();
+                for c in 0..clusters {
+                    let segs = device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c);
+                    counts.push(segs.len());
+                    for (tile, b, e, _, _) in segs {
+                        assert!(b < e && e <= k_blocks, "{tiles}/{k_blocks}/{clusters}: segment {tile} {b}..{e}");
+                        if tile < dp_tiles {
+                            assert_eq!((b, e), (0, k_blocks), "data-parallel tiles are whole");
+                        }
+                        for kb in b..e {
+                            seen[tile * k_blocks + kb] += 1;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}, {pieces} pieces: not covered exactly once");
+                let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: units per cluster {lo}..{hi}");
+            }
+        }
+    }
+
+    /// The fixup's bookkeeping, as the consumer does it (cuda/sparse_gemm_sm90.cu, fixup_*):
+    /// pieces 0 .. pieces - 2 of a tail tile are partials in distinct slots, and the last piece,
+    /// which adds them, is the tile's highest unit (it waits only on lower units, so the waits
+    /// end: each partial is stored before its cluster reaches any later unit).
+    #[test]
+    fn stream_k_last_piece_waits_only_on_earlier_units() {
+        for (tiles, k_blocks, clusters) in SPLITS {
+            let (dp_tiles, pieces) = launch_split(tiles, k_blocks, clusters);
+            if dp_tiles == tiles {
+                continue;
+            }
+            let mut units = vec![vec![None; pieces]; tiles];
+            let mut slots = std::collections::HashSet::new();
             for c in 0..clusters {
-                let mut tail = 0;
-                for (tile, b, e) in device_schedule(tiles, k_blocks, clusters, dp_tiles, c) {
-                    assert!(b < e && e <= k_blocks, "{tiles}/{k_blocks}/{clusters}: segment {tile} {b}..{e}");
+                for (tile, b, _, piece, unit) in device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c) {
                     if tile < dp_tiles {
-                        assert_eq!((b, e), (0, k_blocks), "data-parallel tiles are whole");
-                    } else {
-                        tail += e - b;
+                        continue;
                     }
-                    for kb in b..e {
-                        seen[tile * k_blocks + kb] += 1;
+                    assert_eq!(b, piece * k_blocks / pieces);
+                    assert!(units[tile][piece].replace(unit).is_none(), "tile {tile} piece {piece} twice");
+                    if piece < pieces - 1 {
+                        assert!(slots.insert((tile - dp_tiles) * (pieces - 1) + piece), "slot reused");
                     }
                 }
-                tail_work.push(tail);
             }
-            assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}: not covered exactly once");
-            let (lo, hi) = (tail_work.iter().min().unwrap(), tail_work.iter().max().unwrap());
-            assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: tail shares {lo}..{hi}");
+            for (tile, u) in units.iter().enumerate().skip(dp_tiles) {
+                let last = u[pieces - 1].expect("every tail tile has its last piece");
+                assert!(u[..pieces - 1].iter().all(|p| p.is_some_and(|p| p < last)), "{tiles}/{k_blocks}/{clusters}: tile {tile} units {u:?}");
+            }
         }
     }
 
-    /// The stream-K fixup's bookkeeping, as the consumer does it (cuda/sparse_gemm_sm90.cu,
-    /// fixup_*): a tail segment not starting at K block 0 is a partial and is its cluster's first
-    /// segment (one workspace slot a CTA, and no wait before it); every tail tile has one owner
-    /// segment (K block 0); the clusters the owner waits for (c + 1, ... while their share starts
-    /// before the tile's end, skipping empty shares) are exactly those holding a partial of the
-    /// tile, and owner plus partials cover the tile's K blocks once.
+    /// The pieces the cost model picks: GPT-2 XL fc1 dW (350 tiles of 128 x 256 on 132 SMs: 86
+    /// left over, 256 K blocks) in three (two rounds of a third of a tile instead of one whole
+    /// tile); a tail of 6 tiles in 11 (one round of 22 K blocks: finer pieces would add more in
+    /// partials than they save); a 2-block K in two.
     #[test]
-    fn stream_k_fixup_waits_for_exactly_the_partials_of_its_tile() {
-        for (tiles, k_blocks, clusters) in [(450, 256, 132), (350, 256, 132), (72, 256, 132), (264, 16, 132), (5, 3, 132), (1, 1, 66), (133, 7, 132), (86, 256, 66), (200, 2, 132)] {
-            let dp_tiles = tiles / clusters * clusters;
-            let (base, tail) = (dp_tiles * k_blocks, (tiles - dp_tiles) * k_blocks);
-            let mut owner = vec![None; tiles];
-            let mut partials: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new(); tiles];
-            for c in 0..clusters {
-                let segs: Vec<_> = device_schedule(tiles, k_blocks, clusters, dp_tiles, c).into_iter().filter(|s| s.0 >= dp_tiles).collect();
-                for (i, &(tile, b, e)) in segs.iter().enumerate() {
-                    if b != 0 {
-                        assert_eq!(i, 0, "{tiles}/{k_blocks}/{clusters}: cluster {c}'s partial is not its first tail segment");
-                        partials[tile].push((c, b, e));
-                    } else {
-                        assert!(owner[tile].replace((c, e)).is_none(), "two owners of tile {tile}");
-                    }
-                }
-            }
-            for tile in dp_tiles..tiles {
-                let (c, owner_end) = owner[tile].expect("every tail tile has an owner");
-                let tile_end = (tile + 1) * k_blocks;
-                let start = |c2: usize| base + tail * c2 / clusters;
-                let waited: Vec<usize> = if owner_end == k_blocks { Vec::new() } else { (c + 1..clusters).take_while(|&c2| start(c2) < tile_end).filter(|&c2| start(c2 + 1) > start(c2)).collect() };
-                let holders: Vec<usize> = partials[tile].iter().map(|p| p.0).collect();
-                assert_eq!(waited, holders, "{tiles}/{k_blocks}/{clusters}: tile {tile}");
-                let mut next = owner_end;
-                for &(_, b, e) in &partials[tile] {
-                    assert_eq!(b, next, "tile {tile}: partials in K order, no gap or overlap");
-                    next = e;
-                }
-                assert_eq!(next, k_blocks, "tile {tile}: owner and partials cover its K blocks");
-            }
-        }
+    fn tail_pieces_fill_the_rounds() {
+        assert_eq!(TileConfig::tail_pieces(86, 132, 256), Some(3));
+        assert_eq!(TileConfig::tail_pieces(6, 132, 256), Some(11));
+        assert_eq!(TileConfig::tail_pieces(61, 132, 1024), Some(2));
+        assert_eq!(TileConfig::tail_pieces(5, 132, 2), Some(2));
+        assert_eq!(TileConfig::tail_pieces(5, 132, 1), None);
     }
 }

@@ -164,18 +164,19 @@ fn sparse_gemm_large_matches_mma_sp() {
 
 /// Stream-K gives the data-parallel answer (the proptests check data-parallel against the CPU),
 /// the same bits on every run: whole waves data-parallel (bf16 through TMA stores, or f32 with beta
-/// through the staged epilogue), the tail tiles split along K, each tile's partials added by the
-/// CTA holding its first K block before its epilogue (bias and beta applied there).
-/// 2064 x 2056 x 256 gives every instance a tail of 4-K-block tiles shared by 132 CTAs (most
-/// shares shorter than a tile, many empty: 128 x 256 tiles 153 = 132 + 21, 128 x 192 187,
-/// 128 x 128 289; clusters of two 81 / 99 cluster tiles); 1040 x 1032 x 2048 has fewer tiles
-/// than CTAs (all tail, 32 K blocks a tile over ~3 CTAs). Bounds: f32 differs only in the order
-/// of the additions; bf16 may round the other way (half an ulp, 2^-9, on a few elements).
+/// through the staged epilogue), the tail tiles split into K pieces, each tile's partials added by
+/// its last piece before the epilogue (bias and beta applied there), with the launch's choice of
+/// pieces and with as many as K allows (up to 16).
+/// 2064 x 2056 x 256 gives every instance a tail of 4-K-block tiles (128 x 256 tiles 153 = 132 +
+/// 21, 128 x 192 187, 128 x 128 289; clusters of two 81 / 99 cluster tiles); 2064 x 2056 x 1024
+/// the same tails of 16-K-block tiles (16 pieces of one K block when forced); 1040 x 1032 x 2048
+/// has fewer tiles than CTAs (all tail). Bounds: f32 differs only in the order of the additions;
+/// bf16 may round the other way (half an ulp, 2^-9, on a few elements).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_stream_k_tail_matches_data_parallel() {
     let dev = Device::new(0).expect("a CUDA GPU");
-    for (m, n, k) in [(2064, 2056, 256), (1040, 1032, 2048)] {
+    for (m, n, k) in [(2064, 2056, 256), (2064, 2056, 1024), (1040, 1032, 2048)] {
         let sparse = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &normal_bf16(21, m * k)).unwrap()).unwrap();
         let x = normal_bf16(22, n * k);
         let xk = DeviceMatrix::from_host(&dev, n, k, &x).unwrap();
@@ -189,16 +190,19 @@ fn sparse_gemm_stream_k_tail_matches_data_parallel() {
         let bias = dev.upload(&normal_bf16(23, m).iter().map(|b| b.to_f32()).collect::<Vec<_>>()).unwrap();
         let old: Vec<f32> = normal_bf16(24, m * n).iter().map(|v| v.to_f32()).collect();
         for base in TileConfig::ALL.iter().filter(|c| !c.pingpong) {
-            let run_bf16 = |schedule| {
+            let run_bf16 = |schedule, tail_pieces| {
                 let mut d = DeviceMatrix::<bf16>::poisoned(&dev, n, m).unwrap();
-                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), bias: Some(&bias), config: Some(TileConfig { schedule, ..*base }), ..Default::default() };
+                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), bias: Some(&bias), config: Some(TileConfig { schedule, tail_pieces, ..*base }), ..Default::default() };
                 sparse_gemm(&dev, &sparse, BOperand::KMajor(&xk), &mut d, &opts).unwrap();
                 d.to_host(&dev).unwrap().iter().map(|v| v.to_f64()).collect::<Vec<_>>()
             };
-            let sk = run_bf16(Schedule::StreamK);
-            let err = rel(&sk, &run_bf16(Schedule::DataParallel));
-            assert!(err < 4e-3, "{m}x{n}x{k} {base:?} bf16 column-major D with bias: stream-K vs data-parallel {err:e}");
-            assert!(sk == run_bf16(Schedule::StreamK), "{m}x{n}x{k} {base:?}: stream-K differs between two runs");
+            let dp = run_bf16(Schedule::DataParallel, 0);
+            for pieces in [0, 16] {
+                let sk = run_bf16(Schedule::StreamK, pieces);
+                let err = rel(&sk, &dp);
+                assert!(err < 4e-3, "{m}x{n}x{k} {base:?} pieces {pieces}: bf16 column-major D with bias: stream-K vs data-parallel {err:e}");
+                assert!(sk == run_bf16(Schedule::StreamK, pieces), "{m}x{n}x{k} {base:?} pieces {pieces}: stream-K differs between two runs");
+            }
             let run_f32 = |schedule| {
                 let mut d = DeviceMatrix::from_host(&dev, m, n, &old).unwrap();
                 let opts = GemmOptions { d_layout: Some(MatLayout::RowMajor), bias: Some(&bias), beta: 0.5, config: Some(TileConfig { schedule, ..*base }) };
@@ -233,7 +237,7 @@ fn sparse_gemm_rejects_bad_input() {
     let bias = dev.upload(&[0f32; 7]).unwrap();
     let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &with_bias), Err(Error::Shape { .. })));
-    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false }), ..Default::default() };
+    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 }), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &odd), Err(Error::Unsupported { .. })));
     // Ping-pong with stream-K: refused, with the rule.
     let pp_sk = GemmOptions { config: Some(TileConfig { schedule: Schedule::StreamK, ..TileConfig::ALL[5] }), ..Default::default() };
