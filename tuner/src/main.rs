@@ -120,7 +120,7 @@ fn candidates(m: usize) -> Vec<TileConfig> {
             }
             v.push(TileConfig { group_m, schedule: Schedule::DataParallel, ..base });
         }
-        // Stream-K (whole waves data-parallel, the last partial wave split along K) for the
+        // Stream-K (whole waves data-parallel, the last partial wave's tiles split into K pieces) for the
         // cooperative instances, clusters included, default raster only: it targets tile counts
         // that leave SMs idle in the last wave (GPT-2 XL dW, GPT-2 small dW). The library's Auto
         // never picks it by itself; a tuned table may.
