@@ -194,7 +194,9 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     let default = TileConfig::default_for(m, n, sms);
     let reference = p.output(dev, default)?;
     let default_ms = p.time(dev, default, reps, flush)?;
-    let mut best = (default, default_ms);
+    // The table records the schedule that was measured: Auto means data-parallel today
+    // (`TileConfig::wants_stream_k`), and an entry written as Auto would change meaning with it.
+    let mut best = (TileConfig { schedule: Schedule::DataParallel, ..default }, default_ms);
     for cfg in candidates(m) {
         bar.set_message(format!("{} {} bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
         let err = twofour::reference::rel_error(p.output(dev, cfg)?, reference.iter().copied());
