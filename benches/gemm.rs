@@ -168,6 +168,7 @@ fn main() {
                 };
                 let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
                 let mut best: Option<(f64, TileConfig)> = None;
+                let mut each = Vec::new(); // (instance, ms) for --all-configs
                 let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
                 let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
                 for cfg in candidates {
@@ -180,13 +181,15 @@ fn main() {
                     if a.all_configs {
                         let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
                         eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(&cfg), ms, flop / ms / 1e9);
+                        each.push(format!("\"{}\":{ms:.5}", config_name(&cfg)));
                     }
                     if best.is_none_or(|b| ms < b.0) {
                         best = Some((ms, cfg));
                     }
                 }
-                best
+                (best, each)
             };
+            let (ours, each_ms) = ours;
             let ours_tf = ours.map(|(ms, _)| flop / ms / 1e9);
             // cuSPARSELt on the same operands in the same layouts, its best algorithm (MatmulSearch).
             let cslt_tf = cslt.as_ref().and_then(|lib| {
@@ -235,8 +238,11 @@ fn main() {
                 ours.map_or("-".into(), |(_, c)| config_name(&c))
             );
             std::io::stdout().flush().ok();
+            // With --all-configs, every instance's median ms too ("configs_ms"), for fitting
+            // the stream-K cost model and the default's heuristics without parsing stderr.
+            let each_json = if each_ms.is_empty() { String::new() } else { format!(",\"configs_ms\":{{{}}}", each_ms.join(",")) };
             records.push(format!(
-                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":{},\"twofour_config\":{}}}",
+                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":{},\"twofour_config\":{}{each_json}}}",
                 s.name,
                 pass.name(),
                 ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
@@ -252,10 +258,13 @@ fn main() {
 /// Writes the records so far (atomically: temp file + rename), so a cut-off run keeps its numbers.
 fn write_json(path: &Option<String>, dev: &Device, commit: &str, records: &[String]) {
     if let Some(path) = path {
+        // The command as run (arguments are shape lists, paths and flags: no quotes to escape).
+        let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
         let body = format!(
-            "{{\"device\":\"{}\",\"date\":\"{}\",\"commit\":\"{commit}\",\"command\":\"gemm --json {path}\",\"records\":[\n{}\n]}}\n",
+            "{{\"device\":\"{}\",\"date\":\"{}\",\"commit\":\"{commit}\",\"command\":\"gemm {}\",\"records\":[\n{}\n]}}\n",
             dev.name(),
             std::env::var("BENCH_DATE").unwrap_or_default(),
+            args.join(" ").replace(['"', '\\'], ""),
             records.join(",\n")
         );
         let tmp = format!("{path}.tmp");
