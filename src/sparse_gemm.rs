@@ -267,6 +267,19 @@ fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<(String, c
     Ok((name, f, smem))
 }
 
+/// Stream-K's split of `tiles` over `clusters`: (dp_tiles, pieces), the whole waves and the K
+/// pieces of each leftover tile; `forced` pieces (clamped to 2 ..= k_blocks) or, with 0, the cost
+/// model's. (tiles, 1), all data-parallel, when the tiles fill whole waves or K is one block.
+fn stream_k_split(tiles: usize, clusters: usize, k_blocks: usize, forced: usize) -> (usize, usize) {
+    let tail = tiles % clusters.max(1);
+    let pieces = match forced {
+        _ if tail == 0 || k_blocks < 2 => None,
+        0 => TileConfig::tail_pieces(tail, clusters, k_blocks),
+        p => Some(p.clamp(2, k_blocks)),
+    };
+    pieces.map_or((tiles, 1), |p| (tiles - tail, p))
+}
+
 /// CTAs resident at once: one per SM, or as many whole clusters as fit times their size.
 fn slots(dev: &Device, cfg: TileConfig, name: &str, f: &cudarc::driver::CudaFunction, smem: usize, sms: usize) -> Result<usize> {
     if cfg.cluster_m <= 1 {
@@ -409,14 +422,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     // fill whole waves, or K is a single block).
     let clusters = grid / cm;
     let k_blocks = k / TileConfig::BK;
-    let split = |tail: usize| match cfg.tail_pieces {
-        0 => TileConfig::tail_pieces(tail, clusters, k_blocks),
-        p => Some((p as usize).clamp(2, k_blocks)).filter(|_| k_blocks >= 2),
-    };
-    let (dp_tiles, pieces) = match stream_k.then(|| tiles % clusters).filter(|&t| t > 0).and_then(|t| split(t).map(|p| (tiles - t, p))) {
-        Some((dp, p)) => (dp, p),
-        None => (tiles, 1),
-    };
+    let (dp_tiles, pieces) = if stream_k { stream_k_split(tiles, clusters, k_blocks, cfg.tail_pieces as usize) } else { (tiles, 1) };
     let tail = tiles - dp_tiles;
     let run = |ws_ptr: u64, flags_ptr: u64, epoch: u32| -> Result<()> {
         // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
@@ -513,78 +519,87 @@ mod tests {
             .collect()
     }
 
-    /// The launch's split of `tiles` over `clusters` (sparse_gemm: dp_tiles, pieces).
-    fn launch_split(tiles: usize, k_blocks: usize, clusters: usize) -> (usize, usize) {
-        match Some(tiles % clusters).filter(|&t| t > 0).and_then(|t| TileConfig::tail_pieces(t, clusters, k_blocks).map(|p| (tiles - t, p))) {
-            Some(x) => x,
-            None => (tiles, 1),
-        }
-    }
-
     const SPLITS: [(usize, usize, usize); 10] = [(450, 256, 132), (350, 256, 132), (72, 256, 132), (264, 16, 132), (5, 3, 132), (1, 1, 66), (133, 7, 132), (86, 256, 66), (200, 2, 132), (270, 256, 132)];
 
     /// Data-parallel waves + the split tail cover every (tile, K block) exactly once, give whole
     /// tiles below dp_tiles and non-empty pieces above, and give no cluster more than one unit
     /// beyond another's.
-    #[test]
-    fn stream_k_units_cover_every_iteration_once() {
-        for (tiles, k_blocks, clusters) in SPLITS {
-            for pieces_forced in [None, Some(2), Some(16)] {
-                let (dp_tiles, mut pieces) = launch_split(tiles, k_blocks, clusters);
-                if let (Some(p), true) = (pieces_forced, dp_tiles < tiles) {
-                    pieces = p.clamp(2, k_blocks);
+    fn check_cover(tiles: usize, k_blocks: usize, clusters: usize, forced: usize) {
+        let (dp_tiles, pieces) = stream_k_split(tiles, clusters, k_blocks, forced);
+        let mut seen = vec![0u8; tiles * k_blocks];
+        let mut counts = Vec::new();
+        for c in 0..clusters {
+            let segs = device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c);
+            counts.push(segs.len());
+            for (tile, b, e, _, _) in segs {
+                assert!(b < e && e <= k_blocks, "{tiles}/{k_blocks}/{clusters}: segment {tile} {b}..{e}");
+                if tile < dp_tiles {
+                    assert_eq!((b, e), (0, k_blocks), "data-parallel tiles are whole");
                 }
-                let mut seen = vec![0u8; tiles * k_blocks];
-                let mut counts = Vec::new();
-                for c in 0..clusters {
-                    let segs = device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c);
-                    counts.push(segs.len());
-                    for (tile, b, e, _, _) in segs {
-                        assert!(b < e && e <= k_blocks, "{tiles}/{k_blocks}/{clusters}: segment {tile} {b}..{e}");
-                        if tile < dp_tiles {
-                            assert_eq!((b, e), (0, k_blocks), "data-parallel tiles are whole");
-                        }
-                        for kb in b..e {
-                            seen[tile * k_blocks + kb] += 1;
-                        }
-                    }
+                for kb in b..e {
+                    seen[tile * k_blocks + kb] += 1;
                 }
-                assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}, {pieces} pieces: not covered exactly once");
-                let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-                assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: units per cluster {lo}..{hi}");
             }
         }
+        assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}, {pieces} pieces: not covered exactly once");
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: units per cluster {lo}..{hi}");
     }
 
     /// The fixup's bookkeeping, as the consumer does it (cuda/sparse_gemm_sm90.cu, fixup_*):
     /// pieces 0 .. pieces - 2 of a tail tile are partials in distinct slots, and the last piece,
     /// which adds them, is the tile's highest unit (it waits only on lower units, so the waits
     /// end: each partial is stored before its cluster reaches any later unit).
+    fn check_waits(tiles: usize, k_blocks: usize, clusters: usize, forced: usize) {
+        let (dp_tiles, pieces) = stream_k_split(tiles, clusters, k_blocks, forced);
+        if dp_tiles == tiles {
+            return;
+        }
+        let mut units = vec![vec![None; pieces]; tiles];
+        let mut slots = std::collections::HashSet::new();
+        for c in 0..clusters {
+            for (tile, b, _, piece, unit) in device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c) {
+                if tile < dp_tiles {
+                    continue;
+                }
+                assert_eq!(b, piece * k_blocks / pieces);
+                assert!(units[tile][piece].replace(unit).is_none(), "tile {tile} piece {piece} twice");
+                if piece < pieces - 1 {
+                    assert!(slots.insert((tile - dp_tiles) * (pieces - 1) + piece), "slot reused");
+                }
+            }
+        }
+        for (tile, u) in units.iter().enumerate().skip(dp_tiles) {
+            let last = u[pieces - 1].expect("every tail tile has its last piece");
+            assert!(u[..pieces - 1].iter().all(|p| p.is_some_and(|p| p < last)), "{tiles}/{k_blocks}/{clusters}: tile {tile} units {u:?}");
+        }
+    }
+
+    #[test]
+    fn stream_k_units_cover_every_iteration_once() {
+        for (tiles, k_blocks, clusters) in SPLITS {
+            for forced in [0, 2, 16] {
+                check_cover(tiles, k_blocks, clusters, forced);
+            }
+        }
+    }
+
     #[test]
     fn stream_k_last_piece_waits_only_on_earlier_units() {
         for (tiles, k_blocks, clusters) in SPLITS {
-            let (dp_tiles, pieces) = launch_split(tiles, k_blocks, clusters);
-            if dp_tiles == tiles {
-                continue;
+            for forced in [0, 2, 16] {
+                check_waits(tiles, k_blocks, clusters, forced);
             }
-            let mut units = vec![vec![None; pieces]; tiles];
-            let mut slots = std::collections::HashSet::new();
-            for c in 0..clusters {
-                for (tile, b, _, piece, unit) in device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c) {
-                    if tile < dp_tiles {
-                        continue;
-                    }
-                    assert_eq!(b, piece * k_blocks / pieces);
-                    assert!(units[tile][piece].replace(unit).is_none(), "tile {tile} piece {piece} twice");
-                    if piece < pieces - 1 {
-                        assert!(slots.insert((tile - dp_tiles) * (pieces - 1) + piece), "slot reused");
-                    }
-                }
-            }
-            for (tile, u) in units.iter().enumerate().skip(dp_tiles) {
-                let last = u[pieces - 1].expect("every tail tile has its last piece");
-                assert!(u[..pieces - 1].iter().all(|p| p.is_some_and(|p| p < last)), "{tiles}/{k_blocks}/{clusters}: tile {tile} units {u:?}");
-            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Both rules over random grids: tile counts, K lengths and cluster counts, with the
+        /// model's pieces or forced ones.
+        #[test]
+        fn stream_k_schedule_holds_for_any_grid(tiles in 1usize..2500, k_blocks in 1usize..200, clusters in 1usize..140, forced in proptest::prop_oneof![proptest::strategy::Just(0usize), 2usize..=16]) {
+            check_cover(tiles, k_blocks, clusters, forced);
+            check_waits(tiles, k_blocks, clusters, forced);
         }
     }
 
