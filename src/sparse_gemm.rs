@@ -36,7 +36,7 @@ pub struct TileConfig {
     #[serde(default)]
     pub pingpong: bool,
     /// Stream-K only: how many K pieces each tile of the last, partial wave is split into (at
-    /// least 2, at most K / 64); 0 lets the launch pick by `TileConfig::tail_pieces`.
+    /// least 2, at most K / 64); 0 lets the launch pick by `TileConfig::pick_tail_pieces`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tail_pieces: u32,
 }
@@ -77,9 +77,10 @@ impl TileConfig {
         TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true, tail_pieces: 0 },
     ];
 
-    /// Whether `Schedule::Auto` picks stream-K. Never, for now: measured on the H100 the stream-K
-    /// path lost to data-parallel on every shape, up to 3.9x on GPT-2-XL fc2 dW (docs/bench/notes.md),
-    /// so it runs only when asked for explicitly.
+    /// Whether `Schedule::Auto` picks stream-K. Never, for now: stream-K in K pieces wins on some
+    /// partial-wave shapes (up to 1.24x) and loses on others (up to 1.17x slower) on the H100
+    /// (docs/bench/gemm-streamk-h100.md), and a rule from the cost model mispredicted the all-tail
+    /// shapes (docs/bench/notes.md); the tuner's table picks it per shape.
     pub fn wants_stream_k(_tiles: usize, _sms: usize) -> bool {
         false
     }
@@ -90,7 +91,7 @@ impl TileConfig {
     /// rounds x (k_blocks / pieces + 4) + 2 (pieces - 1), where a round is `clusters` pieces at once,
     /// 4 K blocks fill and drain a segment's pipeline, and the last piece adds each partial in
     /// about 2 (estimates, not measured one by one). None when no split is possible.
-    pub fn tail_pieces(tail: usize, clusters: usize, k_blocks: usize) -> Option<usize> {
+    pub fn pick_tail_pieces(tail: usize, clusters: usize, k_blocks: usize) -> Option<usize> {
         let cost = |s: usize| (tail * s).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / s as f64 + 4.0) + 2.0 * (s - 1) as f64;
         (2..=k_blocks.min(16)).min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
     }
@@ -274,7 +275,7 @@ fn stream_k_split(tiles: usize, clusters: usize, k_blocks: usize, forced: usize)
     let tail = tiles % clusters.max(1);
     let pieces = match forced {
         _ if tail == 0 || k_blocks < 2 => None,
-        0 => TileConfig::tail_pieces(tail, clusters, k_blocks),
+        0 => TileConfig::pick_tail_pieces(tail, clusters, k_blocks),
         p => Some(p.clamp(2, k_blocks)),
     };
     pieces.map_or((tiles, 1), |p| (tiles - tail, p))
@@ -609,10 +610,10 @@ mod tests {
     /// partials than they save); a 2-block K in two.
     #[test]
     fn tail_pieces_fill_the_rounds() {
-        assert_eq!(TileConfig::tail_pieces(86, 132, 256), Some(3));
-        assert_eq!(TileConfig::tail_pieces(6, 132, 256), Some(11));
-        assert_eq!(TileConfig::tail_pieces(61, 132, 1024), Some(2));
-        assert_eq!(TileConfig::tail_pieces(5, 132, 2), Some(2));
-        assert_eq!(TileConfig::tail_pieces(5, 132, 1), None);
+        assert_eq!(TileConfig::pick_tail_pieces(86, 132, 256), Some(3));
+        assert_eq!(TileConfig::pick_tail_pieces(6, 132, 256), Some(11));
+        assert_eq!(TileConfig::pick_tail_pieces(61, 132, 1024), Some(2));
+        assert_eq!(TileConfig::pick_tail_pieces(5, 132, 2), Some(2));
+        assert_eq!(TileConfig::pick_tail_pieces(5, 132, 1), None);
     }
 }

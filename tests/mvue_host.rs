@@ -16,29 +16,15 @@ use twofour::reference::philox::{normal_bf16, philox4x32, unit_f32};
 
 const MAIN: &str = r#"
 #include <cstdio>
-#include <type_traits>
 #include "mvue_shim.h"
 namespace kernel {
 #include "region.inc"
-}
-// Kept holds either `nib` and `bits` or `code` (nibble in bits 0-3, mask bits in 4-7).
-template <class K, class = void> struct HasCode : std::false_type {};
-template <class K> struct HasCode<K, std::void_t<decltype(K::code)>> : std::true_type {};
-template <class K> void outputs(const K& k, uint32_t* out) {
-    out[0] = k.pair;
-    if constexpr (HasCode<K>::value) {
-        out[1] = k.code & 15u;
-        out[2] = (k.code >> 4) & 15u;
-    } else {
-        out[1] = k.nib;
-        out[2] = k.bits;
-    }
 }
 int main() {
     float in[5];
     while (std::fread(in, sizeof(float), 5, stdin) == 5) {
         uint32_t out[3];
-        outputs(kernel::group_kept(in, in[4]), out);
+        outputs(kernel::group_kept(in, in[4]), out[0], out[1], out[2]);
         std::fwrite(out, sizeof(uint32_t), 3, stdout);
     }
     return 0;

@@ -22,20 +22,6 @@ namespace v_new {
 
 static float bf16(uint16_t b) { return __uint_as_float((uint32_t)b << 16); }
 
-// A group's outputs as (kept pair, nibble, mask bits), from either form of Kept: separate `nib`
-// and `bits`, or `code` (nibble in bits 0-3, mask bits in 4-7).
-template <class K, class = void> struct HasCode : std::false_type {};
-template <class K> struct HasCode<K, std::void_t<decltype(K::code)>> : std::true_type {};
-template <class K> static void outputs(const K& k, uint32_t& pair, uint32_t& nib, uint32_t& bits) {
-    pair = k.pair;
-    if constexpr (HasCode<K>::value) {
-        nib = k.code & 15u;
-        bits = (k.code >> 4) & 15u;
-    } else {
-        nib = k.nib;
-        bits = k.bits;
-    }
-}
 
 int main(int argc, char** argv) {
     const long long n = argc > 1 ? std::atoll(argv[1]) : 20000000;

@@ -1,11 +1,13 @@
 // Host stand-ins for what cuda/mvue24.cuh's `host-check` region uses from CUDA, with the GPU's
-// semantics where they matter (one rounding an operation, canonical NaN results, bf16 rounding):
+// semantics where they matter (one rounding an operation, canonical NaN results, bf16 rounding),
+// and `outputs`, which reads either form of the region's Kept:
 // included by scripts/host/mvue_equiv.cpp and by the C++ program tests/mvue_host.rs builds.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #define __device__
 #define __forceinline__ inline
@@ -31,3 +33,17 @@ using std::isfinite;
 using std::max;
 using std::min;
 
+// A group's outputs as (kept pair, nibble, mask bits), from either form of Kept: separate `nib`
+// and `bits`, or `code` (nibble in bits 0-3, mask bits in 4-7).
+template <class K, class = void> struct HasCode : std::false_type {};
+template <class K> struct HasCode<K, std::void_t<decltype(K::code)>> : std::true_type {};
+template <class K> inline void outputs(const K& k, uint32_t& pair, uint32_t& nib, uint32_t& bits) {
+    pair = k.pair;
+    if constexpr (HasCode<K>::value) {
+        nib = k.code & 15u;
+        bits = (k.code >> 4) & 15u;
+    } else {
+        nib = k.nib;
+        bits = k.bits;
+    }
+}
