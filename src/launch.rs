@@ -80,6 +80,23 @@ pub fn resolve(dev: &Device, family: Family, kernel: &str, layout: &str, rows: u
         .unwrap_or_else(|| LaunchShape::default_for(family))
 }
 
+/// A per-device fact about a kernel that never changes (how many of its blocks or clusters fit),
+/// computed once per (device, key) and remembered: occupancy queries cost a host computation on
+/// every call otherwise.
+pub(crate) fn once_per_device(dev: &Device, key: &str, compute: impl FnOnce() -> crate::Result<usize>) -> crate::Result<usize> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<(usize, String), usize>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let k = (dev.context().ordinal(), key.to_string());
+    if let Some(&n) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
+        return Ok(n);
+    }
+    let n = compute()?;
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(k, n);
+    Ok(n)
+}
+
 /// Multiprocessors of the device (132 on an H100 SXM when the query fails).
 pub fn sms(dev: &Device) -> usize {
     dev.context().attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map(|x| x as usize).unwrap_or(132)

@@ -300,21 +300,14 @@ pub fn resident_ctas(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<u
 /// How many clusters of the instance `name` fit on the GPU at once (queried once per instance
 /// and device; clusters must sit within one GPC, so this can be below SMs / 2).
 fn max_active_clusters(dev: &Device, name: &str, f: &cudarc::driver::CudaFunction, smem: usize, sms: usize) -> Result<usize> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<(usize, String), usize>>> = OnceLock::new();
-    let key = (dev.context().ordinal(), name.to_string());
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(&n) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(n);
-    }
-    let cfg = LaunchConfig { grid_dim: (2 * sms as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
-    let n = f.occupancy_max_active_clusters(cfg, dev.stream()).during(format!("querying how many clusters of {name} fit"))? as usize;
-    if n == 0 {
-        return Err(unsupported("sparse_gemm", format!("no cluster of {name} fits on this GPU; use a config with cluster_m = 1")));
-    }
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, n);
-    Ok(n)
+    crate::launch::once_per_device(dev, &format!("clusters of {name}"), || {
+        let cfg = LaunchConfig { grid_dim: (2 * sms as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+        let n = f.occupancy_max_active_clusters(cfg, dev.stream()).during(format!("querying how many clusters of {name} fit"))? as usize;
+        if n == 0 {
+            return Err(unsupported("sparse_gemm", format!("no cluster of {name} fits on this GPU; use a config with cluster_m = 1")));
+        }
+        Ok(n)
+    })
 }
 
 /// The layout key of a shape table entry: how B is read and D written ("kmajor-colmajor" for the
@@ -418,13 +411,12 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     // data-parallel launches no more CTAs than tiles, stream-K fills every slot (with fewer tiles
     // than SMs it splits all of them along K).
     let slots = slots(dev, cfg, &name, &f, smem, sms)?;
-    let grid = if stream_k { slots } else { (tiles * cm).min(slots) };
     // Stream-K: whole waves data-parallel, only the last partial wave split (none when the tiles
-    // fill whole waves, or K is a single block).
-    let clusters = grid / cm;
+    // fill whole waves, or K is a single block: then the launch is the data-parallel one).
     let k_blocks = k / TileConfig::BK;
-    let (dp_tiles, pieces) = if stream_k { stream_k_split(tiles, clusters, k_blocks, cfg.tail_pieces as usize) } else { (tiles, 1) };
+    let (dp_tiles, pieces) = if stream_k { stream_k_split(tiles, slots / cm, k_blocks, cfg.tail_pieces as usize) } else { (tiles, 1) };
     let tail = tiles - dp_tiles;
+    let grid = if tail > 0 { slots } else { (tiles * cm).min(slots) };
     let run = |ws_ptr: u64, flags_ptr: u64, epoch: u32| -> Result<()> {
         // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
         let tma_store = T::IS_F32 == 0 && opts.beta == 0.0;
