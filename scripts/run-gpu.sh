@@ -60,6 +60,9 @@ if [ "${RUN_TUNE:-0}" = 1 ] && [ -x "$pack/bin/twofour-tune" ]; then
     --report "$out/tuning.png" >"$out/tune.log" 2>&1
   rc=$?
   record "twofour-tune (shape table)" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep '^tuned' "$out/tune.log")"
+  # The benches below then run with the table just tuned (the embedded one no longer matches
+  # the kernels after a kernel change, and the library would fall back to its heuristic).
+  [ $rc = 0 ] && export TWOFOUR_SHAPE_TABLE="$out/h100.json"
 fi
 
 # The kernels bench's PyTorch peers, measured first in the same call (read through KERNELS_PEER_JSON).
