@@ -8,6 +8,7 @@ namespace mvue {
 
 using namespace twofour;
 
+// host-check begin (scripts/mvue-equiv.sh compiles from here to `host-check end` with g++)
 // reference::mvue::group_weights: weights w (summing to 2h), half-total h, the index kept for
 // sure (4: none). No division anywhere (the reference is written the same way).
 __device__ __forceinline__ void weights(const float a[4], float w[4], float& h, int& big) {
@@ -91,18 +92,6 @@ __device__ __forceinline__ void pick(const float w[4], float h, float u, int& k0
     }
 }
 
-// weights() + pick() as one call, out of line: the rare groups of group_kept (all zero, a lone
-// non-zero, non-finite sums) come here, so their code is not copied into every unrolled group.
-// Returns h and k0 | k1 << 2 | big << 4.
-__device__ __noinline__ uint2 weights_pick_rare(float a0, float a1, float a2, float a3, float u) {
-    const float a[4] = {a0, a1, a2, a3};
-    float w[4], h;
-    int big, k0, k1;
-    weights(a, w, h, big);
-    pick(w, h, u, k0, k1);
-    return make_uint2(__float_as_uint(h), (uint32_t)(k0 | k1 << 2 | big << 4));
-}
-
 // reference::mvue::kept_value: a_i / p_i without dividing.
 __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
     const float scaled = a == 0.f ? 0.f : copysignf(h, a);
@@ -122,15 +111,37 @@ __device__ __forceinline__ float kept_value(float a, int i, float h, int big) {
 // All-zero groups, a lone non-zero (rest = 0) and non-finite sums take weights_pick_rare (the
 // reference's special weights, the interval walk). The same operations on the same values as the
 // reference in every case, so the same picks and values bit for bit.
+// `code`: the metadata nibble k0 | k1 << 2 in bits 0-3 and the mask bits (1 << k0) | (1 << k1)
+// in bits 4-7, so a group's two outputs are one select chain of constants (lane_rows splits the
+// four groups of a row into their 16-bit metadata and mask halves once).
 struct Kept {
-    uint32_t pair, nib, bits;
+    uint32_t pair, code;
 };
+
+// The whole group by the reference's steps (weights(), pick(), kept_value()), out of line: the
+// rare groups of group_kept (all zero, a lone non-zero, non-finite sums) come here, so their code
+// is not copied into every unrolled group.
+__device__ __noinline__ Kept group_kept_rare(float a0, float a1, float a2, float a3, float u) {
+    const float a[4] = {a0, a1, a2, a3};
+    float w[4], h;
+    int big, k0, k1;
+    weights(a, w, h, big);
+    pick(w, h, u, k0, k1);
+    const float x0 = k0 == 0 ? a0 : k0 == 1 ? a1 : a2;  // k0 < k1 <= 3; selects, not a[k] (stack)
+    const float x1 = k1 == 1 ? a1 : k1 == 2 ? a2 : a3;
+    Kept out;
+    out.pair = (uint32_t)f32_to_bf16(kept_value(x0, k0, h, big)) | ((uint32_t)f32_to_bf16(kept_value(x1, k1, h, big)) << 16);
+    out.code = (uint32_t)k0 | ((uint32_t)k1 << 2) | ((1u << k0) | (1u << k1)) << 4;
+    return out;
+}
 
 __device__ __forceinline__ Kept group_kept(const float a[4], float u) {
     float m[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
-    const float sum = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.f, m[0]), m[1]), m[2]), m[3]);
+    // The reference's sum starts 0 + m_0, which is m_0 (m_0 >= +0; a NaN goes to the rare path,
+    // which redoes the sum), and c_0 = 0 + w_0 likewise.
+    const float sum = __fadd_rn(__fadd_rn(__fadd_rn(m[0], m[1]), m[2]), m[3]);
     bool d[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) d[i] = __fmul_rn(2.f, m[i]) > sum;
@@ -138,39 +149,48 @@ __device__ __forceinline__ Kept group_kept(const float a[4], float u) {
     // rest = sum - m_b when not spread. When spread it is sum - m_3, which is 0 exactly when sum is
     // (sum = m_3 means m_0..m_2 vanished in it, and then 2 m_3 > sum unless sum = 0): so
     // `rest == 0` is the reference's "sum = 0 (spread) or rest = 0 (not spread)" in one compare.
-    const float rest = __fsub_rn(sum, d[0] ? m[0] : d[1] ? m[1] : d[2] ? m[2] : m[3]);
-    int big = d[0] ? 0 : d[1] ? 1 : d[2] ? 2 : d[3] ? 3 : 4;
-    float h = spread ? __fmul_rn(0.5f, sum) : rest;
-    const float c0 = __fadd_rn(0.f, d[0] ? rest : m[0]);
+    const float m_b = d[0] ? m[0] : d[1] ? m[1] : d[2] ? m[2] : m[3];
+    const float rest = __fsub_rn(sum, m_b);
+    const float h = spread ? __fmul_rn(0.5f, sum) : rest;
+    const float c0 = d[0] ? rest : m[0];
     const float c1 = __fadd_rn(c0, d[1] ? rest : m[1]);
     const float c2 = __fadd_rn(c1, d[2] ? rest : m[2]);
-    const float c3 = __fadd_rn(c2, d[3] ? rest : m[3]);
     const float v0 = __fmul_rn(u, h), v1 = __fadd_rn(v0, h);
-    int k0, k1;
-    float a0, a1;
     // The reference's special cases: sum = 0 (spread), rest = 0 (not spread), non-finite sums.
-    if (rest == 0.f || !isfinite(c3) || !isfinite(v1)) {
-        const uint2 r = weights_pick_rare(a[0], a[1], a[2], a[3], u);
-        h = __uint_as_float(r.x);
-        k0 = r.y & 3;
-        k1 = (r.y >> 2) & 3;
-        big = r.y >> 4;
-        a0 = k0 == 0 ? a[0] : k0 == 1 ? a[1] : a[2];  // k0 < k1 <= 3
-        a1 = k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
-    } else {
-        const bool p0 = c0 <= v0, p1 = c1 <= v0;
-        k0 = p1 ? 2 : p0 ? 1 : 0;
-        a0 = p1 ? a[2] : p0 ? a[1] : a[0];
-        const int j0 = c3 <= v0 ? 4 : c2 <= v0 ? 3 : k0;
-        const int j1 = c3 <= v1 ? 4 : c2 <= v1 ? 3 : c1 <= v1 ? 2 : c0 <= v1 ? 1 : 0;
-        k1 = (j1 == 4 || j1 == j0) ? 3 : j1;
-        a1 = k1 == 1 ? a[1] : k1 == 2 ? a[2] : a[3];
-    }
+    // Its test is on c_3, the weights' sum: that is `sum` itself when spread, and otherwise the
+    // same additions with m_b replaced by rest < m_b, so at most `sum` (rounding is monotonic);
+    // when `sum` is not finite, neither is c_3 (rest = inf - m_b is inf or NaN). So c_3 is finite
+    // exactly when `sum` is, and then v1 = u h + h <= 2 h <= sum is finite too.
+    if (rest == 0.f || !isfinite(sum)) return group_kept_rare(a[0], a[1], a[2], a[3], u);
+    // pick() from the comparisons, with j0 = #{c_i <= v0} <= j1 = #{c_i <= v1} (the c_i do not
+    // decrease): k0 = min(j0, 2), and k1 = 3 except where v1 alone hits interval 2 (j1 = 2 > j0)
+    // or 1 (j1 = 1 > j0 = 0). So c_2 <= v0, c_3 <= v0 and c_3 <= v1 are never needed, and the
+    // outputs are selects of constants on five compares, not integer indices.
+    const bool p0 = c0 <= v0, p1 = c1 <= v0;
+    const bool q0 = c0 <= v1, q1 = c1 <= v1, q2 = c2 <= v1;
+    const bool r2 = q1 && !q2 && !p1, r1 = q0 && !q1 && !p0;
+    const float a0 = p1 ? a[2] : p0 ? a[1] : a[0];
+    const float a1 = r2 ? a[2] : r1 ? a[1] : a[3];
+    // kept_value without the index: the dominant value is kept as is. It is the only one with
+    // magnitude m_b (at most one value has 2 m > sum, and any other m is then below it).
+    // (-1 when spread: no magnitude equals it. A `!spread &&` here became a byte-sized bool
+    // and branches.)
+    const float m_dom = spread ? -1.f : m_b;
+    const bool big0 = fabsf(a0) == m_dom, big1 = fabsf(a1) == m_dom;
+    const float s0 = a0 == 0.f ? 0.f : copysignf(h, a0), s1 = a1 == 0.f ? 0.f : copysignf(h, a1);
     Kept out;
-    out.pair = (uint32_t)f32_to_bf16(kept_value(a0, k0, h, big)) | ((uint32_t)f32_to_bf16(kept_value(a1, k1, h, big)) << 16);
-    out.nib = (uint32_t)k0 | ((uint32_t)k1 << 2);
-    out.bits = (1u << k0) | (1u << k1);
+    out.pair = (uint32_t)f32_to_bf16(big0 ? a0 : s0) | ((uint32_t)f32_to_bf16(big1 ? a1 : s1) << 16);
+    out.code = (p1 ? 0x42u : p0 ? 0x21u : 0x10u) | (r2 ? 0x48u : r1 ? 0x24u : 0x8cu);
     return out;
+}
+
+// host-check end
+
+// x holds a nibble in the low half of each byte (the high halves zero): the four nibbles, byte 0's
+// lowest, packed into bits 0-15.
+__device__ __forceinline__ uint32_t gather_nibbles(uint32_t x) {
+    x = (x | (x >> 4)) & 0x00ff00ffu;
+    return (x | (x >> 8)) & 0x0000ffffu;
 }
 
 // Per-warp staging of a 64-token x 32-column (64-byte) slice of a row-major bf16 matrix in shared
@@ -245,7 +265,7 @@ __device__ __forceinline__ void lane_rows(Words words, long long row0, int tok0,
             const long long row = row0 + 2 * p + hi;
             const unsigned long long ctr = (unsigned long long)row * (tokens / 16) + tok0 / 16;
             const uint4 rnd = philox4x32(make_uint4((uint32_t)ctr, (uint32_t)(ctr >> 32), step, 0x6d767565u), key);
-            uint32_t packed[4], nibbles = 0, bits = 0;
+            uint32_t packed[4], codes = 0;
 #pragma unroll
             for (int q = 0; q < 4; ++q) {  // unrolled: packed[q] stays in registers
                 float a[4];
@@ -253,9 +273,11 @@ __device__ __forceinline__ void lane_rows(Words words, long long row0, int tok0,
                 for (int r = 0; r < 4; ++r) a[r] = half_f32(w[4 * q + r], hi);
                 const Kept k = group_kept(a, unit_f32(q == 0 ? rnd.x : q == 1 ? rnd.y : q == 2 ? rnd.z : rnd.w));
                 packed[q] = k.pair;
-                nibbles |= k.nib << (4 * q);
-                bits |= k.bits << (4 * q);
+                codes |= k.code << (8 * q);
             }
+            // Group q's nibble and mask bits sit in byte q's low and high halves: gather each
+            // kind's four nibbles into 16 bits.
+            const uint32_t nibbles = gather_nibbles(codes & 0x0f0f0f0fu), bits = gather_nibbles((codes >> 4) & 0x0f0f0f0fu);
             if (store) *reinterpret_cast<uint4*>(vals + row * (tokens / 2) + tok0 / 2) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
             nib_pair |= nibbles << (16 * hi);
             kept_pair |= bits << (16 * hi);
