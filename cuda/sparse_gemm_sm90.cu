@@ -22,6 +22,9 @@
 //     wgmma.sp a k32 step, rows 0-63 and 64-127), the CTA's tiles alternating between them; the
 //     producer fills the ring tile by tile, so one warpgroup's main loop runs while the other
 //     stores its tile: the epilogue no longer stops the tensor cores (CUTLASS's "pingpong").
+//   schedule: persistent CTAs walk the tiles in a grouped raster; with stream-K the tiles of
+//     the last, partial wave are cut into K pieces spread over every SM, the last piece adding
+//     the others' partials (Schedule, fixup_*).
 //   epilogue: each consumer stages its 64 x BN accumulators through shared memory in 64 x 64
 //     chunks. bf16 output without beta: TMA stores from two alternating 128B-swizzled buffers, so
 //     the writes overlap the next tile's main loop. f32 output or beta != 0: coalesced 16-byte
@@ -243,12 +246,7 @@ __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, 
 }
 
 // The work of one cluster (both of its CTAs run the same sequence), as segments (cluster tile,
-// K blocks [kb_begin, kb_end)). Data-parallel: whole tiles, cluster c, c + clusters, ...
-// Stream-K: the same for tiles below dp_tiles (the whole waves), then a contiguous 1/clusters
-// share of the flattened (tile, K block) space of the tail tiles, so the last, partial wave is
-// spread over every SM instead of leaving most of them idle. Only tail tiles go through the
-// workspace (CUTLASS's data-parallel + stream-K hybrid).
-// The work of cluster c: units c, c + clusters, c + 2 clusters, ... Units below dp are whole
+// K blocks [kb_begin, kb_end)). The work of cluster c: units c, c + clusters, c + 2 clusters, ... Units below dp are whole
 // tiles (data-parallel waves). With stream-K, unit dp + q is K piece q / tail of tail tile
 // dp + q % tail: piece-major, so the clusters working at the same time read the same one or two K
 // ranges of neighbouring tiles and share them in L2. (Contiguous equal shares of the tail's
