@@ -22,11 +22,22 @@ echo "commit $(cat "$d/COMMIT")"
   m6400-n1024:b:16384:1024:6400:dw:bn256_s4_DataParallel \
   one-wave-m2432-n1600:c:16384:1600:2432:dw:bn256_s4_DataParallel \
   medium-fc1-dw:m:16384:1024:4096:dw:bn256_s4_DataParallel
+# Metrics beyond the SpeedOfLight section, kept only where this ncu knows them (a name it does
+# not know would abort every profile): SMs active, tensor (gmma) pipe, shared-memory wavefronts
+# and bank reads/writes (the main loop's suspected ceiling, docs/bench/notes.md), SM clock.
+want="dram__bytes_read.sum lts__t_sector_hit_rate.pct sm__throughput.avg.pct_of_peak_sustained_elapsed
+sm__cycles_active.avg.pct_of_peak_sustained_elapsed sm__cycles_active.max sm__cycles_active.min sm__cycles_active.avg sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed
+l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed l1tex__data_bank_reads.avg.pct_of_peak_sustained_elapsed
+l1tex__data_bank_writes.avg.pct_of_peak_sustained_elapsed smsp__cycles_active.avg.per_second"
+known=$("$ncu" --query-metrics 2>/dev/null | awk '{print $1}')
+metrics=$(for m in $want; do grep -qx "${m%%.*}" <<<"$known" && printf '%s,' "$m"; done)
+metrics=${metrics%,}
+echo "metrics: $metrics"
 for spec in "$@"; do
   IFS=: read -r tag name tokens din dout pass config <<<"$spec"
   "$ncu" --clock-control none -k regex:sparse_gemm_sm90 -s 2 -c 1 --section SpeedOfLight \
-    --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+    --metrics "$metrics" \
     "$d/benches/gemm" --no-cusparselt --stream-k --config "$config" --pass "$pass" --shapes "$name:$tokens:$din:$dout" --reps 3 \
     >"$out/ncu-$tag.txt" 2>&1
-  printf '%-24s %s\n' "$tag" "$(grep -E "Duration|dram__bytes_read.sum|lts__t_sector_hit_rate|DRAM Throughput|Compute \(SM\)" "$out/ncu-$tag.txt" | sed 's/^ *//; s/  */ /g' | tr '\n' ';')"
+  printf '%-24s %s\n' "$tag" "$(grep -E "Duration|DRAM Throughput|Compute \(SM\)|dram__|lts__|sm__|l1tex__|smsp__" "$out/ncu-$tag.txt" | sed 's/^ *//; s/  */ /g' | tr '\n' ';')"
 done
