@@ -2,7 +2,7 @@
 //! in the three GEMMs of a linear layer. One process, random bf16 data, warm-up, median of
 //! repeats with L2 flushed before each. TFLOP/s are dense-equivalent (2 M N K / time).
 //!
-//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--stream-k]
+//!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--no-stream-k]
 //!        [--no-cusparselt]   (leave the cuSPARSELt peer out: for ncu, which it does not survive)
 //!        [--pass fwd|dx|dw] [--config SUBSTRING]   (only that pass / the instances whose name, as
 //!        --all-configs prints it, contains SUBSTRING: one kernel for ncu)
@@ -40,7 +40,7 @@ fn config_name(c: &TileConfig) -> String {
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: false, no_cusparselt: false, pass: None, config: None };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, pass: None, config: None };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -57,7 +57,10 @@ fn args() -> Args {
                 i += 1;
             }
             "--all-configs" => a.all_configs = true,
+            // Stream-K candidates are measured by default (the library's table picks them on
+            // partial-wave shapes); --stream-k is kept for old command lines.
             "--stream-k" => a.stream_k = true,
+            "--no-stream-k" => a.stream_k = false,
             "--no-cusparselt" => a.no_cusparselt = true,
             "--max-cluster" => {
                 a.max_cluster = v[i + 1].parse().unwrap_or(2);

@@ -21,7 +21,8 @@ cat "$out/device.txt"
 summary() { grep -E "^test result:" "$1" | tail -1 | sed 's/test result: //; s/; finished.*//'; }
 
 # RUN_TESTS=0 or RUN_BENCHES=0 skip a part (for a bench-only or test-only device call);
-# SKIP_BENCHES="gemm ..." skips named benches (the full gemm sweep takes ~10 minutes).
+# SKIP_BENCHES="gemm ..." skips named benches (the full gemm sweep, stream-K candidates included, takes ~15
+# minutes: more than one device call allows; run it in two calls with --shapes, as docs/bench/gemm-h100.md says).
 # TESTS="gpu train" runs only the named test executables.
 want() { [ -z "${TESTS:-}" ] && return 0; case " $TESTS " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "${RUN_TESTS:-1}" = 1 ] && for t in "$pack"/tests/*; do

@@ -101,9 +101,9 @@ pub fn gated_backward_with(dev: &Device, gate: Gate, layout: GatedLayout, h: &De
 /// operand of fc1's dW GEMM) into `s_dht`, bit for bit what `mvue24_compress_into(dH, seed, step)`
 /// would write, without reading dH again (docs/sparse-training.md: the issue-5 budget).
 /// Tokens and F must be multiples of 32. Speed, measured on the H100 (docs/bench/kernels-h100.md):
-/// at H = 16384 x 4096 it adds 0.106 ms to the backward (0.222 vs 0.116 ms), about what a separate
-/// MVUE costs (0.104 ms), and at 16384 x 22016 it is slower than the two kernels apart (1.51 vs
-/// 1.13 ms): MVUE's arithmetic, not memory, bounds it (docs/sparse-training.md).
+/// at H = 16384 x 4096 it adds 0.105 ms to the backward (0.221 vs 0.116 ms), more than a separate
+/// MVUE costs (0.092 ms), and at 16384 x 22016 it is slower than the two kernels apart (1.52 vs
+/// 1.13 ms): its loads, at ~3 warps a scheduler (150 registers), bound it (docs/sparse-training.md).
 #[allow(clippy::too_many_arguments)]
 pub fn gated_backward_mvue(dev: &Device, gate: Gate, h: &DeviceMatrix<bf16>, dy: &DeviceMatrix<bf16>, dh: &mut DeviceMatrix<bf16>, seed: u64, step: u32, s_dht: &mut crate::Sparse24) -> Result<()> {
     let op = "gated_backward_mvue";
