@@ -81,14 +81,15 @@ pub fn resolve(dev: &Device, family: Family, kernel: &str, layout: &str, rows: u
 }
 
 /// A per-device fact about a kernel that never changes (how many of its blocks or clusters fit),
-/// computed once per (device, key) and remembered: occupancy queries cost a host computation on
-/// every call otherwise.
+/// computed once per (device, kernel image, key) and remembered: occupancy queries cost a host
+/// computation on every call otherwise. The image is part of the key because the same kernel
+/// compiled for another image (the forced Ampere path's PTX) uses other registers.
 pub(crate) fn once_per_device(dev: &Device, key: &str, compute: impl FnOnce() -> crate::Result<usize>) -> crate::Result<usize> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<(usize, String), usize>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let k = (dev.context().ordinal(), key.to_string());
+    let k = (dev.context().ordinal(), format!("{:?} {key}", dev.image()));
     if let Some(&n) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&k) {
         return Ok(n);
     }
