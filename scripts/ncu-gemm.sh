@@ -20,7 +20,7 @@ echo "commit $(cat "$d/COMMIT")"
   xl-fc1-dw:x:16384:1600:6400:dw:bn256_s4_DataParallel \
   m4096-n1600:a:16384:1600:4096:dw:bn256_s4_DataParallel \
   m6400-n1024:b:16384:1024:6400:dw:bn256_s4_DataParallel \
-  one-wave-m2432-n1600:c:16384:1600:2432:dw:bn256_s4_DataParallel \
+  one-wave-m2304-n1600:c:16384:1600:2304:dw:bn256_s4_DataParallel \
   medium-fc1-dw:m:16384:1024:4096:dw:bn256_s4_DataParallel
 # Metrics beyond the SpeedOfLight section, kept only where this ncu knows them (a name it does
 # not know would abort every profile): SMs active, tensor (gmma) pipe, shared-memory wavefronts
