@@ -408,8 +408,8 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     let (name, f, smem) = instance(dev, cfg, b_n_major)?;
     let tiles = m_tiles * n_tiles;
     // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once;
-    // data-parallel launches no more CTAs than tiles, stream-K fills every slot (with fewer tiles
-    // than SMs it splits all of them along K).
+    // no more CTAs than tiles, except that a split stream-K tail fills every slot (with fewer
+    // tiles than SMs it splits all of them along K).
     let slots = slots(dev, cfg, &name, &f, smem, sms)?;
     // Stream-K: whole waves data-parallel, only the last partial wave split (none when the tiles
     // fill whole waves, or K is a single block: then the launch is the data-parallel one).
@@ -457,8 +457,8 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     if tail > 0 {
         // Stream-K workspace: a slot (64 x bn f32 and a flag) per tail tile, piece but the last,
         // CTA rank and consumer warpgroup.
-        let slots = tail * (pieces - 1) * cm * 2;
-        dev.with_stream_k_workspace(slots * 64 * cfg.bn as usize, slots, run)
+        let partial_slots = tail * (pieces - 1) * cm * 2;
+        dev.with_stream_k_workspace(partial_slots * 64 * cfg.bn as usize, partial_slots, run)
     } else {
         run(0, 0, 0)
     }
