@@ -640,22 +640,31 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
     while (work.next(tile, kb_begin, kb_end)) {
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
+        // N-major B: the 64-column blocks that lie wholly beyond N are not loaded (the ragged last
+        // N tile: GPT-2 XL's N = 1600 leaves 1 of 4 blocks of 128 x 256). Loading them anyway
+        // (TMA fills zeros) made those tiles' main loops 1.25-1.6x longer than the others'
+        // (per-tile %globaltimer trace, docs/bench/notes.md). Their shared memory keeps stale data:
+        // the MMAs then fill accumulator columns >= N with garbage that no epilogue path stores
+        // (TMA stores clip at N, store_chunk checks n).
+        const int b_blocks = B_MN ? min(BN / 64, (p.n - nt * BN + 63) / 64) : BN / 64;
+        const uint32_t tx = S::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
         for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
-            mbar_expect_tx(&full[s], S::TX_BYTES);
+            mbar_expect_tx(&full[s], tx);
             tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
             uint8_t* b_stage = smem + S::B_OFF + s * S::B_BYTES;
             if (CM == 1) {
                 if (B_MN) {
 #pragma unroll
-                    for (int i = 0; i < BN / 64; ++i) tma_load_2d(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
+                    for (int i = 0; i < BN / 64; ++i)
+                        if (i < b_blocks) tma_load_2d(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
                 } else {
                     tma_load_2d(b_stage, tb, &full[s], kb * BK, nt * BN);
                 }
             } else if (B_MN) {  // the 64-column blocks alternate between the two CTAs
 #pragma unroll
                 for (int i = 0; i < BN / 64; ++i)
-                    if (i % 2 == rank) tma_load_2d_multicast(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK, 0x3);
+                    if (i % 2 == rank && i < b_blocks) tma_load_2d_multicast(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK, 0x3);
             } else {  // rank r loads B rows r * BN/2 .. (the tensor map's box is BN/2 rows)
                 tma_load_2d_multicast(b_stage + rank * (BN / 2) * 128, tb, &full[s], kb * BK, nt * BN + rank * (BN / 2), 0x3);
             }
