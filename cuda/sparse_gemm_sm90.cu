@@ -246,8 +246,8 @@ __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, 
 }
 
 // The work of one cluster (both of its CTAs run the same sequence), as segments (cluster tile,
-// K blocks [kb_begin, kb_end)). The work of cluster c: units c, c + clusters, c + 2 clusters, ... Units below dp are whole
-// tiles (data-parallel waves). With stream-K, unit dp + q is K piece q / tail of tail tile
+// K blocks [kb_begin, kb_end)). The work of cluster c: units c, c + clusters, c + 2 clusters, ...
+// Units below dp are whole tiles (data-parallel waves). With stream-K, unit dp + q is K piece q / tail of tail tile
 // dp + q % tail: piece-major, so the clusters working at the same time read the same one or two K
 // ranges of neighbouring tiles and share them in L2. (Contiguous equal shares of the tail's
 // (tile, K block) steps, as in the Stream-K paper, start every CTA at a different K: on GPT-2 XL
