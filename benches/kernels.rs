@@ -191,6 +191,32 @@ fn main() {
         100.0 * fused_overhead / gemms
     );
     recs.push(Rec { kernel: "budget, fc1 MVUE fused into its SwiGLU backward / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * fused_overhead / gemms), ms: fused_overhead, floor_ms: gemms, peer_ms: None });
+    drop((h, dy, dh, s_dht));
+    // GPT-2 medium's own activation: fc1 -> GELU -> fc2. fc1's dY = gelu'(X) dA comes out of the
+    // GELU backward (a pass the sparse layer needs anyway: the sparse GEMM has no dGELU epilogue),
+    // so fused, fc1's MVUE costs only what gelu_backward_mvue adds to gelu_backward. Floors per dY
+    // element: 6 B (read X and dA, write dY) plain, + 1.25 B (S(dY^T): kept values, metadata, mask).
+    let f = 4096usize;
+    let x = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(23, t * f)).unwrap();
+    let da = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(24, t * f)).unwrap();
+    let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+    let mut s_dyt = Sparse24::alloc(&dev, f, t).unwrap();
+    let n = (t * f) as f64;
+    let plain = time(&mut flush, &mut || twofour::gelu_backward(&dev, &x, &da, &mut dy));
+    recs.push(Rec { kernel: "GELU backward (token-major)".into(), shape: format!("gpt2-medium.fc1 {t}x{f}"), ms: plain, floor_ms: floor(6.0 * n), peer_ms: None });
+    let fused = time(&mut flush, &mut || twofour::gelu_backward_mvue(&dev, &x, &da, &mut dy, 1, 1, &mut s_dyt));
+    let separate = time(&mut flush, &mut || {
+        twofour::gelu_backward(&dev, &x, &da, &mut dy)?;
+        mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt)
+    });
+    recs.push(Rec { kernel: "GELU backward + MVUE of dY (fused; peer = separate kernels)".into(), shape: format!("gpt2-medium.fc1 {t}x{f}"), ms: fused, floor_ms: floor(7.25 * n), peer_ms: Some(separate) });
+    let gelu_overhead = overhead - mvue_fc1 + (fused - plain).max(0.0);
+    println!(
+        "budget with fc1's MVUE fused into its GELU backward ({fused:.4} ms fused vs {plain:.4} ms plain, {separate:.4} ms separate; instead of {mvue_fc1:.4} ms MVUE): {gelu_overhead:.4} ms = {:.1}%",
+        100.0 * gelu_overhead / gemms
+    );
+    recs.push(Rec { kernel: "budget, fc1 MVUE fused into its GELU backward / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * gelu_overhead / gemms), ms: gelu_overhead, floor_ms: gemms, peer_ms: None });
+    drop((x, da, dy, s_dyt));
 
     // The sm_80 path (mma.sp, cp.async, ldmatrix) on this GPU, against the wgmma.sp kernel on the
     // same forward GEMM (D^T = W X^T, f32 out for both). floor_ms: the time at the sparse

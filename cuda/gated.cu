@@ -185,3 +185,94 @@ extern "C" __global__ void __launch_bounds__(32, 10) gated_backward_mvue(const u
     if (kind == 0) gated_backward_mvue_run<0>(h, dy, dh, tokens, F, seed, step, vals, meta, mask, stage);
     else gated_backward_mvue_run<1>(h, dy, dh, tokens, F, seed, step, vals, meta, mask, stage);
 }
+
+// GELU (tanh form) backward of a non-gated MLP (GPT-2's fc1 -> GELU -> fc2), fused with MVUE 2:4
+// of its output: dY = gelu'(X) * dA, where X is fc1's output (tokens x F, row-major) and dA the
+// gradient of the GELU's output (fc2's dX), written as gelu_backward writes it, and S(dY^T)
+// (F x tokens, 2:4 along tokens: the A operand of fc1's dW GEMM) from the same pass. Bit for bit
+// gelu_backward followed by mvue24_compress(dY) with the same (seed, step). The layout and pipeline
+// of mvue24.cu (one warp per 32 features x 64 tokens, each lane 4 features x 16 tokens in
+// registers, both inputs staged by cp.async one tile ahead) with two input streams instead of one
+// and one MVUE part (gated_backward_mvue has two, and 3 streams: it ran at 150 registers).
+template <int WARPS>
+__device__ __forceinline__ void gelu_backward_mvue_run(const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy,
+                                                       int tokens, int F, unsigned long long seed, unsigned int step,
+                                                       uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
+    __shared__ __align__(128) uint8_t stage[WARPS][2][mvue::STAGE_BYTES];  // X, dA
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const mvue::LaneTile lt = mvue::lane_tile(lane);
+    const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
+    const int tiles_f = F / 32;
+    const int total = ((tokens + 63) / 64) * tiles_f, stride = gridDim.x * WARPS;  // 32-bit: see mvue24.cu
+    uint8_t(*buf)[mvue::STAGE_BYTES] = stage[warp];
+    auto issue = [&](int tile) {  // the tile's X and dA slices, one commit group (none past the end)
+        if (tile < total) {
+            const int tt = 64 * (tile / tiles_f);
+            const long long c = 32 * (tile % tiles_f);
+            mvue::stage_async(buf[0], x, F, tt, tokens, c, lane);
+            mvue::stage_async(buf[1], da, F, tt, tokens, c, lane);
+        }
+        sm80ptx::cp_async_commit();
+    };
+    int id = blockIdx.x * WARPS + warp;
+    issue(id);
+    for (; id < total; id += stride) {
+        const int tile_tok = 64 * (id / tiles_f);
+        const long long f0 = 32 * (id % tiles_f) + lt.c0;  // the lane's first feature
+        const int tok0 = tile_tok + lt.tok;
+        const bool live = tok0 < tokens;
+        mvue::stage_wait();
+        uint32_t w[16][2];  // dY, packed pairs: 4 features x 16 tokens
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+            const uint2 xv = mvue::staged(buf[0], lt.tok + r, lt.c0), dv = mvue::staged(buf[1], lt.tok + r, lt.c0);
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                const uint32_t xw = p ? xv.y : xv.x, dw = p ? dv.y : dv.x;
+                uint32_t out = 0;
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {  // gelu_backward's arithmetic, element for element
+                    float a, g;
+                    gated::act(1, mvue::half_f32(xw, j), a, g);
+                    out |= (uint32_t)f32_to_bf16(g * mvue::half_f32(dw, j)) << (16 * j);
+                }
+                w[r][p] = out;
+            }
+            if (live) *reinterpret_cast<unsigned long long*>(dy + (long long)(tok0 + r) * F + f0) = w[r][0] | (unsigned long long)w[r][1] << 32;
+        }
+        __syncwarp();  // every lane has read the slices: the next tile's copies may overwrite them
+        issue(id + stride);
+        uint32_t nib[2], kept[2];
+        mvue::lane_rows<false>([&](int r, int p) { return p ? w[r][1] : w[r][0]; }, f0, tok0, tokens, key, step, live, vals, nib, kept);
+        mvue::write_words(nib, kept, lane, f0 - lt.c0, tile_tok, tokens, live, meta, mask);
+    }
+    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
+}
+
+#define TWOFOUR_GELU_MVUE(WARPS)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) gelu_backward_mvue_w##WARPS(                 \
+        const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy, int tokens, int F, \
+        unsigned long long seed, unsigned int step, uint16_t* __restrict__ vals, uint32_t* __restrict__ meta,        \
+        uint32_t* __restrict__ mask) {                                                                                \
+        gelu_backward_mvue_run<WARPS>(x, da, dy, tokens, F, seed, step, vals, meta, mask);                            \
+    }
+TWOFOUR_GELU_MVUE(2)
+TWOFOUR_GELU_MVUE(4)
+
+// dY = gelu'(X) * dA (tokens x F, any contiguous layout: elementwise), 8 elements a thread with
+// 16-byte loads, grid-stride: the plain GELU backward that gelu_backward_mvue fuses MVUE into (the
+// same arithmetic as the trainer's gpt_gelu_backward).
+extern "C" __global__ void gelu_backward(const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy, long long n) {
+    for (long long i = 8 * ((long long)blockIdx.x * blockDim.x + threadIdx.x); i < n; i += 8LL * gridDim.x * blockDim.x) {
+        uint16_t xv[8], dv[8], o[8];
+        *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + i);
+        *reinterpret_cast<uint4*>(dv) = *reinterpret_cast<const uint4*>(da + i);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float a, g;
+            gated::act(1, bf16_to_f32(xv[j]), a, g);
+            o[j] = f32_to_bf16(g * bf16_to_f32(dv[j]));
+        }
+        *reinterpret_cast<uint4*>(dy + i) = *reinterpret_cast<uint4*>(o);
+    }
+}

@@ -130,3 +130,59 @@ pub fn gated_backward_mvue(dev: &Device, gate: Gate, h: &DeviceMatrix<bf16>, dy:
     unsafe { b.launch(cfg) }.during("launching gated_backward_mvue")?;
     Ok(())
 }
+
+/// dY = gelu'(X) dA (GELU in GPT-2's tanh form; X, dA and dY of one shape, any layout:
+/// elementwise): the backward of a non-gated MLP's activation, the same arithmetic as the
+/// trainer's. Element count a multiple of 8.
+pub fn gelu_backward(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatrix<bf16>, dy: &mut DeviceMatrix<bf16>) -> Result<()> {
+    let op = "gelu_backward";
+    let n = x.rows() * x.cols();
+    if n % 8 != 0 {
+        return Err(unsupported(op, format!("X is {} x {}: the element count must be a multiple of 8 (16-byte accesses)", x.rows(), x.cols())));
+    }
+    if (da.rows(), da.cols()) != (x.rows(), x.cols()) || (dy.rows(), dy.cols()) != (x.rows(), x.cols()) {
+        return Err(shape(op, format!("X is {} x {}, dA {} x {}, dY {} x {}: all three must be the same shape", x.rows(), x.cols(), da.rows(), da.cols(), dy.rows(), dy.cols())));
+    }
+    let func = dev.function(op)?;
+    let nl = n as i64;
+    // 256 threads of 8 elements, a few blocks an SM resident (grid-stride): a streaming kernel.
+    let cfg = LaunchConfig { grid_dim: ((n / 8).div_ceil(256).min(launch::sms(dev) * 8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(x.data()).arg(da.data()).arg(dy.data_mut()).arg(&nl);
+    // SAFETY: three buffers of n elements, n a multiple of 8; grid-stride.
+    unsafe { b.launch(cfg) }.during("launching gelu_backward")?;
+    Ok(())
+}
+
+/// `gelu_backward` (X, dA, dY tokens x F, row-major) fused with MVUE 2:4 of its output: writes dY
+/// as `gelu_backward` does and, in the same pass, S(dY^T) (F x tokens, 2:4 along tokens: the A
+/// operand of fc1's dW GEMM) into `s_dyt`, bit for bit what `mvue24_compress_into(dY, seed,
+/// step)` would write, without reading dY again. Tokens and F must be multiples of 32.
+#[allow(clippy::too_many_arguments)]
+pub fn gelu_backward_mvue(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatrix<bf16>, dy: &mut DeviceMatrix<bf16>, seed: u64, step: u32, s_dyt: &mut crate::Sparse24) -> Result<()> {
+    let op = "gelu_backward_mvue";
+    let (t, f) = (x.rows(), x.cols());
+    if t % 32 != 0 || f % 32 != 0 {
+        return Err(unsupported(op, format!("X is {t} x {f}: tokens and features must be multiples of 32 (MVUE's metadata words cover 32-token blocks of 32 rows)")));
+    }
+    if (da.rows(), da.cols()) != (t, f) || (dy.rows(), dy.cols()) != (t, f) || (s_dyt.rows(), s_dyt.cols()) != (f, t) {
+        return Err(shape(op, format!("dA is {} x {}, dY {} x {}, S(dY^T) {} x {}; for X {t} x {f} they must be {t} x {f}, {t} x {f}, {f} x {t}", da.rows(), da.cols(), dy.rows(), dy.cols(), s_dyt.rows(), s_dyt.cols())));
+    }
+    const WARPS: usize = 4;
+    let name = "gelu_backward_mvue_w4";
+    let func = dev.function(name)?;
+    let tiles = t.div_ceil(64) * (f / 32); // warp tiles of 32 features x 64 tokens
+    // Grid-stride: as many blocks as are resident at once (the driver says how many).
+    let per_sm = crate::launch::once_per_device(dev, name, || {
+        Ok(func.occupancy_max_active_blocks_per_multiprocessor(32 * WARPS as u32, 0, None).during("querying gelu_backward_mvue's residency")?.max(1) as usize)
+    })?;
+    let blocks = tiles.div_ceil(WARPS).min(launch::sms(dev) * per_sm).max(1);
+    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (32 * WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+    let (ti, fi) = (t as i32, f as i32);
+    let mut b = dev.stream().launch_builder(&func);
+    b.arg(x.data()).arg(da.data()).arg(dy.data_mut()).arg(&ti).arg(&fi).arg(&seed).arg(&step);
+    b.arg(&mut s_dyt.values).arg(&mut s_dyt.meta).arg(&mut s_dyt.mask);
+    // SAFETY: shapes checked above; one warp per 32 x 64 tile of dY, grid-stride.
+    unsafe { b.launch(cfg) }.during("launching gelu_backward_mvue")?;
+    Ok(())
+}

@@ -3,7 +3,7 @@
 
 use half::bf16;
 use twofour::reference::{self, philox::normal_bf16, Gate};
-use twofour::{gated_backward, gated_backward_mvue, gated_forward, mvue24_compress_into, Device, DeviceMatrix, Error, GatedLayout, Sparse24};
+use twofour::{gated_backward, gated_backward_mvue, gated_forward, gelu_backward, gelu_backward_mvue, mvue24_compress_into, Device, DeviceMatrix, Error, GatedLayout, Sparse24};
 
 fn rel(got: &[bf16], want: &[f32]) -> f64 {
     reference::rel_error(got.iter().map(|g| g.to_f64()), want.iter().map(|&w| w as f64))
@@ -137,4 +137,63 @@ fn gated_backward_mvue_is_backward_then_mvue() {
     let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 32, 64).unwrap();
     let mut s = Sparse24::alloc(&dev, 32, 64).unwrap();
     assert!(matches!(gated_backward_mvue(&dev, Gate::SwiGlu, &h, &dy, &mut dh, 1, 1, &mut s), Err(Error::Shape { .. })));
+}
+
+/// GPT-2's non-gated GELU backward against the f64 reference (same bound as the gated kernels).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_backward_matches_reference() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    for (t, f) in [(64, 96), (40, 8), (7, 64)] {
+        let seed = (t * 31 + f) as u64;
+        let x = normal_bf16(seed, t * f);
+        let da = normal_bf16(seed + 1, t * f);
+        let want = reference::gelu_backward(&x, &da).unwrap();
+        let xd = DeviceMatrix::from_host(&dev, t, f, &x).unwrap();
+        let dad = DeviceMatrix::from_host(&dev, t, f, &da).unwrap();
+        let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+        gelu_backward(&dev, &xd, &dad, &mut dy).unwrap();
+        let e = rel(&dy.to_host(&dev).unwrap(), &want);
+        assert!(e < 4e-3, "gelu_backward {t} x {f}: relative error {e}");
+    }
+    let x = DeviceMatrix::<bf16>::poisoned(&dev, 3, 5).unwrap();
+    let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, 3, 5).unwrap();
+    assert!(matches!(gelu_backward(&dev, &x, &x, &mut dy), Err(Error::Unsupported { .. })));
+    let x = DeviceMatrix::<bf16>::poisoned(&dev, 8, 8).unwrap();
+    let da = DeviceMatrix::<bf16>::poisoned(&dev, 8, 16).unwrap();
+    let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, 8, 8).unwrap();
+    assert!(matches!(gelu_backward(&dev, &x, &da, &mut dy), Err(Error::Shape { .. })));
+}
+
+/// The fused GELU backward + MVUE writes the same dY as `gelu_backward` and the same S(dY^T) as
+/// `mvue24_compress_into(dY)`, bit for bit; outputs start poisoned. Shapes: a half 64-token tile
+/// (96 tokens), one feature tile, and one with more tiles than resident warps (the grid stride).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_backward_mvue_is_backward_then_mvue() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    for (t, f) in [(64, 96), (96, 32), (32, 320), (16384, 512)] {
+        let seed = (t * 104_729 + f) as u64;
+        let x = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(seed, t * f)).unwrap();
+        let da = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(seed + 1, t * f)).unwrap();
+        let mut dy_ref = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+        gelu_backward(&dev, &x, &da, &mut dy_ref).unwrap();
+        let mut s_ref = Sparse24::alloc(&dev, f, t).unwrap();
+        mvue24_compress_into(&dev, &dy_ref, seed, 9, &mut s_ref).unwrap();
+        let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+        let mut s = Sparse24::alloc(&dev, f, t).unwrap();
+        gelu_backward_mvue(&dev, &x, &da, &mut dy, seed, 9, &mut s).unwrap();
+        let bits = |m: &DeviceMatrix<bf16>| m.to_host(&dev).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&dy), bits(&dy_ref), "dY differs ({t} x {f})");
+        let (a, b) = (s.to_host(&dev).unwrap(), s_ref.to_host(&dev).unwrap());
+        assert!(a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()) && a.meta == b.meta && a.mask.words() == b.mask.words(), "S(dY^T) differs ({t} x {f})");
+    }
+    let x = DeviceMatrix::<bf16>::poisoned(&dev, 32, 48).unwrap();
+    let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, 32, 48).unwrap();
+    let mut s = Sparse24::alloc(&dev, 48, 32).unwrap();
+    assert!(matches!(gelu_backward_mvue(&dev, &x, &x, &mut dy, 1, 1, &mut s), Err(Error::Unsupported { .. })));
+    let x = DeviceMatrix::<bf16>::poisoned(&dev, 32, 64).unwrap();
+    let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, 32, 64).unwrap();
+    let mut s = Sparse24::alloc(&dev, 32, 64).unwrap();
+    assert!(matches!(gelu_backward_mvue(&dev, &x, &x, &mut dy, 1, 1, &mut s), Err(Error::Shape { .. })));
 }

@@ -58,3 +58,9 @@ pub fn gated_backward(gate_kind: Gate, up: &[bf16], gate: &[bf16], dy: &[bf16]) 
     }
     Ok((du, dg))
 }
+
+/// The backward of a non-gated GELU (GPT-2's MLP): dY = gelu'(x) dA, elementwise.
+pub fn gelu_backward(x: &[bf16], da: &[bf16]) -> Result<Vec<f32>> {
+    check("gelu_backward", &[x.len(), da.len()])?;
+    Ok(x.iter().zip(da).map(|(&x, &d)| (Gate::GeGlu.act(x.to_f64()).1 * d.to_f64()) as f32).collect())
+}

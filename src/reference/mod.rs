@@ -12,7 +12,7 @@ pub mod transposable;
 
 pub use compress::{compress, compress_transposed, decompress};
 pub use decay::{flip_rate, masked_decay};
-pub use gated::{gated_backward, gated_forward, Gate};
+pub use gated::{gated_backward, gated_forward, gelu_backward, Gate};
 pub use gemm::{linear_forward, linear_grad_input, linear_grad_weight, matmul};
 pub use mvue::{mvue24, mvue24_f32, mvue24_with_mask};
 pub use prune24::prune24_rows;
