@@ -16,8 +16,11 @@ namespace gated {
 // SiLU with the hardware's approximate exp and reciprocal (__expf: 2 + 1.17 |x| ulp; __fdividef:
 // 2 ulp) instead of expf and IEEE division: a few instructions instead of ~20, which matters where
 // MVUE shares the arithmetic pipes (gated_backward_mvue), and inside one bf16 rounding of the
-// outputs (tests/gated.rs bounds the error against the f64 reference). GELU keeps tanhf: the
-// hardware tanh's ~2^-11 absolute error would swamp 0.5 x (1 + tanh) on the negative tail.
+// outputs (tests/gated.rs bounds the error against the f64 reference). GELU's tanh likewise as
+// 1 - 2 / (exp(2u) + 1) from __expf and __fdividef (~6 instructions; tanhf is ~20 with a branch,
+// which made the fused GELU backward + MVUE issue-bound): its error is a few ulp of 1 absolute,
+// far inside bf16. (Not the hardware tanh.approx: its ~2^-11 absolute error would swamp
+// 0.5 x (1 + tanh) on the negative tail.) exp overflowing to inf gives tanh = 1 exactly.
 __device__ __forceinline__ void act(int kind, float x, float& a, float& da) {
     if (kind == 0) {  // SiLU
         const float s = __fdividef(1.f, 1.f + __expf(-x));
@@ -25,7 +28,7 @@ __device__ __forceinline__ void act(int kind, float x, float& a, float& da) {
         da = s * (1.f + x * (1.f - s));
     } else {  // GELU, tanh approximation
         const float c = 0.7978845608028654f, k = 0.044715f;
-        const float th = tanhf(c * (x + k * x * x * x));
+        const float th = 1.f - __fdividef(2.f, __expf(2.f * (c * (x + k * x * x * x))) + 1.f);
         a = 0.5f * x * (1.f + th);
         da = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * c * (1.f + 3.f * k * x * x);
     }
@@ -194,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(32, 10) gated_backward_mvue(const u
 // of mvue24.cu (one warp per 32 features x 64 tokens, each lane 4 features x 16 tokens in
 // registers, both inputs staged by cp.async one tile ahead) with two input streams instead of one
 // and one MVUE part (gated_backward_mvue has two, and 3 streams: it ran at 150 registers).
-template <int WARPS>
+template <int WARPS, bool ROLLED>
 __device__ __forceinline__ void gelu_backward_mvue_run(const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy,
                                                        int tokens, int F, unsigned long long seed, unsigned int step,
                                                        uint16_t* __restrict__ vals, uint32_t* __restrict__ meta, uint32_t* __restrict__ mask) {
@@ -243,25 +246,27 @@ __device__ __forceinline__ void gelu_backward_mvue_run(const uint16_t* __restric
         __syncwarp();  // every lane has read the slices: the next tile's copies may overwrite them
         issue(id + stride);
         uint32_t nib[2], kept[2];
-        mvue::lane_rows<false>([&](int r, int p) { return p ? w[r][1] : w[r][0]; }, f0, tok0, tokens, key, step, live, vals, nib, kept);
+        mvue::lane_rows<ROLLED>([&](int r, int p) { return p ? w[r][1] : w[r][0]; }, f0, tok0, tokens, key, step, live, vals, nib, kept);
         mvue::write_words(nib, kept, lane, f0 - lt.c0, tile_tok, tokens, live, meta, mask);
     }
     sm80ptx::cp_async_wait<0>();  // no copy outlives the block
 }
 
-#define TWOFOUR_GELU_MVUE(WARPS)                                                                                      \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) gelu_backward_mvue_w##WARPS(                 \
+// Two register budgets (which runs faster is measured, docs/bench/kernels-h100.md): MVUE's pair
+// loop unrolled at 126 registers (16 warps an SM; 20 spilled), or rolled at <= 85 (24 warps).
+#define TWOFOUR_GELU_MVUE(NAME, WARPS, ROLLED, SM_WARPS)                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS, SM_WARPS / WARPS) NAME(                                 \
         const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy, int tokens, int F, \
         unsigned long long seed, unsigned int step, uint16_t* __restrict__ vals, uint32_t* __restrict__ meta,        \
         uint32_t* __restrict__ mask) {                                                                                \
-        gelu_backward_mvue_run<WARPS>(x, da, dy, tokens, F, seed, step, vals, meta, mask);                            \
+        gelu_backward_mvue_run<WARPS, ROLLED>(x, da, dy, tokens, F, seed, step, vals, meta, mask);                    \
     }
-TWOFOUR_GELU_MVUE(2)
-TWOFOUR_GELU_MVUE(4)
+TWOFOUR_GELU_MVUE(gelu_backward_mvue_w4, 4, false, 16)
+TWOFOUR_GELU_MVUE(gelu_backward_mvue_rolled_w4, 4, true, 24)
 
 // dY = gelu'(X) * dA (tokens x F, any contiguous layout: elementwise), 8 elements a thread with
 // 16-byte loads, grid-stride: the plain GELU backward that gelu_backward_mvue fuses MVUE into (the
-// same arithmetic as the trainer's gpt_gelu_backward).
+// trainer's gpt_gelu_backward computes tanh with tanhf: the two differ by bf16 roundings).
 extern "C" __global__ void gelu_backward(const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy, long long n) {
     for (long long i = 8 * ((long long)blockIdx.x * blockDim.x + threadIdx.x); i < n; i += 8LL * gridDim.x * blockDim.x) {
         uint16_t xv[8], dv[8], o[8];

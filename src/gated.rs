@@ -132,8 +132,8 @@ pub fn gated_backward_mvue(dev: &Device, gate: Gate, h: &DeviceMatrix<bf16>, dy:
 }
 
 /// dY = gelu'(X) dA (GELU in GPT-2's tanh form; X, dA and dY of one shape, any layout:
-/// elementwise): the backward of a non-gated MLP's activation, the same arithmetic as the
-/// trainer's. Element count a multiple of 8.
+/// elementwise): the backward of a non-gated MLP's activation (tanh from the hardware exp, as in
+/// cuda/gated.cu's act). Element count a multiple of 8.
 pub fn gelu_backward(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatrix<bf16>, dy: &mut DeviceMatrix<bf16>) -> Result<()> {
     let op = "gelu_backward";
     let n = x.rows() * x.cols();
@@ -160,6 +160,14 @@ pub fn gelu_backward(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatrix<bf1
 /// step)` would write, without reading dY again. Tokens and F must be multiples of 32.
 #[allow(clippy::too_many_arguments)]
 pub fn gelu_backward_mvue(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatrix<bf16>, dy: &mut DeviceMatrix<bf16>, seed: u64, step: u32, s_dyt: &mut crate::Sparse24) -> Result<()> {
+    gelu_backward_mvue_variant(dev, x, da, dy, seed, step, s_dyt, false)
+}
+
+/// `gelu_backward_mvue` with MVUE's pair loop rolled (`rolled`: fewer registers, more warps an
+/// SM) or not; for the bench and tests, which compare the two builds.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn gelu_backward_mvue_variant(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatrix<bf16>, dy: &mut DeviceMatrix<bf16>, seed: u64, step: u32, s_dyt: &mut crate::Sparse24, rolled: bool) -> Result<()> {
     let op = "gelu_backward_mvue";
     let (t, f) = (x.rows(), x.cols());
     if t % 32 != 0 || f % 32 != 0 {
@@ -169,7 +177,7 @@ pub fn gelu_backward_mvue(dev: &Device, x: &DeviceMatrix<bf16>, da: &DeviceMatri
         return Err(shape(op, format!("dA is {} x {}, dY {} x {}, S(dY^T) {} x {}; for X {t} x {f} they must be {t} x {f}, {t} x {f}, {f} x {t}", da.rows(), da.cols(), dy.rows(), dy.cols(), s_dyt.rows(), s_dyt.cols())));
     }
     const WARPS: usize = 4;
-    let name = "gelu_backward_mvue_w4";
+    let name = if rolled { "gelu_backward_mvue_rolled_w4" } else { "gelu_backward_mvue_w4" };
     let func = dev.function(name)?;
     let tiles = t.div_ceil(64) * (f / 32); // warp tiles of 32 features x 64 tokens
     // Grid-stride: as many blocks as are resident at once (the driver says how many).

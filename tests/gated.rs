@@ -3,7 +3,7 @@
 
 use half::bf16;
 use twofour::reference::{self, philox::normal_bf16, Gate};
-use twofour::{gated_backward, gated_backward_mvue, gated_forward, gelu_backward, gelu_backward_mvue, mvue24_compress_into, Device, DeviceMatrix, Error, GatedLayout, Sparse24};
+use twofour::{gated_backward, gated_backward_mvue, gated_forward, gelu_backward, gelu_backward_mvue, gelu_backward_mvue_variant, mvue24_compress_into, Device, DeviceMatrix, Error, GatedLayout, Sparse24};
 
 fn rel(got: &[bf16], want: &[f32]) -> f64 {
     reference::rel_error(got.iter().map(|g| g.to_f64()), want.iter().map(|&w| w as f64))
@@ -180,13 +180,15 @@ fn gelu_backward_mvue_is_backward_then_mvue() {
         gelu_backward(&dev, &x, &da, &mut dy_ref).unwrap();
         let mut s_ref = Sparse24::alloc(&dev, f, t).unwrap();
         mvue24_compress_into(&dev, &dy_ref, seed, 9, &mut s_ref).unwrap();
-        let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
-        let mut s = Sparse24::alloc(&dev, f, t).unwrap();
-        gelu_backward_mvue(&dev, &x, &da, &mut dy, seed, 9, &mut s).unwrap();
-        let bits = |m: &DeviceMatrix<bf16>| m.to_host(&dev).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&dy), bits(&dy_ref), "dY differs ({t} x {f})");
-        let (a, b) = (s.to_host(&dev).unwrap(), s_ref.to_host(&dev).unwrap());
-        assert!(a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()) && a.meta == b.meta && a.mask.words() == b.mask.words(), "S(dY^T) differs ({t} x {f})");
+        for rolled in [false, true] {
+            let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+            let mut s = Sparse24::alloc(&dev, f, t).unwrap();
+            gelu_backward_mvue_variant(&dev, &x, &da, &mut dy, seed, 9, &mut s, rolled).unwrap();
+            let bits = |m: &DeviceMatrix<bf16>| m.to_host(&dev).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dy), bits(&dy_ref), "dY differs ({t} x {f}, rolled {rolled})");
+            let (a, b) = (s.to_host(&dev).unwrap(), s_ref.to_host(&dev).unwrap());
+            assert!(a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()) && a.meta == b.meta && a.mask.words() == b.mask.words(), "S(dY^T) differs ({t} x {f}, rolled {rolled})");
+        }
     }
     let x = DeviceMatrix::<bf16>::poisoned(&dev, 32, 48).unwrap();
     let mut dy = DeviceMatrix::<bf16>::poisoned(&dev, 32, 48).unwrap();
