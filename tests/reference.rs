@@ -177,6 +177,22 @@ fn gated_backward_matches_finite_differences() {
     }
 }
 
+/// GPT-2's GELU backward: dY = gelu'(x) dA, gelu' by central differences of gelu, elementwise;
+/// unequal lengths are a shape error.
+#[test]
+fn gelu_backward_is_the_derivative_times_da() {
+    let x: Vec<bf16> = [-4.0f32, -1.25, -0.5, 0.0, 0.375, 1.5, 3.0].iter().map(|&v| bf16::from_f32(v)).collect();
+    let da: Vec<bf16> = [0.5f32, -2.0, 1.0, 3.0, -0.25, 1.5, -1.0].iter().map(|&v| bf16::from_f32(v)).collect();
+    let dy = reference::gelu_backward(&x, &da).unwrap();
+    let gelu = |v: f64| reference::Gate::GeGlu.act(v).0;
+    for ((&xi, &di), &got) in x.iter().zip(&da).zip(&dy) {
+        let (v, h) = (xi.to_f64(), 1e-6);
+        let want = (gelu(v + h) - gelu(v - h)) / (2.0 * h) * di.to_f64();
+        assert!((got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "x {v}: {got} vs {want}");
+    }
+    assert!(matches!(reference::gelu_backward(&x, &da[..3]), Err(Error::Shape { .. })));
+}
+
 #[test]
 fn masked_decay_touches_only_pruned_weights_and_flip_rate_counts() {
     let mut mask = BitMask::zeros(2, 4);
