@@ -6,7 +6,11 @@
 # SHAPE is the GEMM bench's name:tokens:d_in:d_out (dW is d_out x d_in x tokens), PASS fwd|dx|dw,
 # CONFIG a substring of the bench's instance names (bn256_s4_DataParallel, bn192_s5_StreamK, ...).
 # With no arguments: the GPT-2 XL fc1 dW questions of docs/bench/notes.md (what slows its main
-# loop: M, N, or the waves).
+# loop: M, N, or the waves). CONFIG `peer:REGEX` profiles the peer's kernel instead (the bench
+# with cuSPARSELt, our instances narrowed to bn256_s4_DataParallel): the launch after the first
+# PEER_SKIP (20) whose name matches REGEX (past its algorithm search); `peer-list` prints the names and counts of every kernel the
+# bench launches for that shape and pass (to find cuSPARSELt's kernel name for `peer:`), e.g.
+#   bash scripts/ncu-gemm.sh list:gpt2-medium.fc1@16k:16384:1024:4096:dw:peer-list
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/gpu-logs}
@@ -34,7 +38,19 @@ metrics=$(for m in $want; do grep -qx "${m%%.*}" <<<"$known" && printf '%s,' "$m
 metrics=${metrics%,}
 echo "metrics: $metrics"
 for spec in "$@"; do
-  IFS=: read -r tag name tokens din dout pass config <<<"$spec"
+  IFS=: read -r tag name tokens din dout pass config rest <<<"$spec"
+  bench=("$d/benches/gemm" --config bn256_s4_DataParallel --no-stream-k --pass "$pass" --shapes "$name:$tokens:$din:$dout" --reps 3)
+  if [ "$config" = peer-list ]; then
+    "$ncu" --clock-control none --section LaunchStats --print-summary per-kernel -c 400 "${bench[@]}" >"$out/ncu-$tag.txt" 2>&1
+    printf '%-24s kernels launched:\n' "$tag"
+    grep -E "^  [A-Za-z_].*\(|^    Section" "$out/ncu-$tag.txt" | grep -v Section | sed 's/^ *//' | sort | uniq -c | sort -rn | head -40
+    continue
+  fi
+  if [ "$config" = peer ]; then
+    "$ncu" --clock-control none -k "regex:$rest" -s "${PEER_SKIP:-20}" -c 1 --section SpeedOfLight --metrics "$metrics" "${bench[@]}" >"$out/ncu-$tag.txt" 2>&1
+    printf '%-24s %s\n' "$tag" "$(grep -E "Duration|DRAM Throughput|Compute \(SM\)|dram__|lts__|sm__|l1tex__|smsp__|==PROF==|No kernels" "$out/ncu-$tag.txt" | sed 's/^ *//; s/  */ /g' | tr '\n' ';')"
+    continue
+  fi
   "$ncu" --clock-control none -k regex:sparse_gemm_sm90 -s 2 -c 1 --section SpeedOfLight \
     --metrics "$metrics" \
     "$d/benches/gemm" --no-cusparselt --stream-k --config "$config" --pass "$pass" --shapes "$name:$tokens:$din:$dout" --reps 3 \
