@@ -8,8 +8,9 @@
 # With no arguments: the GPT-2 XL fc1 dW questions of docs/bench/notes.md (what slows its main
 # loop: M, N, or the waves). CONFIG `peer:REGEX` profiles the peer's kernel instead (the bench
 # with cuSPARSELt, our instances narrowed to bn256_s4_DataParallel): the launch after the first
-# PEER_SKIP (20) whose name matches REGEX (past its algorithm search); `peer-list` prints the names and counts of every kernel the
-# bench launches for that shape and pass (to find cuSPARSELt's kernel name for `peer:`), e.g.
+# PEER_SKIP (20) whose name matches REGEX (past its algorithm search); `peer-list` prints the
+# names and counts of every kernel the bench launches for that shape and pass (to find
+# cuSPARSELt's kernel name for `peer:`), e.g.
 #   bash scripts/ncu-gemm.sh list:gpt2-medium.fc1@16k:16384:1024:4096:dw:peer-list
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
