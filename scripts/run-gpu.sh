@@ -84,7 +84,7 @@ fi
   [ "$n" = kernels ] && extra=(--json "$out/kernels-h100.json")
   BENCH_DATE=$(date -u +%F) "$b" --bench "${extra[@]}" >"$log" 2>&1
   rc=$?
-  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:\|^[a-z0-9.@-]* *fwd\|dx\|dw ' "$log") results"
+  record "bench $n" "$([ $rc = 0 ] && echo PASS || echo FAIL)" "$(grep -c 'time:\|^[a-z0-9.@-]* *fwd\|dx\|dw \| floor ' "$log") results"
   if [ "$n" = gemm ] || [ "$n" = kernels ]; then cat "$log"; else grep -E "time:|thrpt:|^[a-z].*/" "$log" | head -40; fi
 done
 
