@@ -117,14 +117,18 @@ impl TileConfig {
         ((sms as f64 * 2.0 * self.bn as f64 / 128.0).sqrt().round() as usize).max(1)
     }
 
-    /// The default for a shape the tuner's table does not cover: the instance with the least
-    /// predicted time, waves x tile width (a wave of whole tiles costs about one tile's time),
-    /// with a small per-tile penalty for the narrower tiles (each reads its A slab for fewer
-    /// columns). Ties go to the wider tile. Clusters are left to the tuner's measurements.
+    /// The default for a shape the tuner's table does not cover (or a GPU it has no table for):
+    /// the instance with the least predicted time, waves x (tile width + a per-tile cost worth
+    /// 128 columns). The per-tile cost is what a wave costs beyond its columns (the A slab, the
+    /// pipeline fill, the epilogue): fitting the H100's per-wave times of the 256-, 192- and
+    /// 128-column data-parallel instances (ninth session, after the ragged-N fix) gives 114
+    /// columns on GPT-2 large fc1 dW and ~250 on XL fc1 dW; with the old 16 the default picked
+    /// 128 x 128 for XL fc1 dW (0.423 ms against 0.327 for 128 x 256, the tuned pick). Ties go
+    /// to the wider tile. Clusters are left to the tuner's measurements.
     pub fn default_for(m: usize, n: usize, sms: usize) -> TileConfig {
         let cost = |c: &TileConfig| {
             let tiles = m.div_ceil(Self::BM) * n.div_ceil(c.bn as usize);
-            tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 16.0)
+            tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 128.0)
         };
         *Self::ALL.iter().filter(|c| c.cluster_m == 1 && !c.pingpong).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
     }
@@ -489,6 +493,12 @@ mod tests {
             assert_eq!(cfg.cluster_m, 1, "{m} x {n}: {cfg:?}");
             assert!(TileConfig::ALL.contains(&cfg), "{m} x {n}: {cfg:?} is not compiled");
         }
+        // Against the tuned picks of tables/h100.json (ninth session): XL fc1 dW and large fc1 dW
+        // take 128 x 256 (1 wave fewer than 128 x 192 would need is not worth its narrower
+        // tiles' fixed cost), GPT-2 small fc1 dW 128 x 192 (one wave instead of one and a bit).
+        assert_eq!(TileConfig::default_for(6400, 1600, 132).bn, 256);
+        assert_eq!(TileConfig::default_for(5120, 1280, 132).bn, 256);
+        assert_eq!(TileConfig::default_for(3072, 768, 132).bn, 192);
         assert_eq!(TileConfig::ALL[3].kernel_name(false), "sparse_gemm_sm90_bn256_s4_c2_k");
         assert_eq!(TileConfig::ALL[0].kernel_name(true), "sparse_gemm_sm90_bn256_s4_n");
     }
