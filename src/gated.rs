@@ -119,10 +119,7 @@ pub fn gated_backward_mvue(dev: &Device, gate: Gate, h: &DeviceMatrix<bf16>, dy:
     let tiles = t.div_ceil(64) * (f / 32); // warp tiles of 32 features x 64 tokens
     // One warp a block walking tiles with a grid stride: as many blocks as are resident at once
     // (its registers allow about 12 an SM on the H100; the driver says how many exactly).
-    let per_sm = crate::launch::once_per_device(dev, op, || {
-        Ok(func.occupancy_max_active_blocks_per_multiprocessor(32, 0, None).during("querying gated_backward_mvue's residency")?.max(1) as usize)
-    })?;
-    let cfg = LaunchConfig { grid_dim: (tiles.min(launch::sms(dev) * per_sm).max(1) as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+    let cfg = launch::resident_grid(dev, op, &func, 32, tiles)?;
     let mut b = dev.stream().launch_builder(&func);
     b.arg(h.data()).arg(dy.data()).arg(dh.data_mut()).arg(&ti).arg(&fi).arg(&kind).arg(&seed).arg(&step);
     b.arg(&mut s_dht.values).arg(&mut s_dht.meta).arg(&mut s_dht.mask);
@@ -184,11 +181,7 @@ pub fn gelu_backward_mvue_variant(dev: &Device, x: &DeviceMatrix<bf16>, da: &Dev
     let func = dev.function(name)?;
     let tiles = t.div_ceil(64) * (f / 32); // warp tiles of 32 features x 64 tokens
     // Grid-stride: as many blocks as are resident at once (the driver says how many).
-    let per_sm = crate::launch::once_per_device(dev, name, || {
-        Ok(func.occupancy_max_active_blocks_per_multiprocessor(32 * WARPS as u32, 0, None).during("querying gelu_backward_mvue's residency")?.max(1) as usize)
-    })?;
-    let blocks = tiles.div_ceil(WARPS).min(launch::sms(dev) * per_sm).max(1);
-    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (32 * WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+    let cfg = launch::resident_grid(dev, name, &func, 32 * WARPS as u32, tiles.div_ceil(WARPS))?;
     let (ti, fi) = (t as i32, f as i32);
     let mut b = dev.stream().launch_builder(&func);
     b.arg(x.data()).arg(da.data()).arg(dy.data_mut()).arg(&ti).arg(&fi).arg(&seed).arg(&step);

@@ -6,6 +6,7 @@
 
 use crate::device::Device;
 use crate::shape_table;
+use cudarc::driver::LaunchConfig;
 use serde::{Deserialize, Serialize};
 
 /// One launch shape.
@@ -78,6 +79,17 @@ pub fn resolve(dev: &Device, family: Family, kernel: &str, layout: &str, rows: u
     shape_table::active(dev.name(), dev.compute_capability())
         .and_then(|t| t.lookup_launch(kernel, layout, rows, cols))
         .unwrap_or_else(|| LaunchShape::default_for(family))
+}
+
+/// A grid-stride launch of `blocks` blocks of `threads` threads capped at what is resident at
+/// once: the driver's occupancy answer for `func` (cached per device and kernel image, under
+/// `name`) times the SMs.
+pub(crate) fn resident_grid(dev: &Device, name: &str, func: &cudarc::driver::CudaFunction, threads: u32, blocks: usize) -> crate::Result<LaunchConfig> {
+    let per_sm = once_per_device(dev, name, || {
+        use crate::error::During;
+        Ok(func.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).during(format!("querying {name}'s residency"))?.max(1) as usize)
+    })?;
+    Ok(LaunchConfig { grid_dim: (blocks.min(sms(dev) * per_sm).max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// A per-device fact about a kernel that never changes (how many of its blocks or clusters fit),
