@@ -250,12 +250,13 @@ __device__ __forceinline__ float half_f32(uint32_t w, int i) { return __uint_as_
 // kept values (16 bytes a row) when `store`; returns the rows' metadata nibbles and mask bits in
 // pairs: nib[p] = row 2p's 16 bits | row 2p + 1's << 16, kept likewise. ROLLED keeps the pair
 // loop rolled (half the code, two selects a word more): for the fused gated kernel, whose loop
-// also holds the backward's arithmetic.
-template <bool ROLLED, class Words>
+// also holds the backward's arithmetic. PAIRS = 1: rows row0 and row0 + 1 only (nib[0], kept[0];
+// the sparse GEMM's fused epilogue, whose lanes hold one pair).
+template <bool ROLLED, int PAIRS = 2, class Words>
 __device__ __forceinline__ void lane_rows(Words words, long long row0, int tok0, int tokens, uint2 key, unsigned int step,
                                           bool store, uint16_t* __restrict__ vals, uint32_t (&nib)[2], uint32_t (&kept)[2]) {
-#pragma unroll(ROLLED ? 1 : 2)
-    for (int p = 0; p < 2; ++p) {
+#pragma unroll(ROLLED ? 1 : PAIRS)
+    for (int p = 0; p < PAIRS; ++p) {
         uint32_t w[16];
 #pragma unroll
         for (int r = 0; r < 16; ++r) w[r] = words(r, p);

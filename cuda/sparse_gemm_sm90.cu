@@ -29,6 +29,11 @@
 //     chunks. bf16 output without beta: TMA stores from two alternating 128B-swizzled buffers, so
 //     the writes overlap the next tile's main loop. f32 output or beta != 0: coalesced 16-byte
 //     loads/stores by the warpgroup, adding beta * D.
+//   fused GELU backward (instances _k_gelu, FUSE = 1): fc2's dX GEMM of a GELU MLP, D = dA^T
+//     (F x tokens, column-major: dA tokens x F). Each staged chunk becomes fc1's output gradient
+//     dH = gelu'(X) bf16(dA) (gelu_backward's arithmetic), stored as D, and optionally S(dH^T),
+//     MVUE 2:4 along tokens (mvue24.cu's draws, values and metadata): fc1's dW operand without
+//     writing dA or reading dH back (gelu_mvue_chunk).
 //
 // Shared-memory layouts (what the wgmma descriptors describe, PTX ISA 9.7.15.5.1):
 //   A stage: 128 rows x 32 compressed values (64 B a row), TMA 64B swizzle; SBO = 512 B (8 rows).
@@ -42,6 +47,8 @@
 //   32 rows = 4096 B further.
 //   E stage: 8 row-blocks x 32 words: the Sparse24 metadata words of the tile, untouched.
 #include "common.cuh"
+#include "mvue24.cuh"
+#include "activation.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TWOFOUR_SM90A 1
@@ -82,6 +89,13 @@ struct Params {
                        //    thread t at i * 128 + t)
     unsigned* flags;   // stream-K: per partial slot, the epoch of its last write
     unsigned epoch;    // this launch's number: a flag equal to it was written by this launch
+    // Fused GELU backward (FUSE instances only; see gelu_mvue_chunk):
+    unsigned mvue_step;          // MVUE's step (its Philox counter's third word)
+    const uint16_t* gelu_x;      // fc1's pre-activation X, tokens x M row-major
+    uint16_t* mvue_vals;         // S(dH^T) values (M x N/2), or null: no MVUE
+    uint32_t* mvue_meta;         // S(dH^T) metadata words (crate::layout)
+    uint32_t* mvue_mask;         // S(dH^T) mask bits
+    unsigned long long mvue_seed;
 };
 
 template <int BN, int TRANS_B>
@@ -425,14 +439,72 @@ __device__ __forceinline__ void fixup_add(const Params& p, float (&acc)[REGS], i
     for (int i = 0; i < REGS; ++i) acc[i] += __ldcg(ws + i * 128 + tid);  // L2, not a stale L1 line
 }
 
+// The fused epilogue's chunk: 64 features (rows m0w ..) x 64 tokens (columns n0c ..) of dA^T in f32
+// in the staging buffer become dH = gelu'(X) bf16(dA), written to D (tokens x M), and with
+// p.mvue_vals set S(dH^T): bit for bit gelu_backward then mvue24_compress (the same roundings,
+// draws and layout). Warp w takes the chunk's 32-token half w >> 1 and rows 32 (w & 1) ..; lane l
+// rows 2 (l & 15) and + 1, tokens 16 (l >> 4) .. + 15: a row's 16 tokens are one Philox call of
+// mvue24.cu's (lane_rows), the lane writes one metadata word (partner lane ^ 4: rows + 8) and one
+// mask word (partner lane ^ 16: the other 16 tokens). X and D are read and written as 4-byte row
+// pairs, 64 contiguous bytes a half-warp. The host requires M and N multiples of 64, so a chunk
+// is wholly inside D or wholly outside (the caller skips those); all 128 threads call it.
+__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* stage, int m0w, int n0c, int tid) {
+    const int warp = tid >> 5, lane = tid & 31;
+    const int rr = 32 * (warp & 1) + 2 * (lane & 15), tl = 32 * (warp >> 1) + 16 * (lane >> 4);
+    const int row = m0w + rr, tok0 = n0c + tl;
+    const long long at = (long long)tok0 * p.m + row;  // element (token tok0, feature row) of X and D
+    const uint16_t* x = p.gelu_x + at;
+    uint16_t* dh = static_cast<uint16_t*>(p.d) + at;
+    uint32_t xv[16], w[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) xv[r] = __ldg(reinterpret_cast<const unsigned int*>(x + (long long)r * p.m));
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const float4 lo = *reinterpret_cast<const float4*>(stage + rr * EPI_PITCH + tl + 4 * q);
+        const float4 hi = *reinterpret_cast<const float4*>(stage + (rr + 1) * EPI_PITCH + tl + 4 * q);
+        const float l4[4] = {lo.x, lo.y, lo.z, lo.w}, h4[4] = {hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int r = 4 * q + j;
+            uint32_t out = 0;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {  // dA rounded to bf16 as the plain GEMM stores it, then gelu_backward
+                const float da = mvue::half_f32((uint32_t)twofour::f32_to_bf16(i ? h4[j] : l4[j]) << 16, 1);
+                float a, g;
+                gated::act(1, mvue::half_f32(xv[r], i), a, g);
+                out |= (uint32_t)twofour::f32_to_bf16(g * da) << (16 * i);
+            }
+            w[r] = out;
+            *reinterpret_cast<uint32_t*>(dh + (long long)r * p.m) = out;
+        }
+    }
+    if (!p.mvue_vals) return;
+    const uint2 key = make_uint2((uint32_t)p.mvue_seed, (uint32_t)(p.mvue_seed >> 32));
+    uint32_t nib[2], kept[2];
+    mvue::lane_rows<false, 1>([&](int r, int) { return w[r]; }, row, tok0, p.n, key, p.mvue_step, true, p.mvue_vals, nib, kept);
+    const uint32_t nib_o = __shfl_xor_sync(0xffffffffu, nib[0], 4);
+    const uint32_t kept_o = __shfl_xor_sync(0xffffffffu, kept[0], 16);
+    // Metadata word (16-row block, 32-token block, g, t): row g's nibbles low, row g + 8's high
+    // (docs/layout.md). Lanes with rows g, g + 1 (g = rr & 7) write word g, their partners (rows
+    // g + 8, g + 9) word g + 1.
+    const bool high = (lane & 4) != 0;
+    const int g = (rr & 7) + high, t = (lane >> 4) & 1;
+    const long long blk = (long long)(row / 16) * (p.n / 32) + tok0 / 32;
+    p.mvue_meta[blk * 16 + 2 * g + t] = high ? (nib_o >> 16) | (nib[0] & 0xffff0000u) : (nib[0] & 0xffffu) | (nib_o << 16);
+    // Mask word (row, 32-token block): tokens 0..15 low. Lanes of the first 16 tokens write row
+    // `row`, the others row + 1.
+    const int mrow = row - (row & 1) + t;
+    p.mvue_mask[(long long)mrow * (p.n / 32) + tok0 / 32] = t ? (kept_o >> 16) | (kept[0] & 0xffff0000u) : (kept[0] & 0xffffu) | (kept_o << 16);
+}
+
 // Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D: the epilogue of
 // a cooperative consumer's half tile and of each half of a ping-pong tile. bf16 without beta: TMA
 // stores from the two alternating swizzled buffers; otherwise staged f32 chunks, 16-byte stores.
-template <int BN, int R>
+template <int BN, int FUSE, int R>
 __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
                                            int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
     const int warp = tid >> 5, lane = tid & 31;
-    if (p.tma_store) {
+    if (!FUSE && p.tma_store) {
         const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
         const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
         const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
@@ -462,13 +534,14 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
                 *reinterpret_cast<float2*>(row0 + 8 * EPI_PITCH) = make_float2(acc[4 * r + 2], acc[4 * r + 3]);
             }
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
-            store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+            if (!FUSE) store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+            else if (gm0 < p.m && n0 + chunk * EPI_COLS < p.n) gelu_mvue_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
         }
     }
 }
 
-template <int BN, int STAGES, int B_MN, int CM>
+template <int BN, int STAGES, int B_MN, int CM, int FUSE>
 __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg,
                                          const TensorMap* td) {
     using S = Smem<BN, STAGES>;
@@ -535,7 +608,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             }
             for (int i = 0; i < p.pieces - 1; ++i) fixup_add(p, acc, tid, ((first + i) * CM + rank) * 2 + wg);
         }
-        store_half<BN>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
+        store_half<BN, FUSE>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
@@ -555,7 +628,7 @@ __device__ __forceinline__ void ring_advance(int& s, uint32_t& phase, int n) {
 // other arrives on it after its main loop). Besides the ordering, this is what keeps the full
 // barriers' parity waits sound: a warpgroup starts waiting on its next tile's stages only after
 // the other consumed every stage of the tile in between, so no stage is two phases behind.
-template <int BN, int STAGES, int B_MN>
+template <int BN, int STAGES, int B_MN, int FUSE>
 __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                                   int wg, const TensorMap* td) {
     using S = Smem<BN, STAGES>;
@@ -623,8 +696,8 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
         fence_acc(acc0);
         fence_acc(acc1);
         if (lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
-        store_half<BN>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
-        store_half<BN>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
+        store_half<BN, FUSE>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
+        store_half<BN, FUSE>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
@@ -675,11 +748,12 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
 }
 #endif  // TWOFOUR_SM90A
 
-template <int BN, int STAGES, int B_MN, int CM, int PP = 0>
+template <int BN, int STAGES, int B_MN, int CM, int PP = 0, int FUSE = 0>
 __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te,
                                      const TensorMap* td) {
     static_assert(PP == 0 || (CM == 1 && BN == 128), "ping-pong: single CTAs, 128 x 128 tiles (128 accumulators a thread)");
     static_assert(CM == 1 || CM == 2, "clusters of 1 or 2 CTAs along M");
+    static_assert(FUSE == 0 || B_MN == 0, "the fused GELU backward is fc2's dX GEMM: K-major B");
     static_assert(CM == 1 || (BN / 2) % 8 == 0, "each CTA's half of a K-major B stage must be whole 1024-byte swizzle atoms");
 #ifdef TWOFOUR_SM90A
     using S = Smem<BN, STAGES>;
@@ -707,8 +781,8 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
         if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-        if (PP) consumer_pingpong<BN, STAGES, B_MN>(p, smem, full, empty, wg - 1, td);
-        else consumer<BN, STAGES, B_MN, CM>(p, smem, full, empty, wg - 1, td);
+        if (PP) consumer_pingpong<BN, STAGES, B_MN, FUSE>(p, smem, full, empty, wg - 1, td);
+        else consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
     }
     // Neither CTA may exit while the peer can still arrive on its barriers.
     if (CM > 1) {
@@ -722,16 +796,16 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 
 }  // namespace sm90
 
-// One kernel; tile width, pipeline depth, B's storage order and the cluster are template
-// parameters (TileConfig and the B operand on the Rust side pick the instance by name: _k for
-// K-major B, _n for N-major, _c2 for clusters of two CTAs sharing B).
-#define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES, B_MN, SUFFIX)                                            \
-    extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                    \
-        sparse_gemm_sm90_bn##BN##_s##STAGES##_##SUFFIX(                                               \
-            const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
-            const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
-            sm90::Params p) {                                                                         \
-        sm90::gemm<BN, STAGES, B_MN, 1>(p, &ta, &tb, &te, &td);                                       \
+// One kernel; tile width, pipeline depth, B's storage order, the cluster and the fused epilogue
+// are template parameters (TileConfig and the B operand on the Rust side pick the instance by
+// name: _k for K-major B, _n for N-major, _c2 for clusters of two CTAs sharing B, _pp for
+// ping-pong consumers, _gelu for the fused GELU backward + MVUE epilogue).
+#define TWOFOUR_SPARSE_GEMM_SM90_KERNEL(NAME, ATTRS, BN, STAGES, B_MN, CM, PP, FUSE)                  \
+    extern "C" __global__ void ATTRS __launch_bounds__(sm90::THREADS, 1) NAME(                        \
+        const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,       \
+        const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,       \
+        sm90::Params p) {                                                                             \
+        sm90::gemm<BN, STAGES, B_MN, CM, PP, FUSE>(p, &ta, &tb, &te, &td);                            \
     }
 // The cluster shape is compiled in (so a plain launch runs clusters); only for the sm_90a image,
 // the other images' copies of these kernels trap and are never launched.
@@ -740,32 +814,29 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 #else
 #define TWOFOUR_CLUSTER_2X1
 #endif
-#define TWOFOUR_SPARSE_GEMM_SM90_C2(BN, STAGES, B_MN, SUFFIX)                                         \
-    extern "C" __global__ void TWOFOUR_CLUSTER_2X1 __launch_bounds__(sm90::THREADS, 1)                \
-        sparse_gemm_sm90_bn##BN##_s##STAGES##_c2_##SUFFIX(                                            \
-            const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
-            const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
-            sm90::Params p) {                                                                         \
-        sm90::gemm<BN, STAGES, B_MN, 2>(p, &ta, &tb, &te, &td);                                       \
-    }
+#define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES, B_MN, SUFFIX, FUSE) \
+    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_##SUFFIX, , BN, STAGES, B_MN, 1, 0, FUSE)
+#define TWOFOUR_SPARSE_GEMM_SM90_PP(BN, STAGES, B_MN, SUFFIX, FUSE) \
+    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_pp_##SUFFIX, , BN, STAGES, B_MN, 1, 1, FUSE)
+#define TWOFOUR_SPARSE_GEMM_SM90_C2(BN, STAGES, B_MN, SUFFIX, FUSE) \
+    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_c2_##SUFFIX, TWOFOUR_CLUSTER_2X1, BN, STAGES, B_MN, 2, 0, FUSE)
 
-TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n)
-TWOFOUR_SPARSE_GEMM_SM90(192, 5, 1, n)
-TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n)
-#define TWOFOUR_SPARSE_GEMM_SM90_PP(BN, STAGES, B_MN, SUFFIX)                                         \
-    extern "C" __global__ void __launch_bounds__(sm90::THREADS, 1)                                    \
-        sparse_gemm_sm90_bn##BN##_s##STAGES##_pp_##SUFFIX(                                            \
-            const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,   \
-            const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,   \
-            sm90::Params p) {                                                                         \
-        sm90::gemm<BN, STAGES, B_MN, 1, 1>(p, &ta, &tb, &te, &td);                                    \
-    }
-TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 1, n)
-TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n)
-TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n)
+TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90(192, 5, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n, 0)
+// The fused GELU backward: every K-major instance.
+TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k_gelu, 1)
+TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k_gelu, 1)
+TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k_gelu, 1)
+TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k_gelu, 1)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k_gelu, 1)
+TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k_gelu, 1)

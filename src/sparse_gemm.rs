@@ -12,7 +12,7 @@ use cudarc::driver::sys::{
     CUdevice_attribute, CUfunction_attribute, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
     CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 /// Tile shape, pipeline depth, cluster and raster order of the sm_90a kernel. `bn`, `stages` and
@@ -101,6 +101,11 @@ impl TileConfig {
     fn kernel_name(self, b_n_major: bool) -> String {
         let c = if self.pingpong { "_pp" } else if self.cluster_m == 2 { "_c2" } else { "" };
         format!("sparse_gemm_sm90_bn{}_s{}{c}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
+    }
+
+    /// The instance with the fused GELU-backward epilogue (`sparse_gemm_gelu_backward`).
+    fn fused_kernel_name(self) -> String {
+        self.kernel_name(false) + "_gelu"
     }
 
     /// Dynamic shared memory the instance needs (mirrors `Smem` in the kernel).
@@ -212,6 +217,24 @@ struct Params {
     ws: u64,
     flags: u64,
     epoch: u32,
+    mvue_step: u32,
+    gelu_x: u64,
+    mvue_vals: u64,
+    mvue_meta: u64,
+    mvue_mask: u64,
+    mvue_seed: u64,
+}
+
+/// The fused epilogue's operands (device addresses): fc1's pre-activation X and, when `vals` is
+/// not 0, S(dH^T)'s buffers and draws.
+#[derive(Clone, Copy, Default)]
+struct FusedGelu {
+    x: u64,
+    vals: u64,
+    meta: u64,
+    mask: u64,
+    seed: u64,
+    step: u32,
 }
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
@@ -263,8 +286,8 @@ fn sm_count(dev: &Device) -> Result<usize> {
 
 /// `cfg`'s compiled instance, its name and dynamic shared memory, with the function's
 /// shared-memory limit raised to that.
-fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<(String, cudarc::driver::CudaFunction, usize)> {
-    let name = cfg.kernel_name(b_n_major);
+fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool, fused: bool) -> Result<(String, cudarc::driver::CudaFunction, usize)> {
+    let name = if fused { cfg.fused_kernel_name() } else { cfg.kernel_name(b_n_major) };
     let f = dev.function(&name)?;
     let smem = cfg.smem_bytes();
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
@@ -297,7 +320,7 @@ fn slots(dev: &Device, cfg: TileConfig, name: &str, f: &cudarc::driver::CudaFunc
 /// for clusters as many whole clusters as fit (they must sit within one GPC).
 pub fn resident_ctas(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<usize> {
     let sms = sm_count(dev)?;
-    let (name, f, smem) = instance(dev, cfg, b_n_major)?;
+    let (name, f, smem) = instance(dev, cfg, b_n_major, false)?;
     slots(dev, cfg, &name, &f, smem, sms)
 }
 
@@ -325,6 +348,86 @@ pub fn storage_layout(b_n_major: bool, d_col_major: bool) -> String {
 /// native image runs the wgmma.sp kernel; sm_80+ otherwise (or with the Ampere image forced)
 /// runs the mma.sp kernels with the same options (its speed measured on an H100 only).
 pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
+    check_gemm(a, b, d, opts)?;
+    if !is_sm90(dev)? {
+        // Not Hopper, or the Ampere image forced (TWOFOUR_FORCE_AMPERE=1): the warp-level mma.sp
+        // kernels (sm_80 and up), same options; `opts.config` is the wgmma kernel's and unused.
+        return crate::sparse_mma_sm80::gemm_sm80(dev, a, b, d, opts);
+    }
+    launch_sm90(dev, a, b, d, opts, None)
+}
+
+/// Whether the wgmma.sp kernels run here: Hopper with the native image. `Err` below sm_80.
+fn is_sm90(dev: &Device) -> Result<bool> {
+    let (major, minor) = dev.compute_capability();
+    if major == 9 && dev.image() == KernelImage::Native {
+        return Ok(true);
+    }
+    if major >= 8 {
+        return Ok(false);
+    }
+    Err(unsupported("sparse_gemm", format!("2:4 sparse tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}")))
+}
+
+/// fc2's input-gradient GEMM of a GELU MLP with fc1's GELU backward, and optionally MVUE 2:4, in
+/// its epilogue: dA = dY W2 (W2 given as `w2t` = (W2 * M)^T compressed, F x d, as for `sparse_gemm`'s
+/// dX; `dy` tokens x d), then dH = gelu'(X) dA (`x`: fc1's pre-activation, tokens x F) into
+/// `dh`, and with `mvue = Some((seed, step, s))` S(dH^T) (F x tokens, 2:4 along tokens: fc1's dW
+/// operand) into `s`. Bit for bit `sparse_gemm` (D column-major, bf16) then `gelu_backward` then
+/// `mvue24_compress_into(dH, seed, step)`, without writing dA or reading dH back. F and tokens
+/// multiples of 64, d of 64. `config`: the tile configuration (None: the table's pick for the
+/// plain GEMM of this shape). Hopper runs the fused kernel; other GPUs run the three kernels.
+pub fn sparse_gemm_gelu_backward(
+    dev: &Device,
+    w2t: &Sparse24,
+    dy: &DeviceMatrix<bf16>,
+    x: &DeviceMatrix<bf16>,
+    dh: &mut DeviceMatrix<bf16>,
+    mvue: Option<(u64, u32, &mut Sparse24)>,
+    config: Option<TileConfig>,
+) -> Result<()> {
+    let op = "sparse_gemm_gelu_backward";
+    let (f, d_model, tokens) = (w2t.rows(), w2t.cols(), dy.rows());
+    if dy.cols() != d_model || (x.rows(), x.cols()) != (tokens, f) || (dh.rows(), dh.cols()) != (tokens, f) {
+        return Err(shape(
+            op,
+            format!("W2^T is {f} x {d_model}, dY {} x {}, X {} x {}, dH {} x {}: need dY tokens x {d_model}, X and dH {tokens} x {f}", dy.rows(), dy.cols(), x.rows(), x.cols(), dh.rows(), dh.cols()),
+        ));
+    }
+    if let Some((_, _, s)) = &mvue {
+        if (s.rows(), s.cols()) != (f, tokens) {
+            return Err(shape(op, format!("S(dH^T) is {} x {}, need {f} x {tokens}", s.rows(), s.cols())));
+        }
+    }
+    if f % 64 != 0 || tokens % 64 != 0 {
+        return Err(unsupported(op, format!("F = {f} and tokens = {tokens} must be multiples of 64 (the fused epilogue works on whole 64 x 64 chunks); use sparse_gemm, then gelu_backward_mvue")));
+    }
+    let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config, ..Default::default() };
+    let b = BOperand::KMajor(dy);
+    if !is_sm90(dev)? {
+        let mut da = DeviceMatrix::poisoned(dev, tokens, f)?;
+        crate::sparse_mma_sm80::gemm_sm80(dev, w2t, b, &mut da, &opts)?;
+        return match mvue {
+            Some((seed, step, s)) => crate::gated::gelu_backward_mvue(dev, x, &da, dh, seed, step, s),
+            None => crate::gated::gelu_backward(dev, x, &da, dh),
+        };
+    }
+    check_gemm(w2t, b, dh, &opts)?;
+    let stream = dev.stream();
+    let (px, _gx) = x.data().device_ptr(stream);
+    match mvue {
+        Some((seed, step, s)) => {
+            let (vals, _gv) = s.values.device_ptr_mut(stream);
+            let (meta, _gm) = s.meta.device_ptr_mut(stream);
+            let (mask, _gk) = s.mask.device_ptr_mut(stream);
+            launch_sm90(dev, w2t, b, dh, &opts, Some(FusedGelu { x: px, vals, meta, mask, seed, step }))
+        }
+        None => launch_sm90(dev, w2t, b, dh, &opts, Some(FusedGelu { x: px, ..Default::default() })),
+    }
+}
+
+/// `sparse_gemm`'s shape and option checks.
+fn check_gemm<T: GemmOut>(a: &Sparse24, b: BOperand, d: &DeviceMatrix<T>, opts: &GemmOptions) -> Result<()> {
     let (m, k) = (a.rows(), a.cols());
     let (bk, n) = b.kn();
     let col = opts.d_layout == Some(MatLayout::ColMajor);
@@ -340,7 +443,6 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             ),
         ));
     }
-    let b_n_major = matches!(b, BOperand::NMajor(_));
     if k % TileConfig::BK != 0 {
         return Err(unsupported("sparse_gemm", format!("K = {k} must be a multiple of 64 (one pipeline stage); pad K with zero columns")));
     }
@@ -352,15 +454,15 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             return Err(shape("sparse_gemm", format!("bias has {} entries, D has {m} rows", b.len())));
         }
     }
-    let (major, minor) = dev.compute_capability();
-    if major != 9 || dev.image() != KernelImage::Native {
-        // Not Hopper, or the Ampere image forced (TWOFOUR_FORCE_AMPERE=1): the warp-level mma.sp
-        // kernels (sm_80 and up), same options; `opts.config` is the wgmma kernel's and unused.
-        if major >= 8 {
-            return crate::sparse_mma_sm80::gemm_sm80(dev, a, b, d, opts);
-        }
-        return Err(unsupported("sparse_gemm", format!("2:4 sparse tensor cores need sm_80 or newer; this GPU is sm_{major}{minor}")));
-    }
+    Ok(())
+}
+
+/// The wgmma.sp launch (shapes checked): the plain GEMM, or with `fused` the GELU-backward epilogue.
+fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut DeviceMatrix<T>, opts: &GemmOptions, fused: Option<FusedGelu>) -> Result<()> {
+    let (m, k) = (a.rows(), a.cols());
+    let (_, n) = b.kn();
+    let col = opts.d_layout == Some(MatLayout::ColMajor);
+    let b_n_major = matches!(b, BOperand::NMajor(_));
     let sms = sm_count(dev)?;
     let cfg = opts.config.unwrap_or_else(|| {
         crate::shape_table::active(dev.name(), dev.compute_capability())
@@ -409,7 +511,7 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     if stream_k && cfg.pingpong {
         return Err(unsupported("sparse_gemm", format!("{cfg:?}: the ping-pong instance runs whole tiles only; use Schedule::DataParallel or Auto")));
     }
-    let (name, f, smem) = instance(dev, cfg, b_n_major)?;
+    let (name, f, smem) = instance(dev, cfg, b_n_major, fused.is_some())?;
     let tiles = m_tiles * n_tiles;
     // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once;
     // no more CTAs than tiles, except that a split stream-K tail fills every slot (with fewer
@@ -421,9 +523,10 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
     let (dp_tiles, pieces) = if stream_k { stream_k_split(tiles, slots / cm, k_blocks, cfg.tail_pieces as usize) } else { (tiles, 1) };
     let tail = tiles - dp_tiles;
     let grid = if tail > 0 { slots } else { (tiles * cm).min(slots) };
+    let fu = fused.unwrap_or_default();
     let run = |ws_ptr: u64, flags_ptr: u64, epoch: u32| -> Result<()> {
         // bf16 output without beta goes out through TMA stores (64 x 64 boxes, 128B swizzle).
-        let tma_store = T::IS_F32 == 0 && opts.beta == 0.0;
+        let tma_store = T::IS_F32 == 0 && opts.beta == 0.0 && fused.is_none();
         let td = if tma_store {
             let (inner, outer) = if col { (m64, n64) } else { (n64, m64) };
             tensor_map_2d("D", pd, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, inner, outer, 64, 64, CU_TENSOR_MAP_SWIZZLE_128B)?
@@ -449,6 +552,12 @@ pub fn sparse_gemm<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut 
             ws: ws_ptr,
             flags: flags_ptr,
             epoch,
+            mvue_step: fu.step,
+            gelu_x: fu.x,
+            mvue_vals: fu.vals,
+            mvue_meta: fu.meta,
+            mvue_mask: fu.mask,
+            mvue_seed: fu.seed,
         };
         let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use twofour::reference::{self, philox::normal_bf16};
 use twofour::{
-    prune24_compress, sparse_gemm, sparse_mma_naive, BOperand, Device, DeviceMatrix, Error, GemmOptions, GemmOut,
+    gelu_backward, mvue24_compress_into, prune24_compress, sparse_gemm, sparse_gemm_gelu_backward, sparse_mma_naive, Sparse24, BOperand, Device, DeviceMatrix, Error, GemmOptions, GemmOut,
     KernelImage, MatLayout, MetaReading, Schedule, TileConfig,
 };
 
@@ -318,4 +318,84 @@ fn sparse_linear_three_gemms_match_reference() {
     }
     let want: Vec<f64> = reference::linear_grad_weight(&s_dy, &x, t, d_in, d_out).unwrap().iter().map(|&v| 2.0 * v as f64).collect();
     assert!(rel(&to64(&dw.to_host(&dev).unwrap()), &want) < 1e-4);
+}
+
+/// fc2's dX GEMM with fc1's GELU backward and MVUE in its epilogue (`sparse_gemm_gelu_backward`)
+/// is, bit for bit, `sparse_gemm` (bf16, column-major) then `gelu_backward` then
+/// `mvue24_compress_into` (each checked against the CPU reference by its own tests): dH and
+/// S(dH^T)'s values, metadata and mask, on every K-major instance, data-parallel and stream-K, with
+/// and without MVUE. 192 x 320 x 128: a half-empty second M tile (its lower warpgroup's rows lie
+/// beyond M) and a ragged last N tile (one of its 64-token chunks inside); 1088 x 2112 x 512: more
+/// tiles than SMs for the narrow instances, a stream-K tail for all. Poisoned outputs, fresh
+/// random inputs; then the typed errors. On the Ampere image the same call runs the three kernels.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_gelu_backward_is_gemm_then_gelu_then_mvue() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    for (case, &(f, tokens, d_model)) in [(192usize, 320usize, 128usize), (1088, 2112, 512)].iter().enumerate() {
+        let seed = 40 + 10 * case as u64;
+        let w2t = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, f, d_model, &normal_bf16(seed, f * d_model)).unwrap()).unwrap();
+        let dy = DeviceMatrix::from_host(&dev, tokens, d_model, &normal_bf16(seed + 1, tokens * d_model)).unwrap();
+        let x = DeviceMatrix::from_host(&dev, tokens, f, &normal_bf16(seed + 2, tokens * f)).unwrap();
+        let (mseed, step) = (0x5eed_0000_0000_0001u64 + seed, 7 + case as u32);
+        for base in TileConfig::ALL.iter() {
+            let schedules: &[Schedule] = if base.pingpong { &[Schedule::DataParallel] } else { &[Schedule::DataParallel, Schedule::StreamK] };
+            for &schedule in schedules {
+                let cfg = TileConfig { schedule, ..*base };
+                let what = format!("F {f} tokens {tokens} d {d_model} {cfg:?}");
+                // The three kernels.
+                let mut da = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(cfg), ..Default::default() };
+                sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy), &mut da, &opts).unwrap();
+                let mut dh_want = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+                gelu_backward(&dev, &x, &da, &mut dh_want).unwrap();
+                let mut s_want = Sparse24::alloc(&dev, f, tokens).unwrap();
+                mvue24_compress_into(&dev, &dh_want, mseed, step, &mut s_want).unwrap();
+                let dh_want = dh_want.to_host(&dev).unwrap();
+                // Fused, with MVUE and without.
+                let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+                let mut s = Sparse24::alloc(&dev, f, tokens).unwrap();
+                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh, Some((mseed, step, &mut s)), Some(cfg)).unwrap();
+                let got = dh.to_host(&dev).unwrap();
+                let bad = got.iter().zip(&dh_want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(bad, 0, "{what}: dH differs from gemm + gelu_backward in {bad} of {} elements", got.len());
+                let (sg, sw) = (s.to_host(&dev).unwrap(), s_want.to_host(&dev).unwrap());
+                assert!(sg.values.iter().zip(&sw.values).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: S(dH^T) values differ");
+                assert!(sg.meta == sw.meta, "{what}: S(dH^T) metadata differs");
+                assert!(sg.mask == sw.mask, "{what}: S(dH^T) mask differs");
+                let mut dh2 = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh2, None, Some(cfg)).unwrap();
+                assert!(dh2.to_host(&dev).unwrap().iter().zip(&dh_want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: dH without MVUE differs");
+            }
+        }
+    }
+    // Typed errors: F or tokens not a multiple of 64, mismatched shapes.
+    let sp = |m: usize, k: usize| prune24_compress(&dev, &DeviceMatrix::from_host(&dev, m, k, &normal_bf16(3, m * k)).unwrap()).unwrap();
+    let mat = |r: usize, c: usize| DeviceMatrix::from_host(&dev, r, c, &normal_bf16(4, r * c)).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 128, 96).unwrap();
+    assert!(matches!(sparse_gemm_gelu_backward(&dev, &sp(96, 64), &mat(128, 64), &mat(128, 96), &mut dh, None, None), Err(Error::Unsupported { .. })));
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 96, 128).unwrap();
+    assert!(matches!(sparse_gemm_gelu_backward(&dev, &sp(128, 64), &mat(96, 64), &mat(96, 128), &mut dh, None, None), Err(Error::Unsupported { .. })));
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, 128, 128).unwrap();
+    assert!(matches!(sparse_gemm_gelu_backward(&dev, &sp(128, 64), &mat(128, 64), &mat(128, 64), &mut dh, None, None), Err(Error::Shape { .. })));
+    assert!(matches!(sparse_gemm_gelu_backward(&dev, &sp(128, 64), &mat(128, 128), &mat(128, 128), &mut dh, None, None), Err(Error::Shape { .. })));
+    let mut s = Sparse24::alloc(&dev, 128, 64).unwrap();
+    assert!(matches!(sparse_gemm_gelu_backward(&dev, &sp(128, 64), &mat(128, 64), &mat(128, 128), &mut dh, Some((1, 1, &mut s)), None), Err(Error::Shape { .. })));
+    // The Ampere image composes the three kernels: the same bits.
+    let amp = Device::with_image(0, KernelImage::Ampere).unwrap();
+    let (f, tokens, d_model) = (128, 128, 64);
+    let w2t = prune24_compress(&amp, &DeviceMatrix::from_host(&amp, f, d_model, &normal_bf16(5, f * d_model)).unwrap()).unwrap();
+    let dy = DeviceMatrix::from_host(&amp, tokens, d_model, &normal_bf16(6, tokens * d_model)).unwrap();
+    let x = DeviceMatrix::from_host(&amp, tokens, f, &normal_bf16(7, tokens * f)).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&amp, tokens, f).unwrap();
+    let mut s = Sparse24::alloc(&amp, f, tokens).unwrap();
+    sparse_gemm_gelu_backward(&amp, &w2t, &dy, &x, &mut dh, Some((9, 3, &mut s)), None).unwrap();
+    let mut da = DeviceMatrix::<bf16>::poisoned(&amp, tokens, f).unwrap();
+    sparse_gemm(&amp, &w2t, BOperand::KMajor(&dy), &mut da, &GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() }).unwrap();
+    let mut want = DeviceMatrix::<bf16>::poisoned(&amp, tokens, f).unwrap();
+    gelu_backward(&amp, &x, &da, &mut want).unwrap();
+    let mut s_want = Sparse24::alloc(&amp, f, tokens).unwrap();
+    mvue24_compress_into(&amp, &want, 9, 3, &mut s_want).unwrap();
+    assert!(dh.to_host(&amp).unwrap().iter().zip(&want.to_host(&amp).unwrap()).all(|(a, b)| a.to_bits() == b.to_bits()), "Ampere image: dH");
+    assert_eq!(s.to_host(&amp).unwrap(), s_want.to_host(&amp).unwrap(), "Ampere image: S(dH^T)");
 }
