@@ -222,6 +222,56 @@ fn main() {
     recs.push(Rec { kernel: "budget, fc1 MVUE fused into its GELU backward / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * gelu_overhead / gemms), ms: gelu_overhead, floor_ms: gemms, peer_ms: None });
     drop((x, da, dy, s_dyt));
 
+    // MVUE where the CUDA cores idle: fc2's dX GEMM (dA = dY W2: A = W2^T compressed, 4096 x 1024;
+    // B = fc2's dY, 16384 x 1024) with fc1's GELU backward and MVUE in its epilogue
+    // (sparse_gemm_gelu_backward), at the table's instance and the ping-pong one (one warpgroup's
+    // epilogue runs under the other's main loop). fc1's MVUE then costs what the MVUE epilogue
+    // adds to the best GELU path without it (the fused GEMM + GELU, or the GEMM then
+    // gelu_backward). Floor: bytes that must move (dY, W2^T's values and metadata, X, dH; + 1.25 B
+    // an element of dH for S(dH^T)).
+    let (d, f) = (1024usize, 4096usize);
+    let w2 = DeviceMatrix::from_host(&dev, d, f, &normal_bf16(25, d * f)).unwrap();
+    let (_, w2t) = transposable_mask_compress(&dev, &w2).unwrap();
+    let dy2 = DeviceMatrix::from_host(&dev, t, d, &normal_bf16(26, t * d)).unwrap();
+    let x = DeviceMatrix::from_host(&dev, t, f, &normal_bf16(27, t * f)).unwrap();
+    let mut da = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+    let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
+    let mut s_dht = Sparse24::alloc(&dev, f, t).unwrap();
+    let col = GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() };
+    let gemm_ms = time(&mut flush, &mut || sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy2), &mut da, &col));
+    let gelu_ms = time(&mut flush, &mut || twofour::gelu_backward(&dev, &x, &da, &mut dh));
+    let three = time(&mut flush, &mut || {
+        sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy2), &mut da, &col)?;
+        twofour::gelu_backward(&dev, &x, &da, &mut dh)?;
+        mvue24_compress_into(&dev, &dh, 1, 1, &mut s_dht)
+    });
+    let n = (t * f) as f64;
+    let gemm_bytes = 2.0 * (t * d) as f64 + (f * d) as f64 * (1.0 + 1.0 / 8.0) + 4.0 * n;
+    let shape = format!("gpt2-medium.fc2 dX {t}x{f}x{d}");
+    let mut best = (f64::INFINITY, f64::INFINITY, "");
+    for (label, cfg) in [("table", None), ("ping-pong", Some(twofour::TileConfig::ALL[5]))] {
+        let gelu_only = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, None, cfg));
+        let with_mvue = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, Some((1, 1, &mut s_dht)), cfg));
+        println!("sparse_gemm_gelu_backward ({label} instance): GEMM + GELU {gelu_only:.4} ms, + MVUE {with_mvue:.4} ms; plain GEMM {gemm_ms:.4} + gelu_backward {gelu_ms:.4}, three kernels {three:.4} ms");
+        recs.push(Rec { kernel: format!("sparse GEMM + GELU backward in its epilogue, {label} instance (peer = GEMM then gelu_backward)"), shape: shape.clone(), ms: gelu_only, floor_ms: floor(gemm_bytes), peer_ms: Some(gemm_ms + gelu_ms) });
+        recs.push(Rec { kernel: format!("sparse GEMM + GELU backward + MVUE in its epilogue, {label} instance (peer = three kernels)"), shape: shape.clone(), ms: with_mvue, floor_ms: floor(gemm_bytes + 1.25 * n), peer_ms: Some(three) });
+        if with_mvue < best.0 {
+            best = (with_mvue, gelu_only, label);
+        }
+    }
+    let mvue_in_gemm = (best.0 - best.1.min(gemm_ms + gelu_ms)).max(0.0);
+    let epi_overhead = overhead - mvue_fc1 + mvue_in_gemm;
+    println!(
+        "budget with fc1's MVUE in fc2's dX GEMM epilogue ({} instance: {:.4} ms with MVUE, {:.4} ms without, GEMM then gelu_backward {:.4}; MVUE adds {mvue_in_gemm:.4} ms instead of {mvue_fc1:.4}): {epi_overhead:.4} ms = {:.1}%",
+        best.2,
+        best.0,
+        best.1,
+        gemm_ms + gelu_ms,
+        100.0 * epi_overhead / gemms
+    );
+    recs.push(Rec { kernel: "budget, fc1 MVUE in fc2's dX GEMM epilogue / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * epi_overhead / gemms), ms: epi_overhead, floor_ms: gemms, peer_ms: None });
+    drop((w2, w2t, dy2, x, da, dh, s_dht));
+
     // The sm_80 path (mma.sp, cp.async, ldmatrix) on this GPU, against the wgmma.sp kernel on the
     // same forward GEMM (D^T = W X^T, f32 out for both). floor_ms: the time at the sparse
     // tensor-core peak (1979 dense-equivalent TFLOP/s on an H100 SXM). Not an A100 number.

@@ -448,16 +448,39 @@ __device__ __forceinline__ void fixup_add(const Params& p, float (&acc)[REGS], i
 // mask word (partner lane ^ 16: the other 16 tokens). X and D are read and written as 4-byte row
 // pairs, 64 contiguous bytes a half-warp. The host requires M and N multiples of 64, so a chunk
 // is wholly inside D or wholly outside (the caller skips those); all 128 threads call it.
-__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* stage, int m0w, int n0c, int tid) {
-    const int warp = tid >> 5, lane = tid & 31;
-    const int rr = 32 * (warp & 1) + 2 * (lane & 15), tl = 32 * (warp >> 1) + 16 * (lane >> 4);
-    const int row = m0w + rr, tok0 = n0c + tl;
-    const long long at = (long long)tok0 * p.m + row;  // element (token tok0, feature row) of X and D
-    const uint16_t* x = p.gelu_x + at;
-    uint16_t* dh = static_cast<uint16_t*>(p.d) + at;
-    uint32_t xv[16], w[16];
+// This thread's X words of a chunk (rows 2 (l & 15) .., 16 tokens; see gelu_mvue_chunk), loaded
+// before the chunk is staged so that their latency overlaps the staging.
+struct ChunkLanes {
+    int rr, tl;  // the thread's first row and first token within the chunk
+    __device__ ChunkLanes(int tid) : rr(32 * ((tid >> 5) & 1) + 2 * (tid & 15)), tl(32 * (tid >> 6) + 16 * ((tid >> 4) & 1)) {}
+};
+
+__device__ __forceinline__ void gelu_load_x(const Params& p, int m0w, int n0c, int tid, uint32_t (&xv)[16]) {
+    const ChunkLanes c(tid);
+    const uint16_t* x = p.gelu_x + (long long)(n0c + c.tl) * p.m + m0w + c.rr;
 #pragma unroll
     for (int r = 0; r < 16; ++r) xv[r] = __ldg(reinterpret_cast<const unsigned int*>(x + (long long)r * p.m));
+}
+
+// Prefetches into L2 the X rows of a 64-row half tile's epilogue (BN tokens x 64 features: one
+// 128-byte line a token), at the start of its main loop: the epilogue's loads then hit L2.
+template <int BN>
+__device__ __forceinline__ void gelu_prefetch_x(const Params& p, int gm0, int n0, int tid) {
+    if (gm0 >= p.m) return;
+#pragma unroll
+    for (int i = 0; i < BN / 128; ++i) {
+        const int tok = n0 + i * 128 + tid;
+        if (tok < p.n) asm volatile("prefetch.global.L2 [%0];" ::"l"(p.gelu_x + (long long)tok * p.m + gm0));
+    }
+}
+
+__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* stage, int m0w, int n0c, int tid, const uint32_t (&xv)[16]) {
+    const int lane = tid & 31;
+    const ChunkLanes c(tid);
+    const int rr = c.rr, tl = c.tl;
+    const int row = m0w + rr, tok0 = n0c + tl;
+    uint16_t* dh = static_cast<uint16_t*>(p.d) + (long long)tok0 * p.m + row;  // element (token tok0, feature row) of D
+    uint32_t w[16];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
         const float4 lo = *reinterpret_cast<const float4*>(stage + rr * EPI_PITCH + tl + 4 * q);
@@ -500,7 +523,9 @@ __device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* st
 // Writes rows gm0 .. gm0 + 64 (one m64 half of the tile) of `acc` (64 x BN) to D: the epilogue of
 // a cooperative consumer's half tile and of each half of a ping-pong tile. bf16 without beta: TMA
 // stores from the two alternating swizzled buffers; otherwise staged f32 chunks, 16-byte stores.
-template <int BN, int FUSE, int R>
+// FUSE: the fused GELU-backward epilogue; PRELOAD: its X loads issued before the chunk is staged
+// (not in ping-pong, whose other accumulators leave no room for them).
+template <int BN, int FUSE, bool PRELOAD, int R>
 __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
                                            int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
     const int warp = tid >> 5, lane = tid & 31;
@@ -526,6 +551,9 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
         const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk) {
+            const bool fuse_live = FUSE && gm0 < p.m && n0 + chunk * EPI_COLS < p.n;
+            uint32_t xv[16];
+            if (PRELOAD && fuse_live) gelu_load_x(p, gm0, n0 + chunk * EPI_COLS, tid, xv);
 #pragma unroll
             for (int j = 0; j < EPI_COLS / 8; ++j) {
                 const int r = chunk * (EPI_COLS / 8) + j;
@@ -535,7 +563,10 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
             }
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
             if (!FUSE) store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
-            else if (gm0 < p.m && n0 + chunk * EPI_COLS < p.n) gelu_mvue_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
+            else if (fuse_live) {
+                if (!PRELOAD) gelu_load_x(p, gm0, n0 + chunk * EPI_COLS, tid, xv);
+                gelu_mvue_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid, xv);
+            }
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
         }
     }
@@ -563,6 +594,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
         const int n0 = nt * BN;
+        if (FUSE && kb_end == p.k / BK) gelu_prefetch_x<BN>(p, m0 + 64 * wg, n0, tid);  // this segment runs the epilogue
         for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&full[s], phase);
             const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES) + wg * 64 * 64;
@@ -608,7 +640,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             }
             for (int i = 0; i < p.pieces - 1; ++i) fixup_add(p, acc, tid, ((first + i) * CM + rank) * 2 + wg);
         }
-        store_half<BN, FUSE>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
+        store_half<BN, FUSE, true>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
@@ -655,6 +687,10 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
         int m0, nt;
         tile_coords<1>(tile, p, m0, nt);
         const int n0 = nt * BN;
+        if (FUSE) {
+            gelu_prefetch_x<BN>(p, m0, n0, tid);
+            gelu_prefetch_x<BN>(p, m0 + 64, n0, tid);
+        }
         for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&full[s], phase);
             const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES);
@@ -696,8 +732,8 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
         fence_acc(acc0);
         fence_acc(acc1);
         if (lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
-        store_half<BN, FUSE>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
-        store_half<BN, FUSE>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
+        store_half<BN, FUSE, false>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
+        store_half<BN, FUSE, false>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
