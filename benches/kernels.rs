@@ -29,6 +29,8 @@ fn peer_num(peers: &Option<serde_json::Value>, key: &str) -> Option<f64> {
 fn main() {
     let mut json = None;
     let mut reps = 20;
+    // --fused-configs: only the fused-epilogue GEMM, at every K-major instance (for tuning it).
+    let fused_configs = std::env::args().any(|a| a == "--fused-configs");
     let v: Vec<String> = std::env::args().collect();
     for i in 0..v.len() {
         if v[i] == "--json" {
@@ -67,6 +69,7 @@ fn main() {
         recs.push(r);
     };
 
+    if !fused_configs {
     // Weights of FFN layers: (name, d_out, d_in).
     let weights = [("gpt2-small.fc1", 3072, 768), ("gpt2-medium.fc1", 4096, 1024), ("gpt2-medium.fc2", 1024, 4096), ("gpt2-xl.fc1", 6400, 1600), ("llama7b.up", 11008, 4096), ("llama7b.down", 4096, 11008)];
     for (name, r, c) in weights {
@@ -144,6 +147,8 @@ fn main() {
     push(Rec { kernel: "flip_rate".into(), shape: format!("{r}x{c}"), ms, floor_ms: floor((r * c) as f64 / 4.0), peer_ms: None });
     drop((w16, sw, sp, w32, g32));
 
+    }
+
     // Budget check at GPT-2 medium, 16384 tokens: per step and FFN layer, recompress W and W^T
     // (mask search every 40 steps: counted in full here, the worst case) + MVUE of dY, against
     // the layer's three sparse GEMMs.
@@ -172,6 +177,7 @@ fn main() {
     }
     println!("budget (GPT-2 medium FFN, 16384 tokens): mask search + both compressions + MVUE {overhead:.3} ms vs three sparse GEMMs x 2 layers {gemms:.3} ms = {:.1}%", 100.0 * overhead / gemms);
     recs.push(Rec { kernel: "budget: mask+compress+mvue / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * overhead / gemms), ms: overhead, floor_ms: gemms, peer_ms: None });
+    if !fused_configs {
     // The same budget when fc1 is gated (SwiGLU: fc1's output H is 16384 x 4096, its dY = dH comes
     // out of the gated backward) and its MVUE is fused into that backward: fc1's MVUE then costs
     // only what gated_backward_mvue adds to gated_backward.
@@ -222,6 +228,8 @@ fn main() {
     recs.push(Rec { kernel: "budget, fc1 MVUE fused into its GELU backward / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * gelu_overhead / gemms), ms: gelu_overhead, floor_ms: gemms, peer_ms: None });
     drop((x, da, dy, s_dyt));
 
+    }
+
     // MVUE where the CUDA cores idle: fc2's dX GEMM (dA = dY W2: A = W2^T compressed, 4096 x 1024;
     // B = fc2's dY, 16384 x 1024) with fc1's GELU backward and MVUE in its epilogue
     // (sparse_gemm_gelu_backward), at the table's instance and the ping-pong one (one warpgroup's
@@ -248,15 +256,20 @@ fn main() {
     let n = (t * f) as f64;
     let gemm_bytes = 2.0 * (t * d) as f64 + (f * d) as f64 * (1.0 + 1.0 / 8.0) + 4.0 * n;
     let shape = format!("gpt2-medium.fc2 dX {t}x{f}x{d}");
-    let mut best = (f64::INFINITY, f64::INFINITY, "");
-    for (label, cfg) in [("table", None), ("ping-pong", Some(twofour::TileConfig::ALL[5]))] {
+    let mut best = (f64::INFINITY, f64::INFINITY, String::new());
+    let configs: Vec<(String, Option<twofour::TileConfig>)> = if fused_configs {
+        twofour::TileConfig::ALL.iter().map(|c| (format!("{c:?}"), Some(*c))).collect()
+    } else {
+        vec![("table".into(), None), ("ping-pong".into(), Some(twofour::TileConfig::ALL[5]))]
+    };
+    for (label, cfg) in configs.iter().map(|(l, c)| (l.as_str(), *c)) {
         let gelu_only = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, None, cfg));
         let with_mvue = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, Some((1, 1, &mut s_dht)), cfg));
         println!("sparse_gemm_gelu_backward ({label} instance): GEMM + GELU {gelu_only:.4} ms, + MVUE {with_mvue:.4} ms; plain GEMM {gemm_ms:.4} + gelu_backward {gelu_ms:.4}, three kernels {three:.4} ms");
         recs.push(Rec { kernel: format!("sparse GEMM + GELU backward in its epilogue, {label} instance (peer = GEMM then gelu_backward)"), shape: shape.clone(), ms: gelu_only, floor_ms: floor(gemm_bytes), peer_ms: Some(gemm_ms + gelu_ms) });
         recs.push(Rec { kernel: format!("sparse GEMM + GELU backward + MVUE in its epilogue, {label} instance (peer = three kernels)"), shape: shape.clone(), ms: with_mvue, floor_ms: floor(gemm_bytes + 1.25 * n), peer_ms: Some(three) });
         if with_mvue < best.0 {
-            best = (with_mvue, gelu_only, label);
+            best = (with_mvue, gelu_only, label.to_string());
         }
     }
     let mvue_in_gemm = (best.0 - best.1.min(gemm_ms + gelu_ms)).max(0.0);
