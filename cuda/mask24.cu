@@ -7,7 +7,11 @@
 //   the bit mask of W, W compressed (Sparse24, 2:4 along rows) and W^T compressed (2:4 along W's
 //   columns) with W^T's mask: the A operands of the forward and input-gradient GEMMs.
 // `apply` mode takes the mask from a stored bit mask instead of searching (the paper recomputes the
-// mask every few dozen steps and recompresses from the dense weights every step).
+// mask every few dozen steps and recompresses from the dense weights every step). `adamw` mode is
+// apply mode whose tile comes out of the optimizer step on the f32 master weights: masked decay
+// (grad += lambda (1 - mask) W, Hu et al. 2024 eq. 5), AdamW, then W and W^T recompressed from the
+// updated weights, in the optimizer's own pass over W (reference::adamw_masked, every operation
+// rounded alone: bit for bit).
 //
 // Work split: one warp per 32 x 32 tile of W (64 blocks). A tile of W holds exactly two 16-row
 // metadata blocks x one 32-column chunk of W, and the same of W^T, so each lane writes whole
@@ -117,19 +121,79 @@ __device__ __forceinline__ void write_outputs(const uint16_t (*tile)[PITCH], con
     wt_mask[(long long)(32 * tj + lane) * (rows / 32) + ti] = m;
 }
 
-// One warp, one 32 x 32 tile of W.
-template <bool APPLY>
+// The optimizer step of adamw mode, field for field reference::AdamWStep.
+struct AdamWStep {
+    float lr, beta1, beta2, eps, weight_decay, c1, c2, gscale, lambda;
+};
+
+// The f32 state adamw mode updates: master weights, Adam's moments, the gradient (read only).
+struct AdamWState {
+    float* w;
+    float* m;
+    float* v;
+    const float* grad;
+    AdamWStep step;
+};
+
+// Row `lane` of the tile (32 columns from 32 tj): masked decay and AdamW on the f32 state, as
+// reference::adamw_masked does it (no contraction into FMAs: every operation rounds alone), the
+// updated weights written back and their bf16 copy staged in `row` for the compression. `bits`:
+// the row's 32 mask bits (1 = kept).
+__device__ __forceinline__ void adamw_row(const AdamWState& st, long long at, uint32_t bits, uint16_t* row) {
+    const AdamWStep& k = st.step;
+    const float one_b1 = __fsub_rn(1.f, k.beta1), one_b2 = __fsub_rn(1.f, k.beta2);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        float4* wp = reinterpret_cast<float4*>(st.w + at) + q;
+        float4* mp = reinterpret_cast<float4*>(st.m + at) + q;
+        float4* vp = reinterpret_cast<float4*>(st.v + at) + q;
+        const float4 g4 = reinterpret_cast<const float4*>(st.grad + at)[q];
+        float4 w4 = *wp, m4 = *mp, v4 = *vp;
+        float* wv = &w4.x;
+        float* mv = &m4.x;
+        float* vv = &v4.x;
+        const float* gv = &g4.x;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float w = wv[j];
+            float g = __fmul_rn(gv[j], k.gscale);
+            if (!((bits >> (4 * q + j)) & 1)) g = __fadd_rn(g, __fmul_rn(k.lambda, w));
+            const float m = __fadd_rn(__fmul_rn(k.beta1, mv[j]), __fmul_rn(one_b1, g));
+            const float v = __fadd_rn(__fmul_rn(k.beta2, vv[j]), __fmul_rn(__fmul_rn(one_b2, g), g));
+            const float mh = __fdiv_rn(m, k.c1), vh = __fdiv_rn(v, k.c2);
+            const float upd = __fadd_rn(__fdiv_rn(mh, __fadd_rn(__fsqrt_rn(vh), k.eps)), __fmul_rn(k.weight_decay, w));
+            const float p = __fsub_rn(w, __fmul_rn(k.lr, upd));
+            wv[j] = p;
+            mv[j] = m;
+            vv[j] = v;
+            row[4 * q + j] = f32_to_bf16(p);
+        }
+        *wp = w4;
+        *mp = m4;
+        *vp = v4;
+    }
+}
+
+// One warp, one 32 x 32 tile of W. MODE 0: search; 1: apply the stored mask; 2: the AdamW step,
+// then apply the stored mask.
+template <int MODE>
 __device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PITCH], uint16_t* blk, int lane,
-                                         const uint16_t* __restrict__ w, int rows, int cols, uint32_t* __restrict__ mask,
+                                         const uint16_t* __restrict__ w, const AdamWState& st, int rows, int cols, uint32_t* __restrict__ mask,
                                          uint16_t* __restrict__ w_vals, uint32_t* __restrict__ w_meta,
                                          uint16_t* __restrict__ wt_vals, uint32_t* __restrict__ wt_meta,
                                          uint32_t* __restrict__ wt_mask, uint32_t* __restrict__ error) {
     const int tiles_c = cols / 32;
     const int ti = (int)(tile_id / tiles_c), tj = (int)(tile_id % tiles_c);
 
-    const uint4* src = reinterpret_cast<const uint4*>(w + (long long)(32 * ti + lane) * cols + 32 * tj);
+    constexpr bool APPLY = MODE != 0;
+    if (MODE == 2) {
+        const long long at = (long long)(32 * ti + lane) * cols + 32 * tj;
+        adamw_row(st, at, mask[(long long)(32 * ti + lane) * tiles_c + tj], tile[lane]);
+    } else {
+        const uint4* src = reinterpret_cast<const uint4*>(w + (long long)(32 * ti + lane) * cols + 32 * tj);
 #pragma unroll
-    for (int v = 0; v < 4; ++v) *reinterpret_cast<uint4*>(&tile[lane][8 * v]) = src[v];
+        for (int v = 0; v < 4; ++v) *reinterpret_cast<uint4*>(&tile[lane][8 * v]) = src[v];
+    }
     __syncwarp();
 
 #pragma unroll
@@ -204,8 +268,8 @@ __device__ __forceinline__ void run_tile(long long tile_id, uint16_t (*tile)[PIT
 
 // WARPS warps a block, each walking tiles with a grid stride: the launch shape (warps a block,
 // blocks in the grid) is a tuning parameter (twofour::launch) and never changes a result.
-template <bool APPLY, int WARPS>
-__device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, int cols, uint32_t* __restrict__ mask,
+template <int MODE, int WARPS>
+__device__ __forceinline__ void run(const uint16_t* __restrict__ w, const AdamWState& st, int rows, int cols, uint32_t* __restrict__ mask,
                                     uint16_t* __restrict__ w_vals, uint32_t* __restrict__ w_meta,
                                     uint16_t* __restrict__ wt_vals, uint32_t* __restrict__ wt_meta,
                                     uint32_t* __restrict__ wt_mask, uint32_t* __restrict__ error) {
@@ -215,22 +279,30 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ w, int rows, in
     const long long total = (long long)(rows / 32) * (cols / 32);
     // Whole warps only: no barrier in a tile is CTA-wide.
     for (long long id = (long long)blockIdx.x * WARPS + warp; id < total; id += (long long)gridDim.x * WARPS) {
-        run_tile<APPLY>(id, tiles[warp], blks[warp], lane, w, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);
+        run_tile<MODE>(id, tiles[warp], blks[warp], lane, w, st, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);
         __syncwarp();  // the warp's smem tile is reused by its next tile
     }
 }
 
 }  // namespace mask24
 
-#define TWOFOUR_MASK24(NAME, APPLY, WARPS)                                                                            \
+#define TWOFOUR_MASK24(NAME, MODE, WARPS)                                                                             \
     extern "C" __global__ void __launch_bounds__(32 * WARPS) NAME(                                                    \
         const uint16_t* w, int rows, int cols, uint32_t* mask, uint16_t* w_vals, uint32_t* w_meta, uint16_t* wt_vals, \
         uint32_t* wt_meta, uint32_t* wt_mask, uint32_t* error) {                                                      \
-        mask24::run<APPLY, WARPS>(w, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);            \
+        mask24::run<MODE, WARPS>(w, mask24::AdamWState{}, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error); \
     }
-TWOFOUR_MASK24(transposable_mask_compress_w2, false, 2)
-TWOFOUR_MASK24(transposable_mask_compress_w4, false, 4)
-TWOFOUR_MASK24(transposable_mask_compress_w8, false, 8)
-TWOFOUR_MASK24(apply_mask_compress_w2, true, 2)
-TWOFOUR_MASK24(apply_mask_compress_w4, true, 4)
-TWOFOUR_MASK24(apply_mask_compress_w8, true, 8)
+TWOFOUR_MASK24(transposable_mask_compress_w2, 0, 2)
+TWOFOUR_MASK24(transposable_mask_compress_w4, 0, 4)
+TWOFOUR_MASK24(transposable_mask_compress_w8, 0, 8)
+TWOFOUR_MASK24(apply_mask_compress_w2, 1, 2)
+TWOFOUR_MASK24(apply_mask_compress_w4, 1, 4)
+TWOFOUR_MASK24(apply_mask_compress_w8, 1, 8)
+
+// The AdamW step with recompression (adamw mode): the f32 state in place, the stored mask in
+// out_w's mask (`mask`), W and W^T recompressed; 4 warps a block, grid-stride.
+extern "C" __global__ void __launch_bounds__(128) adamw_masked_compress_w4(
+    float* w, float* m, float* v, const float* grad, mask24::AdamWStep step, int rows, int cols, uint32_t* mask,
+    uint16_t* w_vals, uint32_t* w_meta, uint16_t* wt_vals, uint32_t* wt_meta, uint32_t* wt_mask, uint32_t* error) {
+    mask24::run<2, 4>(nullptr, mask24::AdamWState{w, m, v, grad, step}, rows, cols, mask, w_vals, w_meta, wt_vals, wt_meta, wt_mask, error);
+}

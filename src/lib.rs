@@ -43,7 +43,7 @@ pub use device::{Device, KernelImage};
 pub use error::{Error, Result};
 pub use decay::{flip_rate, masked_decay};
 pub use gated::{gated_backward, gated_backward_mvue, gated_backward_with, gated_forward, gated_forward_with, gelu_backward, gelu_backward_mvue, gelu_backward_mvue_variant, GatedLayout};
-pub use mask24::{apply_mask_compress_async, apply_mask_compress_into, apply_mask_compress_with, transposable_mask_compress, transposable_mask_compress_async, transposable_mask_compress_into, transposable_mask_compress_with, MaskStatus};
+pub use mask24::{adamw_masked_compress_async, apply_mask_compress_async, apply_mask_compress_into, apply_mask_compress_with, transposable_mask_compress, transposable_mask_compress_async, transposable_mask_compress_into, transposable_mask_compress_with, MaskStatus};
 pub use launch::LaunchShape;
 pub use matrix::DeviceMatrix;
 pub use mvue24::{mvue24_compress, mvue24_compress_into, mvue24_compress_with};

@@ -8,7 +8,8 @@ use crate::matrix::DeviceMatrix;
 use crate::sparse24::Sparse24;
 use crate::Result;
 use crate::launch::{self, Family, LaunchShape};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use crate::reference::AdamWStep;
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 fn check(op: &'static str, w: &DeviceMatrix<bf16>, out_w: &Sparse24, out_wt: &Sparse24) -> Result<()> {
@@ -106,4 +107,57 @@ pub fn apply_mask_compress_with(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mu
 pub fn apply_mask_compress_async(dev: &Device, w: &DeviceMatrix<bf16>, out_w: &mut Sparse24, out_wt: &mut Sparse24, shape: Option<LaunchShape>) -> Result<MaskStatus> {
     check("apply_mask_compress", w, out_w, out_wt)?;
     launch(dev, "apply_mask_compress", w, out_w, out_wt, shape)
+}
+
+// SAFETY: repr(C), nine f32: the layout of mask24::AdamWStep in cuda/mask24.cu.
+unsafe impl DeviceRepr for AdamWStep {}
+
+/// One optimizer step of a sparse layer's weights with their recompression, in one pass over W:
+/// masked decay (grad + lambda (1 - mask) W, under the mask stored in `out_w`) and AdamW on the
+/// f32 master weights `w` and moments `m`, `v` (in place; `grad` read only), then W and W^T
+/// recompressed from the updated weights under the same mask into `out_w` and `out_wt` (what
+/// `apply_mask_compress_into` would write from their bf16 copy). Bit for bit
+/// `reference::adamw_masked` then `reference::compress` / `compress_transposed`. The recipe's
+/// per-step recompression then costs ~1.5 bytes a weight on top of the optimizer's ~28 instead of
+/// a pass of its own. Queued: an invalid stored mask comes back through the returned status.
+/// Shapes: W rows x cols, both multiples of 32; m, v, grad the same.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_masked_compress_async(
+    dev: &Device,
+    w: &mut DeviceMatrix<f32>,
+    m: &mut DeviceMatrix<f32>,
+    v: &mut DeviceMatrix<f32>,
+    grad: &DeviceMatrix<f32>,
+    step: &AdamWStep,
+    out_w: &mut Sparse24,
+    out_wt: &mut Sparse24,
+) -> Result<MaskStatus> {
+    let op = "adamw_masked_compress";
+    let (r, c) = (w.rows(), w.cols());
+    if r % 32 != 0 || c % 32 != 0 {
+        return Err(unsupported(op, format!("W is {r} x {c}: both dimensions must be multiples of 32 (W and W^T are both compressed); pad the weight")));
+    }
+    for (name, x) in [("m", (m.rows(), m.cols())), ("v", (v.rows(), v.cols())), ("grad", (grad.rows(), grad.cols()))] {
+        if x != (r, c) {
+            return Err(shape(op, format!("{name} is {} x {}, W is {r} x {c}: the optimizer state must have W's shape", x.0, x.1)));
+        }
+    }
+    if (out_w.rows(), out_w.cols()) != (r, c) || (out_wt.rows(), out_wt.cols()) != (c, r) {
+        return Err(shape(op, format!("outputs are {}x{} and {}x{}, need {r}x{c} (W) and {c}x{r} (W^T)", out_w.rows(), out_w.cols(), out_wt.rows(), out_wt.cols())));
+    }
+    let name = "adamw_masked_compress_w4";
+    let f = dev.function(name)?;
+    let tiles = (r / 32) * (c / 32);
+    // 4 warps a block, one 32 x 32 tile a warp, grid-stride over as many blocks as are resident.
+    let cfg = launch::resident_grid(dev, name, &f, 128, tiles.div_ceil(4))?;
+    let mut err = dev.stream().alloc_zeros::<u32>(1).during("allocating the error flag")?;
+    let (ri, ci) = (r as i32, c as i32);
+    let mut b = dev.stream().launch_builder(&f);
+    b.arg(w.data_mut()).arg(m.data_mut()).arg(v.data_mut()).arg(grad.data()).arg(step).arg(&ri).arg(&ci);
+    b.arg(&mut out_w.mask).arg(&mut out_w.values).arg(&mut out_w.meta);
+    b.arg(&mut out_wt.values).arg(&mut out_wt.meta).arg(&mut out_wt.mask).arg(&mut err);
+    // SAFETY: shapes checked (multiples of 32; state, gradient and outputs sized for W); one warp
+    // per 32 x 32 tile, grid-stride; AdamWStep matches the kernel's struct.
+    unsafe { b.launch(cfg) }.during(format!("launching {name}"))?;
+    Ok(MaskStatus { op, flag: err })
 }

@@ -108,6 +108,17 @@ impl TileConfig {
         self.kernel_name(false) + "_gelu"
     }
 
+    /// The config the fused GELU-backward epilogue runs for `self`: the same but 192 wide where
+    /// `self` is 256 wide (no 256-wide fused instance: its accumulators leave the epilogue's MVUE
+    /// too few registers, 2.2x slower on the H100).
+    pub fn for_fused_epilogue(self) -> TileConfig {
+        if self.bn == 256 {
+            TileConfig { bn: 192, stages: 5, ..self }
+        } else {
+            self
+        }
+    }
+
     /// Dynamic shared memory the instance needs (mirrors `Smem` in the kernel).
     pub fn smem_bytes(self) -> usize {
         let (bn, s) = (self.bn as usize, self.stages as usize);
@@ -376,7 +387,12 @@ fn is_sm90(dev: &Device) -> Result<bool> {
 /// operand) into `s`. Bit for bit `sparse_gemm` (D column-major, bf16) then `gelu_backward` then
 /// `mvue24_compress_into(dH, seed, step)`, without writing dA or reading dH back. F and tokens
 /// multiples of 64, d of 64. `config`: the tile configuration (None: the table's pick for the
-/// plain GEMM of this shape). Hopper runs the fused kernel; other GPUs run the three kernels.
+/// plain GEMM of this shape; a 256-wide one runs 192 wide, `TileConfig::for_fused_epilogue`).
+/// Hopper runs the fused kernel; other GPUs run the three kernels. Speed on the H100 at GPT-2
+/// medium (16384 tokens, F = 4096, d = 1024; docs/bench/kernels-h100.md): the GEMM + GELU 0.277 ms
+/// against 0.290 ms for the GEMM then `gelu_backward`; with MVUE 0.366 ms against 0.378 ms for
+/// the three kernels: MVUE's arithmetic still adds its standalone time (the epilogue does not
+/// overlap the main loop in the cooperative instances, and the ping-pong one is slower).
 pub fn sparse_gemm_gelu_backward(
     dev: &Device,
     w2t: &Sparse24,
@@ -469,6 +485,8 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
             .unwrap_or_else(|| TileConfig::default_for(m, n, sms))
     });
+    // The fused epilogue: the plain GEMM's pick (the table times that), at a fused instance.
+    let cfg = if fused.is_some() { cfg.for_fused_epilogue() } else { cfg };
     if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }

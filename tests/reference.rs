@@ -303,3 +303,31 @@ fn matmul_is_the_triple_loop() {
         }
     }
 }
+
+/// The AdamW reference's masked decay reaches the moments of pruned weights only: with no
+/// gradient and empty moments, a kept weight's moments stay zero and it moves by its decoupled
+/// decay alone; a pruned weight's first moment becomes (1 - beta1) lambda w.
+#[test]
+fn adamw_masked_decays_only_pruned_weights() {
+    use twofour::reference::{adamw_masked, AdamWStep};
+    let mut mask = twofour::BitMask::zeros(4, 4);
+    for c in [0, 2] {
+        for r in 0..4 {
+            mask.set(r, c, true);
+        }
+    }
+    let mut w = vec![0.5f32; 16];
+    let (mut m, mut v) = (vec![0f32; 16], vec![0f32; 16]);
+    let step = AdamWStep { lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, c1: 0.1, c2: 0.05, gscale: 1.0, lambda: 0.2 };
+    adamw_masked(&mut w, &mut m, &mut v, &[0f32; 16], &mask, &step).unwrap();
+    for i in 0..16 {
+        if mask.get(i / 4, i % 4) {
+            assert_eq!((m[i], v[i]), (0.0, 0.0), "kept weight {i}: no decay in its moments");
+            assert_eq!(w[i], 0.5 - 0.01 * (0.1 * 0.5), "kept weight {i}: decoupled decay only");
+        } else {
+            assert_eq!(m[i], (1.0 - 0.9f32) * (0.2 * 0.5), "pruned weight {i}: masked decay in its first moment");
+            assert!(w[i] < 0.5 - 0.01 * (0.1 * 0.5), "pruned weight {i}: pulled further towards zero");
+        }
+    }
+    assert!(adamw_masked(&mut w, &mut m, &mut v, &[0f32; 15], &mask, &step).is_err(), "a gradient of the wrong length is a typed error");
+}

@@ -323,8 +323,8 @@ fn sparse_linear_three_gemms_match_reference() {
 /// fc2's dX GEMM with fc1's GELU backward and MVUE in its epilogue (`sparse_gemm_gelu_backward`)
 /// is, bit for bit, `sparse_gemm` (bf16, column-major) then `gelu_backward` then
 /// `mvue24_compress_into` (each checked against the CPU reference by its own tests): dH and
-/// S(dH^T)'s values, metadata and mask, on every K-major instance, data-parallel and stream-K, with
-/// and without MVUE. 192 x 320 x 128: a half-empty second M tile (its lower warpgroup's rows lie
+/// S(dH^T)'s values, metadata and mask, on every K-major config (the 256-wide ones run at the
+/// 192-wide fused instance), data-parallel and stream-K, with and without MVUE. 192 x 320 x 128: a half-empty second M tile (its lower warpgroup's rows lie
 /// beyond M) and a ragged last N tile (one of its 64-token chunks inside); 1088 x 2112 x 512: more
 /// tiles than SMs for the narrow instances, a stream-K tail for all. Poisoned outputs, fresh
 /// random inputs; then the typed errors. On the Ampere image the same call runs the three kernels.
@@ -341,11 +341,14 @@ fn sparse_gemm_gelu_backward_is_gemm_then_gelu_then_mvue() {
         for base in TileConfig::ALL.iter() {
             let schedules: &[Schedule] = if base.pingpong { &[Schedule::DataParallel] } else { &[Schedule::DataParallel, Schedule::StreamK] };
             for &schedule in schedules {
+                // The fused call runs a 256-wide config at the 192-wide instance: the plain GEMM
+                // does the same, so that stream-K splits the same tiles.
                 let cfg = TileConfig { schedule, ..*base };
                 let what = format!("F {f} tokens {tokens} d {d_model} {cfg:?}");
+                let plain_cfg = cfg.for_fused_epilogue();
                 // The three kernels.
                 let mut da = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
-                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(cfg), ..Default::default() };
+                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(plain_cfg), ..Default::default() };
                 sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy), &mut da, &opts).unwrap();
                 let mut dh_want = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
                 gelu_backward(&dev, &x, &da, &mut dh_want).unwrap();

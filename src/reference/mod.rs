@@ -11,7 +11,7 @@ pub mod prune24;
 pub mod transposable;
 
 pub use compress::{compress, compress_transposed, decompress};
-pub use decay::{flip_rate, masked_decay};
+pub use decay::{adamw_masked, flip_rate, masked_decay, AdamWStep};
 pub use gated::{gated_backward, gated_forward, gelu_backward, Gate};
 pub use gemm::{linear_forward, linear_grad_input, linear_grad_weight, matmul};
 pub use mvue::{mvue24, mvue24_f32, mvue24_with_mask};
