@@ -152,7 +152,8 @@ fn adamw_masked_compress_matches_reference() {
     // Typed errors: dimensions not multiples of 32, state of another shape, outputs of another shape.
     let rect = |r: usize, c: usize| DeviceMatrix::from_host(&dev, r, c, &vec![0f32; r * c]).unwrap();
     let (mut a, mut b, mut c) = (rect(48, 64), rect(48, 64), rect(48, 64));
-    let (mut o1, mut o2) = (Sparse24::alloc(&dev, 48, 64).unwrap(), Sparse24::alloc(&dev, 64, 48).unwrap());
+    // (W^T of a 48 x 64 W has 48 columns, which no Sparse24 can: the dimension check comes first.)
+    let (mut o1, mut o2) = (Sparse24::alloc(&dev, 48, 64).unwrap(), Sparse24::alloc(&dev, 64, 64).unwrap());
     assert!(matches!(adamw_masked_compress_async(&dev, &mut a, &mut b, &mut c, &rect(48, 64), &step, &mut o1, &mut o2), Err(Error::Unsupported { .. })));
     let mut m_small = rect(32, 64);
     assert!(matches!(adamw_masked_compress_async(&dev, &mut w64, &mut m_small, &mut v64, &g64, &step, &mut bad_w, &mut bad_wt), Err(Error::Shape { .. })));
