@@ -205,6 +205,9 @@ fn main() {
                 let mut d = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
                 let mut run = || -> Result<f64, String> {
                     let mut spmm = lib.plan(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut d)?;
+                    if let Ok((id, split_k, mode)) = lib.chosen(&spmm) {
+                        println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode})", s.name, pass.name());
+                    }
                     let mut err = None;
                     let t = time_calls(&dev, 3, a.reps, Some(&mut flush), || {
                         if let Err(e) = lib.matmul(&dev, &mut spmm, b_src.data(), &mut d) {

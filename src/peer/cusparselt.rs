@@ -159,6 +159,29 @@ impl CuSparseLt {
         Ok(spmm)
     }
 
+    /// The algorithm the search kept in `spmm`'s plan: (configuration id of
+    /// CUSPARSELT_MATMUL_ALG_CONFIG_ID, split-K factor, split-K mode: 1 one kernel, 2 two kernels),
+    /// so a profile can name the kernel the timed calls launch.
+    pub fn chosen(&self, spmm: &SpMM) -> Result<(i32, i32, i32), String> {
+        let mut v = [0i32; 3];
+        let attrs = [
+            sys::cusparseLtMatmulAlgAttribute_t_CUSPARSELT_MATMUL_ALG_CONFIG_ID,
+            sys::cusparseLtMatmulAlgAttribute_t_CUSPARSELT_MATMUL_SPLIT_K,
+            sys::cusparseLtMatmulAlgAttribute_t_CUSPARSELT_MATMUL_SPLIT_K_MODE,
+        ];
+        for (out, attr) in v.iter_mut().zip(attrs) {
+            // SAFETY: the handle and the selection live as long as `self` and `spmm`; the
+            // attribute is an int (cusparseLt.h), written into `out`.
+            unsafe {
+                self.check(
+                    self.lib.cusparseLtMatmulAlgGetAttribute(&*self.handle, &*spmm._alg, attr, out as *mut i32 as *mut c_void, std::mem::size_of::<i32>()),
+                    "reading the chosen algorithm",
+                )?;
+            }
+        }
+        Ok((v[0], v[1], v[2]))
+    }
+
     /// Runs a planned product on `b` into `d`.
     pub fn matmul(&self, dev: &Device, spmm: &mut SpMM, b: &CudaSlice<bf16>, d: &mut CudaSlice<bf16>) -> Result<(), String> {
         let stream = dev.stream();
