@@ -4,6 +4,8 @@
 //!
 //!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--no-stream-k]
 //!        [--no-cusparselt]   (leave the cuSPARSELt peer out: for ncu, which it does not survive)
+//!        [--cslt-alg ID]     (cuSPARSELt with that algorithm, no search: its first launch is the
+//!                             timed kernel, for a profile; the bench prints the id each search keeps)
 //!        [--pass fwd|dx|dw] [--config SUBSTRING]   (only that pass / the instances whose name, as
 //!        --all-configs prints it, contains SUBSTRING: one kernel for ncu)
 //! (cargo bench passes --bench, which is ignored.)
@@ -29,6 +31,8 @@ struct Args {
     /// Also time each single-CTA cooperative instance with the stream-K schedule.
     stream_k: bool,
     no_cusparselt: bool,
+    /// cuSPARSELt's algorithm (config id) without a search.
+    cslt_alg: Option<i32>,
     pass: Option<String>,
     config: Option<String>,
 }
@@ -40,7 +44,7 @@ fn config_name(c: &TileConfig) -> String {
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, pass: None, config: None };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, cslt_alg: None, pass: None, config: None };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -62,6 +66,10 @@ fn args() -> Args {
             "--stream-k" => a.stream_k = true,
             "--no-stream-k" => a.stream_k = false,
             "--no-cusparselt" => a.no_cusparselt = true,
+            "--cslt-alg" => {
+                a.cslt_alg = v[i + 1].parse().ok();
+                i += 1;
+            }
             "--max-cluster" => {
                 a.max_cluster = v[i + 1].parse().unwrap_or(2);
                 i += 1;
@@ -204,7 +212,7 @@ fn main() {
                 let mut a_copy = dev.stream().clone_dtod(a_src.data()).unwrap();
                 let mut d = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
                 let mut run = || -> Result<f64, String> {
-                    let mut spmm = lib.plan(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut d)?;
+                    let mut spmm = lib.plan_alg(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut d, a.cslt_alg)?;
                     if let Ok((id, split_k, mode)) = lib.chosen(&spmm) {
                         println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode})", s.name, pass.name());
                     }

@@ -95,11 +95,27 @@ impl CuSparseLt {
     pub fn plan(
         &self,
         dev: &Device,
+        shape: (usize, usize, usize),
+        orders: (Order, Order, Order),
+        a: &mut CudaSlice<bf16>,
+        b: &CudaSlice<bf16>,
+        d: &mut CudaSlice<bf16>,
+    ) -> Result<SpMM, String> {
+        self.plan_alg(dev, shape, orders, a, b, d, None)
+    }
+
+    /// `plan` with the algorithm given (`Some(config id)`, as `chosen` reports it: no search, so a
+    /// profile's first launch is that algorithm's kernel) or searched (`None`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_alg(
+        &self,
+        dev: &Device,
         (m, n, k): (usize, usize, usize),
         (a_order, b_order, d_order): (Order, Order, Order),
         a: &mut CudaSlice<bf16>,
         b: &CudaSlice<bf16>,
         d: &mut CudaSlice<bf16>,
+        forced: Option<i32>,
     ) -> Result<SpMM, String> {
         let h = &*self.handle;
         let bf = sys::cudaDataType_t_CUDA_R_16BF;
@@ -124,6 +140,13 @@ impl CuSparseLt {
         unsafe {
             self.check(self.lib.cusparseLtMatmulDescriptorInit(h, &mut *mm, op, op, &*da, &*db, &*dd, &*dd, sys::cusparseComputeType_CUSPARSE_COMPUTE_32F), "matmul descriptor")?;
             self.check(self.lib.cusparseLtMatmulAlgSelectionInit(h, &mut *alg, &*mm, sys::cusparseLtMatmulAlg_t_CUSPARSELT_MATMUL_ALG_DEFAULT), "algorithm selection")?;
+            if let Some(id) = forced {
+                let id = id as std::os::raw::c_int;
+                self.check(
+                    self.lib.cusparseLtMatmulAlgSetAttribute(h, &mut *alg, sys::cusparseLtMatmulAlgAttribute_t_CUSPARSELT_MATMUL_ALG_CONFIG_ID, &id as *const std::os::raw::c_int as *const c_void, std::mem::size_of::<std::os::raw::c_int>()),
+                    "setting the algorithm",
+                )?;
+            }
             self.check(self.lib.cusparseLtMatmulPlanInit(h, &mut *plan, &*mm, &*alg), "plan")?;
             let (pa, _ga) = a.device_ptr_mut(stream);
             self.check(self.lib.cusparseLtSpMMAPrune(h, &*mm, pa as *const c_void, pa as *mut c_void, sys::cusparseLtPruneAlg_t_CUSPARSELT_PRUNE_SPMMA_TILE, raw_stream), "prune")?;
@@ -143,6 +166,10 @@ impl CuSparseLt {
             self.check(self.lib.cusparseLtSpMMACompress(h, &*plan, pa as *const c_void, pc as *mut c_void, ps as *mut c_void, raw_stream), "compress")?;
         }
         let mut spmm = SpMM { plan, _descs: vec![da, db, dd], _alg: alg, a_compressed, workspace };
+        if forced.is_some() {
+            drop(mm);
+            return Ok(spmm);
+        }
         // Search: cuSPARSELt times its algorithms on these operands and keeps the fastest in the plan.
         let (alpha, beta) = (1f32, 0f32);
         unsafe {
