@@ -38,7 +38,8 @@
 // Shared-memory layouts (what the wgmma descriptors describe, PTX ISA 9.7.15.5.1):
 //   A stage: 128 rows x 32 compressed values (64 B a row), TMA 64B swizzle; SBO = 512 B (8 rows).
 //   B stage, K-major: BN rows x 64 K values (128 B a row), TMA 128B swizzle; SBO = 1024 B (8 rows).
-//   BN is 128, 192 or 256 (a multiple of the 64-column epilogue chunk and of the N-major block);
+//   BN is 128, 192 or 256 (a multiple of the 64-column epilogue chunk and of the N-major block;
+//   256 also with 5 stages and a slim epilogue, see Smem::SLIM);
 //   192 fills the SMs better where N / 256 leaves a partial last wave (docs/bench/notes.md).
 //   The second k32 step of a stage starts 32 B (A) / 64 B (B) into the swizzle atom, the usual
 //   descriptor advance inside an atom.
@@ -237,9 +238,15 @@ struct Smem {
     static constexpr int A_BYTES = BM * (BK / 2) * 2;  // 8 KB
     static constexpr int B_BYTES = BN * BK * 2;        // 16 / 32 KB
     static constexpr int E_BYTES = (BM / 16) * (BK / 32) * 16 * 4;  // 1 KB
-    // f32 staging (2 x 64 x 68 words) or, for TMA stores, 2 warpgroups x 2 buffers x 8 KB.
-    static constexpr int EPI_BYTES = 2 * 64 * EPI_PITCH * 4;
-    static_assert(EPI_BYTES >= 2 * 2 * 8192, "TMA store buffers must fit the staging region");
+    // SLIM (the 5-stage 128 x 256 instances): one 8 KB TMA-store buffer a warpgroup and no f32
+    // staging, which leaves room for a fifth 41 KB stage (cuSPARSELt's kernel for the long-K dW
+    // shapes has the same tile with 232 KB: docs/bench/notes.md). bf16 output without beta only:
+    // the host runs the 4-stage instance for the staged epilogues.
+    static constexpr bool SLIM = BN == 256 && STAGES == 5;
+    static constexpr int TMA_BUFS = SLIM ? 1 : 2;  // TMA store buffers a warpgroup
+    // f32 staging (2 x 64 x 68 words) or, for TMA stores, 2 warpgroups x TMA_BUFS x 8 KB.
+    static constexpr int EPI_BYTES = SLIM ? 2 * 8192 : 2 * 64 * EPI_PITCH * 4;
+    static_assert(SLIM || EPI_BYTES >= 2 * 2 * 8192, "TMA store buffers must fit the staging region");
     static constexpr int A_OFF = 0;
     static constexpr int B_OFF = A_OFF + STAGES * A_BYTES;
     static constexpr int E_OFF = B_OFF + STAGES * B_BYTES;
@@ -525,18 +532,19 @@ __device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* st
 // stores from the two alternating swizzled buffers; otherwise staged f32 chunks, 16-byte stores.
 // FUSE: the fused GELU-backward epilogue; PRELOAD: its X loads issued before the chunk is staged
 // (not in ping-pong, whose other accumulators leave no room for them).
-template <int BN, int FUSE, bool PRELOAD, int R>
+template <int BN, int FUSE, bool PRELOAD, int BUFS, int R>
 __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R], uint8_t* tma_buf, float* stage_epi,
                                            int& epi_count, const TensorMap* td, int gm0, int n0, int tid) {
     const int warp = tid >> 5, lane = tid & 31;
-    if (!FUSE && p.tma_store) {
+    // BUFS == 1 (SLIM): TMA stores only, from one buffer (the host guarantees bf16 without beta).
+    if (BUFS == 1 || (!FUSE && p.tma_store)) {
         const int rlo = gm0 + 16 * warp + (lane >> 2), rhi = rlo + 8;
         const float b_lo = p.bias && rlo < p.m ? p.bias[rlo] : 0.f;
         const float b_hi = p.bias && rhi < p.m ? p.bias[rhi] : 0.f;
 #pragma unroll
         for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
-            uint8_t* buf = tma_buf + (epi_count & 1) * 8192;
-            if (tid == 0) tma_store_wait_read<1>();
+            uint8_t* buf = tma_buf + (BUFS == 2 ? (epi_count & 1) * 8192 : 0);
+            if (tid == 0) tma_store_wait_read<BUFS - 1>();
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
             stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
             asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -580,7 +588,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     const int tid = threadIdx.x - 128 * (wg + 1);  // 0..127 within the consumer warpgroup
     const int warp = tid >> 5, lane = tid & 31;
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
-    uint8_t* tma_buf = smem + S::EPI_OFF + wg * 2 * 8192;
+    uint8_t* tma_buf = smem + S::EPI_OFF + wg * S::TMA_BUFS * 8192;
     int epi_count = 0;  // TMA store buffers alternate
     // This lane's metadata word within a stage: row-block (4 wg + warp), word 2g + t of each k32
     // chunk (lanes with t >= 2 read a neighbour's word; selector 0 ignores them).
@@ -640,7 +648,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             }
             for (int i = 0; i < p.pieces - 1; ++i) fixup_add(p, acc, tid, ((first + i) * CM + rank) * 2 + wg);
         }
-        store_half<BN, FUSE, true>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
+        store_half<BN, FUSE, true, S::TMA_BUFS>(p, acc, tma_buf, stage_epi, epi_count, td, gm0, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();  // shared memory must outlive the stores' reads
 }
@@ -668,7 +676,7 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
     const int tid = threadIdx.x - 128 * (wg + 1);
     const int warp = tid >> 5, lane = tid & 31;
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
-    uint8_t* tma_buf = smem + S::EPI_OFF + wg * 2 * 8192;
+    uint8_t* tma_buf = smem + S::EPI_OFF + wg * S::TMA_BUFS * 8192;
     int epi_count = 0;
     // Metadata words of this lane for row-blocks warp (half 0) and 4 + warp (half 1).
     const int e_word0 = warp * 32 + ((lane >> 2) * 2) + (lane & 1), e_word1 = e_word0 + 4 * 32;
@@ -732,8 +740,8 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
         fence_acc(acc0);
         fence_acc(acc1);
         if (lane == 0) mbar_arrive(&empty[(s + STAGES - 1) % STAGES]);
-        store_half<BN, FUSE, false>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
-        store_half<BN, FUSE, false>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
+        store_half<BN, FUSE, false, S::TMA_BUFS>(p, acc0, tma_buf, stage_epi, epi_count, td, m0, n0, tid);
+        store_half<BN, FUSE, false, S::TMA_BUFS>(p, acc1, tma_buf, stage_epi, epi_count, td, m0 + 64, n0, tid);
     }
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
@@ -858,9 +866,11 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_c2_##SUFFIX, TWOFOUR_CLUSTER_2X1, BN, STAGES, B_MN, 2, 0, FUSE)
 
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90(256, 5, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90(256, 5, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90(192, 5, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k, 0)

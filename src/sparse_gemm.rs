@@ -67,15 +67,35 @@ pub enum Schedule {
 
 impl TileConfig {
     /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
-    /// two wider ones also in clusters of two sharing B, and 128 x 128 with ping-pong consumers.
-    pub const ALL: [TileConfig; 6] = [
+    /// two wider ones also in clusters of two sharing B, 128 x 128 with ping-pong consumers, and
+    /// 128 x 256 with 5 stages and a slim epilogue (`is_slim`).
+    pub const ALL: [TileConfig; 7] = [
         TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true, tail_pieces: 0 },
+        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
     ];
+
+    /// The 5-stage 128 x 256 instance: one 8 KB TMA-store buffer a consumer warpgroup and no f32
+    /// staging, which frees the shared memory of a fifth stage (cuSPARSELt's kernel for the
+    /// long-K dW shapes, same tile, has 232 KB: docs/bench/notes.md). It writes bf16 without
+    /// beta only; other epilogues run it as the 4-stage instance (`for_epilogue`).
+    pub fn is_slim(self) -> bool {
+        self.bn == 256 && self.stages == 5
+    }
+
+    /// The config an epilogue that stages f32 chunks (f32 output, beta, the fused GELU backward)
+    /// runs for `self`: the 4-stage sibling of the slim instance, `self` otherwise.
+    pub fn for_epilogue(self, staged: bool) -> TileConfig {
+        if staged && self.is_slim() {
+            TileConfig { stages: 4, ..self }
+        } else {
+            self
+        }
+    }
 
     /// Whether `Schedule::Auto` picks stream-K. Never, for now: stream-K in K pieces wins on some
     /// partial-wave shapes (up to 1.24x) and loses on others (up to 1.17x slower) on the H100
@@ -123,7 +143,8 @@ impl TileConfig {
     pub fn smem_bytes(self) -> usize {
         let (bn, s) = (self.bn as usize, self.stages as usize);
         let stage = Self::BM * Self::BK / 2 * 2 + bn * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4;
-        s * stage + 2 * 64 * 68 * 4 + 2 * s * 8 + 1024
+        let epilogue = if self.is_slim() { 2 * 8192 } else { 2 * 64 * 68 * 4 };
+        s * stage + epilogue + 2 * s * 8 + 1024
     }
 
     /// The raster group that balances the bytes of A and B a wave of `sms` CTAs touches: a wave
@@ -485,8 +506,9 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             .and_then(|t| t.lookup("sparse_gemm", &storage_layout(b_n_major, col), m, n, k))
             .unwrap_or_else(|| TileConfig::default_for(m, n, sms))
     });
-    // The fused epilogue: the plain GEMM's pick (the table times that), at a fused instance.
-    let cfg = if fused.is_some() { cfg.for_fused_epilogue() } else { cfg };
+    // The fused epilogue: the plain GEMM's pick (the table times that), at a fused instance; the
+    // staged epilogues at a non-slim one.
+    let cfg = if fused.is_some() { cfg.for_fused_epilogue() } else { cfg.for_epilogue(T::IS_F32 != 0 || opts.beta != 0.0) };
     if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
@@ -628,6 +650,21 @@ mod tests {
         assert_eq!(TileConfig::default_for(3072, 768, 132).bn, 192);
         assert_eq!(TileConfig::ALL[3].kernel_name(false), "sparse_gemm_sm90_bn256_s4_c2_k");
         assert_eq!(TileConfig::ALL[0].kernel_name(true), "sparse_gemm_sm90_bn256_s4_n");
+    }
+
+    /// Every instance fits the H100's 227 KB of shared memory a block (the slim one by its smaller
+    /// epilogue), and the staged epilogues never run the slim instance.
+    #[test]
+    fn instances_fit_shared_memory_and_slim_maps_to_staged() {
+        for c in TileConfig::ALL {
+            assert!(c.smem_bytes() <= 232_448, "{c:?}: {} bytes", c.smem_bytes());
+        }
+        let slim = TileConfig::ALL[6];
+        assert!(slim.is_slim() && !TileConfig::ALL[0].is_slim());
+        assert_eq!(slim.for_epilogue(true), TileConfig::ALL[0]);
+        assert_eq!(slim.for_epilogue(false), slim);
+        assert_eq!(slim.for_fused_epilogue().bn, 192);
+        assert!(TileConfig::ALL.iter().all(|c| c.for_epilogue(true).smem_bytes() <= 232_448 && !c.for_epilogue(true).is_slim()));
     }
 
     /// The kernel's `Schedule` (cuda/sparse_gemm_sm90.cu), step for step: the segments
