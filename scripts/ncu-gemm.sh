@@ -12,6 +12,10 @@
 # names and counts of every kernel the bench launches for that shape and pass (to find
 # cuSPARSELt's kernel name for `peer:`), e.g.
 #   bash scripts/ncu-gemm.sh list:gpt2-medium.fc1@16k:16384:1024:4096:dw:peer-list
+# `peer-chosen` profiles the kernel of the algorithm cuSPARSELt's search keeps (the bench prints it;
+# then `--cslt-alg` runs it without the search): one search name runs at several grids, so
+# `peer:REGEX` may catch a search candidate (docs/bench/notes.md), e.g.
+#   bash scripts/ncu-gemm.sh cslt:gpt2-medium.fc1@16k:16384:1024:4096:dw:peer-chosen
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/gpu-logs}
@@ -45,6 +49,15 @@ for spec in "$@"; do
     "$ncu" --clock-control none --section LaunchStats --print-summary per-kernel -c 400 "${bench[@]}" >"$out/ncu-$tag.txt" 2>&1
     printf '%-24s kernels launched:\n' "$tag"
     grep -E "^  [A-Za-z_].*\(|^    Section" "$out/ncu-$tag.txt" | grep -v Section | sed 's/^ *//' | sort | uniq -c | sort -rn | head -40
+    continue
+  fi
+  if [ "$config" = peer-chosen ]; then
+    # cuSPARSELt at the algorithm its search keeps (the bench prints it), without the search: the
+    # first sm90_xmma launch after the warm-up is the kernel the timed calls run.
+    alg=$("${bench[@]}" 2>&1 | sed -n 's/.*cuSPARSELt .*: algorithm \([0-9-]*\),.*/\1/p' | head -1)
+    [ -n "$alg" ] || { printf '%-24s no algorithm printed (cuSPARSELt unavailable?)\n' "$tag"; continue; }
+    "$ncu" --clock-control none -k regex:sm90_xmma -s 2 -c 1 --section SpeedOfLight --section LaunchStats --metrics "$metrics" "${bench[@]}" --cslt-alg "$alg" >"$out/ncu-$tag.txt" 2>&1
+    printf '%-24s algorithm %s: %s\n' "$tag" "$alg" "$(grep -E "sm90_xmma.*\(|Duration|Grid Size|Dynamic Shared|DRAM Throughput|Compute \(SM\)|dram__|lts__|sm__|l1tex__" "$out/ncu-$tag.txt" | sed 's/^ *//; s/  */ /g' | tr '\n' ';')"
     continue
   fi
   if [ "$config" = peer ]; then
