@@ -13,7 +13,11 @@ use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 fn check(op: &'static str, w: &DeviceMatrix<bf16>, out_w: &Sparse24, out_wt: &Sparse24) -> Result<()> {
-    let (r, c) = (w.rows(), w.cols());
+    check_dims(op, w.rows(), w.cols(), out_w, out_wt)
+}
+
+/// The rules for an r x c W (bf16, or the f32 master weights) and its two compressed outputs.
+fn check_dims(op: &'static str, r: usize, c: usize, out_w: &Sparse24, out_wt: &Sparse24) -> Result<()> {
     if r % 32 != 0 || c % 32 != 0 {
         return Err(unsupported(op, format!("W is {r} x {c}: both dimensions must be multiples of 32 (W and W^T are both compressed); pad the weight")));
     }
@@ -134,16 +138,11 @@ pub fn adamw_masked_compress_async(
 ) -> Result<MaskStatus> {
     let op = "adamw_masked_compress";
     let (r, c) = (w.rows(), w.cols());
-    if r % 32 != 0 || c % 32 != 0 {
-        return Err(unsupported(op, format!("W is {r} x {c}: both dimensions must be multiples of 32 (W and W^T are both compressed); pad the weight")));
-    }
+    check_dims(op, r, c, out_w, out_wt)?;
     for (name, x) in [("m", (m.rows(), m.cols())), ("v", (v.rows(), v.cols())), ("grad", (grad.rows(), grad.cols()))] {
         if x != (r, c) {
             return Err(shape(op, format!("{name} is {} x {}, W is {r} x {c}: the optimizer state must have W's shape", x.0, x.1)));
         }
-    }
-    if (out_w.rows(), out_w.cols()) != (r, c) || (out_wt.rows(), out_wt.cols()) != (c, r) {
-        return Err(shape(op, format!("outputs are {}x{} and {}x{}, need {r}x{c} (W) and {c}x{r} (W^T)", out_w.rows(), out_w.cols(), out_wt.rows(), out_wt.cols())));
     }
     let name = "adamw_masked_compress_w4";
     let f = dev.function(name)?;
