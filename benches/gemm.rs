@@ -1,11 +1,16 @@
 //! twofour's sparse GEMM vs cuBLASLt dense (and cuSPARSELt when bound) on transformer FFN shapes,
-//! in the three GEMMs of a linear layer. One process, random bf16 data, warm-up, median of
-//! repeats with L2 flushed before each. TFLOP/s are dense-equivalent (2 M N K / time).
+//! in the three GEMMs of a linear layer. One process, random bf16 data; our fastest instance is
+//! picked first, then the three contenders run interleaved (one call each a round, L2 flushed
+//! before each call, warm-up first) and each reports its median. TFLOP/s are dense-equivalent
+//! (2 M N K / time).
 //!
 //!   gemm [--shapes name:tokens:d_in:d_out,...] [--json PATH] [--reps N] [--all-configs] [--max-cluster 1|2] [--no-stream-k]
 //!        [--no-cusparselt]   (leave the cuSPARSELt peer out: for ncu, which it does not survive)
 //!        [--cslt-alg ID]     (cuSPARSELt with that algorithm, no search: its first launch is the
 //!                             timed kernel, for a profile; the bench prints the id each search keeps)
+//!        [--select-reps N]   (repeats a candidate instance of ours gets while the fastest is picked;
+//!                             --reps is the head-to-head's rounds: one call of cuBLASLt, ours and
+//!                             cuSPARSELt a round, interleaved, L2 flushed before each)
 //!        [--pass fwd|dx|dw] [--config SUBSTRING]   (only that pass / the instances whose name, as
 //!        --all-configs prints it, contains SUBSTRING: one kernel for ncu)
 //! (cargo bench passes --bench, which is ignored.)
@@ -23,6 +28,8 @@ struct Args {
     shapes: Vec<LinearShape>,
     json: Option<String>,
     reps: usize,
+    /// Repeats a candidate instance gets when ours is picked (before the head-to-head).
+    select_reps: usize,
     /// Also print every compiled instance's time (stderr), not only the best.
     all_configs: bool,
     /// Only instances with cluster_m at most this (1: skip the cluster instances, which the
@@ -44,7 +51,7 @@ fn config_name(c: &TileConfig) -> String {
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, cslt_alg: None, pass: None, config: None };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, select_reps: 5, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, cslt_alg: None, pass: None, config: None };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -80,6 +87,10 @@ fn args() -> Args {
             }
             "--config" => {
                 a.config = v.get(i + 1).cloned();
+                i += 1;
+            }
+            "--select-reps" => {
+                a.select_reps = v[i + 1].parse().unwrap_or(5);
                 i += 1;
             }
             "--reps" => {
@@ -155,88 +166,114 @@ fn main() {
             }
             let (m, n, k) = s.mnk(pass);
             let flop = s.flops();
-            // Dense peer.
-            let cfg = dense_config(s, pass);
-            let mut c = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
+            // The dense peer's operands (cuBLASLt, column-major terms: dense_config).
             let (pa, pb) = match pass {
                 Pass::Forward => (w.data(), x.data()),
                 Pass::GradInput => (w.data(), dy.data()),
                 Pass::GradWeight => (x.data(), dy.data()),
             };
-            let dense_ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || {
-                // SAFETY: buffer sizes match cfg's dimensions and leading dimensions.
-                unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") })
-            }).unwrap());
-            let dense_tf = flop / dense_ms / 1e9;
-            // twofour: forward and dX read B K-major and write D column-major (= Y, dX row-major);
-            // dW reads X N-major and writes dW row-major. A for dW stands in for S(dY)^T: a 2:4
-            // matrix of the same shape (pruned random data; MVUE itself is benched separately).
-            let ours = {
-                let (sparse, b_op, col) = match pass {
-                    Pass::Forward => (prune24_compress(&dev, &w).unwrap(), BOperand::KMajor(&x), true),
-                    Pass::GradInput => (prune24_compress(&dev, &wt).unwrap(), BOperand::KMajor(&dy), true),
-                    Pass::GradWeight => (prune24_compress(&dev, &dyt).unwrap(), BOperand::NMajor(&x), false),
-                };
-                let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
-                let mut best: Option<(f64, TileConfig)> = None;
-                let mut each = Vec::new(); // (instance, ms) for --all-configs
-                let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
-                let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
-                for cfg in candidates {
-                    if a.config.as_ref().is_some_and(|sub| !config_name(&cfg).contains(sub.as_str())) {
-                        continue;
-                    }
-                    let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
-                    let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
-                    let ms = median(&time_calls(&dev, 3, a.reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
-                    if a.all_configs {
-                        let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
-                        eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(&cfg), ms, flop / ms / 1e9);
-                        each.push(format!("\"{}\":{ms:.5}", config_name(&cfg)));
-                    }
-                    if best.is_none_or(|b| ms < b.0) {
-                        best = Some((ms, cfg));
-                    }
-                }
-                (best, each)
+            // 1. Our instance: every candidate timed alone (3 warm-up calls, median of
+            //    `select_reps`); the fastest one goes into the head-to-head.
+            let (sparse, b_op, col) = match pass {
+                Pass::Forward => (prune24_compress(&dev, &w).unwrap(), BOperand::KMajor(&x), true),
+                Pass::GradInput => (prune24_compress(&dev, &wt).unwrap(), BOperand::KMajor(&dy), true),
+                Pass::GradWeight => (prune24_compress(&dev, &dyt).unwrap(), BOperand::NMajor(&x), false),
             };
-            let (ours, each_ms) = ours;
-            let ours_tf = ours.map(|(ms, _)| flop / ms / 1e9);
-            // cuSPARSELt on the same operands in the same layouts, its best algorithm (MatmulSearch).
-            let cslt_tf = cslt.as_ref().and_then(|lib| {
-                let (a_src, b_src, orders) = match pass {
-                    Pass::Forward => (&w, &x, (Order::Row, Order::Col, Order::Col)),
-                    Pass::GradInput => (&w, &dy, (Order::Col, Order::Col, Order::Col)),
-                    Pass::GradWeight => (&dy, &x, (Order::Col, Order::Row, Order::Row)),
-                };
+            let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
+            let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
+            let mut best: Option<(f64, TileConfig)> = None;
+            let mut each_ms = Vec::new(); // (instance, ms) for --all-configs
+            let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
+            let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
+            for cfg in candidates {
+                if a.config.as_ref().is_some_and(|sub| !config_name(&cfg).contains(sub.as_str())) {
+                    continue;
+                }
+                let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
+                let ms = median(&time_calls(&dev, 3, a.select_reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
+                if a.all_configs {
+                    let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
+                    eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(&cfg), ms, flop / ms / 1e9);
+                    each_ms.push(format!("\"{}\":{ms:.5}", config_name(&cfg)));
+                }
+                if best.is_none_or(|b| ms < b.0) {
+                    best = Some((ms, cfg));
+                }
+            }
+            // 2. cuSPARSELt on the same operands in the same layouts, planned with its search
+            //    (MatmulSearch) unless --cslt-alg forces an algorithm.
+            let (a_src, b_src, orders) = match pass {
+                Pass::Forward => (&w, &x, (Order::Row, Order::Col, Order::Col)),
+                Pass::GradInput => (&w, &dy, (Order::Col, Order::Col, Order::Col)),
+                Pass::GradWeight => (&dy, &x, (Order::Col, Order::Row, Order::Row)),
+            };
+            let mut cslt_d = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
+            let mut spmm = cslt.as_ref().and_then(|lib| {
                 let mut a_copy = dev.stream().clone_dtod(a_src.data()).unwrap();
-                let mut d = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
-                let mut run = || -> Result<f64, String> {
-                    let mut spmm = lib.plan_alg(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut d, a.cslt_alg)?;
-                    if let Ok((id, split_k, mode)) = lib.chosen(&spmm) {
-                        println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode})", s.name, pass.name());
-                    }
-                    let mut err = None;
-                    let t = time_calls(&dev, 3, a.reps, Some(&mut flush), || {
-                        if let Err(e) = lib.matmul(&dev, &mut spmm, b_src.data(), &mut d) {
-                            err = Some(e);
+                match lib.plan_alg(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut cslt_d, a.cslt_alg) {
+                    Ok(spmm) => {
+                        if let Ok((id, split_k, mode)) = lib.chosen(&spmm) {
+                            println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode})", s.name, pass.name());
                         }
-                        Ok(())
-                    })
-                    .map_err(|e| e.to_string())?;
-                    match err {
-                        Some(e) => Err(e),
-                        None => Ok(flop / median(&t) / 1e9),
+                        Some(spmm)
                     }
-                };
-                match run() {
-                    Ok(tf) => Some(tf),
                     Err(e) => {
                         println!("  cuSPARSELt {} {}: {e}", s.name, pass.name());
                         None
                     }
                 }
             });
+            // 3. Head-to-head: `reps` rounds, each one call of every contender (L2 flushed before
+            //    each), the order rotating a round. Timing the contenders one after the other
+            //    favoured whoever came first: on the H100 the same kernel runs up to ~15% slower
+            //    after a few seconds of full load (docs/bench/notes.md, "Interleaved rounds").
+            let mut c = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
+            let cfg = dense_config(s, pass);
+            let mut cslt_err: Option<String> = None;
+            let ours_opts = best.map(|(_, cfg)| GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() });
+            let times = {
+                let mut dense_call = || -> twofour::Result<()> {
+                    // SAFETY: buffer sizes match cfg's dimensions and leading dimensions.
+                    unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") })
+                };
+                let mut ours_call = || -> twofour::Result<()> {
+                    match &ours_opts {
+                        Some(o) => sparse_gemm(&dev, &sparse, b_op, &mut d, o),
+                        None => Ok(()),
+                    }
+                };
+                let mut cslt_call = || -> twofour::Result<()> {
+                    if let (Some(lib), Some(plan), None) = (cslt.as_ref(), spmm.as_mut(), cslt_err.as_ref()) {
+                        if let Err(e) = lib.matmul(&dev, plan, b_src.data(), &mut cslt_d) {
+                            cslt_err = Some(e);
+                        }
+                    }
+                    Ok(())
+                };
+                let mut calls: [&mut dyn FnMut() -> twofour::Result<()>; 3] = [&mut dense_call, &mut ours_call, &mut cslt_call];
+                round_robin(&dev, &mut flush, a.reps, &mut calls)
+            };
+            let times = match times {
+                Ok(t) => t,
+                Err(e) => {
+                    // A fault (cuSPARSELt's kernel once raised an illegal address here) poisons the
+                    // context: report it and stop with the records so far.
+                    println!("  {} {}: {e} (stopping; the JSON holds the pairs before this one)", s.name, pass.name());
+                    write_json(&a.json, &dev, commit, &records);
+                    std::process::exit(1);
+                }
+            };
+            let dense_tf = flop / median(&times[0]) / 1e9;
+            let ours = best.map(|(_, cfg)| (median(&times[1]), cfg));
+            let ours_tf = ours.map(|(ms, _)| flop / ms / 1e9);
+            let cslt_tf = match (&spmm, &cslt_err) {
+                (Some(_), None) => Some(flop / median(&times[2]) / 1e9),
+                (_, Some(e)) => {
+                    println!("  cuSPARSELt {} {}: {e}", s.name, pass.name());
+                    None
+                }
+                _ => None,
+            };
             let fmt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.0}"));
             println!(
                 "{:<22} {:>4} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>7}  {}",
@@ -267,6 +304,24 @@ fn main() {
         write_json(&a.json, &dev, commit, &records);
     }
     write_json(&a.json, &dev, commit, &records);
+}
+
+/// `reps` rounds of one call of each of `calls` (3 warm-up calls each first), L2 flushed before
+/// every call, the starting contender rotating a round so none always follows another: the
+/// contenders see the same clocks and temperature. Returns each contender's times (ms).
+fn round_robin(dev: &Device, flush: &mut cudarc::driver::CudaSlice<u8>, reps: usize, calls: &mut [&mut dyn FnMut() -> twofour::Result<()>]) -> twofour::Result<Vec<Vec<f64>>> {
+    let n = calls.len();
+    for call in calls.iter_mut() {
+        time_calls(dev, 3, 0, None, &mut **call)?;
+    }
+    let mut times = vec![Vec::with_capacity(reps); n];
+    for r in 0..reps {
+        for j in 0..n {
+            let i = (r + j) % n;
+            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), &mut *calls[i])?);
+        }
+    }
+    Ok(times)
 }
 
 /// Writes the records so far (atomically: temp file + rename), so a cut-off run keeps its numbers.
