@@ -208,12 +208,13 @@ fn main() {
                 Pass::GradWeight => (&dy, &x, (Order::Col, Order::Row, Order::Row)),
             };
             let mut cslt_d = dev.stream().alloc_zeros::<bf16>(m * n).unwrap();
+            // cuSPARSELt prunes A in place: a copy, kept alive as long as the plan.
+            let mut a_copy = dev.stream().clone_dtod(a_src.data()).unwrap();
             let mut spmm = cslt.as_ref().and_then(|lib| {
-                let mut a_copy = dev.stream().clone_dtod(a_src.data()).unwrap();
                 match lib.plan_alg(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut cslt_d, a.cslt_alg) {
                     Ok(spmm) => {
                         if let Ok((id, split_k, mode)) = lib.chosen(&spmm) {
-                            println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode})", s.name, pass.name());
+                            println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode}), workspace {} B (default algorithm: {} B)", s.name, pass.name(), CuSparseLt::workspace_bytes(&spmm).0, CuSparseLt::workspace_bytes(&spmm).1);
                         }
                         Some(spmm)
                     }
