@@ -7,6 +7,7 @@ use crate::device::Device;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 use std::ffi::{c_void, CStr};
+use std::sync::Arc;
 
 /// Where PyTorch's wheel puts the library on the lent GPU machines.
 const TORCH_PATH: &str = "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cusparselt/lib/libcusparseLt.so.0";
@@ -35,15 +36,21 @@ impl Order {
 
 /// The loaded library and one handle.
 pub struct CuSparseLt {
-    lib: sys::CusparseLt,
+    lib: Arc<sys::CusparseLt>,
     handle: Box<sys::cusparseLtHandle_t>,
 }
 
 /// A planned product with A pruned and compressed, its workspace, and the chosen algorithm.
+/// Dropping it destroys the plan and the descriptors (drop it before its `CuSparseLt`).
 pub struct SpMM {
+    lib: Arc<sys::CusparseLt>,
     plan: Box<sys::cusparseLtMatmulPlan_t>,
-    // Kept alive (boxed, so their addresses are stable) for as long as the plan refers to them.
+    // Kept alive (boxed, so their addresses are stable) for as long as the plan refers to them:
+    // the matrix and matmul descriptors and the algorithm selection. (The matmul descriptor was
+    // once freed after planning: the plan reads it at every call, and the timed calls then
+    // faulted with an illegal address once the freed memory was reused.)
     _descs: Vec<Box<sys::cusparseLtMatDescriptor_t>>,
+    _mm: Box<sys::cusparseLtMatmulDescriptor_t>,
     _alg: Box<sys::cusparseLtMatmulAlgSelection_t>,
     a_compressed: CudaSlice<u8>,
     workspace: CudaSlice<u8>,
@@ -65,7 +72,7 @@ impl CuSparseLt {
                     if status != sys::cusparseStatus_t_CUSPARSE_STATUS_SUCCESS {
                         return Err(format!("cusparseLtInit failed with status {status}"));
                     }
-                    return Ok(Self { lib, handle });
+                    return Ok(Self { lib: Arc::new(lib), handle });
                 }
                 Err(e) => errors.push(format!("{name}: {e}")),
             }
@@ -167,9 +174,8 @@ impl CuSparseLt {
             let (ps, _gs) = scratch.device_ptr_mut(stream);
             self.check(self.lib.cusparseLtSpMMACompress(h, &*plan, pa as *const c_void, pc as *mut c_void, ps as *mut c_void, raw_stream), "compress")?;
         }
-        let mut spmm = SpMM { plan, _descs: vec![da, db, dd], _alg: alg, a_compressed, workspace, default_workspace: ws_size };
+        let mut spmm = SpMM { lib: self.lib.clone(), plan, _descs: vec![da, db, dd], _mm: mm, _alg: alg, a_compressed, workspace, default_workspace: ws_size };
         if forced.is_some() {
-            drop(mm);
             return Ok(spmm);
         }
         // Search: cuSPARSELt times its algorithms on these operands and keeps the fastest in the plan.
@@ -194,7 +200,6 @@ impl CuSparseLt {
         if ws_after > spmm.workspace.len() {
             spmm.workspace = stream.alloc_zeros::<u8>(ws_after).map_err(|e| e.to_string())?;
         }
-        drop(mm);
         Ok(spmm)
     }
 
@@ -241,6 +246,18 @@ impl CuSparseLt {
                 self.lib.cusparseLtMatmul(&*self.handle, &*spmm.plan, &alpha as *const f32 as *const c_void, pc as *const c_void, pb as *const c_void, &beta as *const f32 as *const c_void, pd as *const c_void, pd as *mut c_void, pw as *mut c_void, &mut raw_stream, 1),
                 "matmul",
             )
+        }
+    }
+}
+
+impl Drop for SpMM {
+    fn drop(&mut self) {
+        // SAFETY: the plan and descriptors were initialised by plan_alg and are destroyed once.
+        unsafe {
+            self.lib.cusparseLtMatmulPlanDestroy(&*self.plan);
+            for d in &self._descs {
+                self.lib.cusparseLtMatDescriptorDestroy(&**d);
+            }
         }
     }
 }
