@@ -8,7 +8,7 @@
 //!        [--no-cusparselt]   (leave the cuSPARSELt peer out: for ncu, which it does not survive)
 //!        [--cslt-alg ID]     (cuSPARSELt with that algorithm, no search: its first launch is the
 //!                             timed kernel, for a profile; the bench prints the id each search keeps)
-//!        [--select-reps N]   (repeats a candidate instance of ours gets while the fastest is picked;
+//!        [--select-reps N]   (rounds of our candidate instances, interleaved, to pick the fastest;
 //!                             --reps is the head-to-head's rounds: one call of cuBLASLt, ours and
 //!                             cuSPARSELt a round, interleaved, L2 flushed before each)
 //!        [--pass fwd|dx|dw] [--config SUBSTRING]   (only that pass / the instances whose name, as
@@ -181,23 +181,32 @@ fn main() {
             };
             let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
             let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
+            let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
+            let candidates: Vec<TileConfig> = TileConfig::ALL
+                .iter()
+                .filter(|c| c.cluster_m <= a.max_cluster)
+                .map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c })
+                .chain(sk)
+                .filter(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())))
+                .collect();
+            // Interleaved like the head-to-head below: timed one after the other, the first
+            // instances ran cooler and won picks they should not have.
+            let sel = round_robin(&dev, &mut flush, a.select_reps, candidates.len(), |i| {
+                let opts = GemmOptions { d_layout: Some(layout), config: Some(candidates[i]), ..Default::default() };
+                sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)
+            })
+            .unwrap();
             let mut best: Option<(f64, TileConfig)> = None;
             let mut each_ms = Vec::new(); // (instance, ms) for --all-configs
-            let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
-            let candidates = TileConfig::ALL.iter().filter(|c| c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c }).chain(sk);
-            for cfg in candidates {
-                if a.config.as_ref().is_some_and(|sub| !config_name(&cfg).contains(sub.as_str())) {
-                    continue;
-                }
-                let opts = GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() };
-                let ms = median(&time_calls(&dev, 3, a.select_reps, Some(&mut flush), || sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)).unwrap());
+            for (cfg, t) in candidates.iter().zip(&sel) {
+                let ms = median(t);
                 if a.all_configs {
-                    let ctas = twofour::sparse_gemm::resident_ctas(&dev, cfg, !col).unwrap_or(0);
-                    eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(&cfg), ms, flop / ms / 1e9);
-                    each_ms.push(format!("\"{}\":{ms:.5}", config_name(&cfg)));
+                    let ctas = twofour::sparse_gemm::resident_ctas(&dev, *cfg, !col).unwrap_or(0);
+                    eprintln!("  {} {} {} ({ctas} CTAs resident): {:.4} ms, {:.0} TFLOP/s", s.name, pass.name(), config_name(cfg), ms, flop / ms / 1e9);
+                    each_ms.push(format!("\"{}\":{ms:.5}", config_name(cfg)));
                 }
                 if best.is_none_or(|b| ms < b.0) {
-                    best = Some((ms, cfg));
+                    best = Some((ms, *cfg));
                 }
             }
             // 2. cuSPARSELt on the same operands in the same layouts, planned with its search
@@ -232,28 +241,22 @@ fn main() {
             let cfg = dense_config(s, pass);
             let mut cslt_err: Option<String> = None;
             let ours_opts = best.map(|(_, cfg)| GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() });
-            let times = {
-                let mut dense_call = || -> twofour::Result<()> {
-                    // SAFETY: buffer sizes match cfg's dimensions and leading dimensions.
-                    unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") })
-                };
-                let mut ours_call = || -> twofour::Result<()> {
-                    match &ours_opts {
-                        Some(o) => sparse_gemm(&dev, &sparse, b_op, &mut d, o),
-                        None => Ok(()),
-                    }
-                };
-                let mut cslt_call = || -> twofour::Result<()> {
+            let times = round_robin(&dev, &mut flush, a.reps, 3, |i| match i {
+                // SAFETY: buffer sizes match cfg's dimensions and leading dimensions.
+                0 => unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") }),
+                1 => match &ours_opts {
+                    Some(o) => sparse_gemm(&dev, &sparse, b_op, &mut d, o),
+                    None => Ok(()),
+                },
+                _ => {
                     if let (Some(lib), Some(plan), None) = (cslt.as_ref(), spmm.as_mut(), cslt_err.as_ref()) {
                         if let Err(e) = lib.matmul(&dev, plan, b_src.data(), &mut cslt_d) {
                             cslt_err = Some(e);
                         }
                     }
                     Ok(())
-                };
-                let mut calls: [&mut dyn FnMut() -> twofour::Result<()>; 3] = [&mut dense_call, &mut ours_call, &mut cslt_call];
-                round_robin(&dev, &mut flush, a.reps, &mut calls)
-            };
+                }
+            });
             let times = match times {
                 Ok(t) => t,
                 Err(e) => {
@@ -307,19 +310,19 @@ fn main() {
     write_json(&a.json, &dev, commit, &records);
 }
 
-/// `reps` rounds of one call of each of `calls` (3 warm-up calls each first), L2 flushed before
-/// every call, the starting contender rotating a round so none always follows another: the
-/// contenders see the same clocks and temperature. Returns each contender's times (ms).
-fn round_robin(dev: &Device, flush: &mut cudarc::driver::CudaSlice<u8>, reps: usize, calls: &mut [&mut dyn FnMut() -> twofour::Result<()>]) -> twofour::Result<Vec<Vec<f64>>> {
-    let n = calls.len();
-    for call in calls.iter_mut() {
-        time_calls(dev, 3, 0, None, &mut **call)?;
+/// `reps` rounds of one call of each of `n` contenders (`call(i)` runs contender i; 3 warm-up
+/// calls each first), L2 flushed before every call, the starting contender rotating a round so
+/// none always follows another: the contenders see the same clocks and temperature. Returns each
+/// contender's times (ms).
+fn round_robin(dev: &Device, flush: &mut cudarc::driver::CudaSlice<u8>, reps: usize, n: usize, mut call: impl FnMut(usize) -> twofour::Result<()>) -> twofour::Result<Vec<Vec<f64>>> {
+    for i in 0..n {
+        time_calls(dev, 3, 0, None, || call(i))?;
     }
     let mut times = vec![Vec::with_capacity(reps); n];
     for r in 0..reps {
         for j in 0..n {
             let i = (r + j) % n;
-            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), &mut *calls[i])?);
+            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), || call(i))?);
         }
     }
     Ok(times)
