@@ -172,8 +172,8 @@ fn main() {
                 Pass::GradInput => (w.data(), dy.data()),
                 Pass::GradWeight => (x.data(), dy.data()),
             };
-            // 1. Our instance: every candidate timed alone (3 warm-up calls, median of
-            //    `select_reps`); the fastest one goes into the head-to-head.
+            // 1. Our instance: every candidate in `select_reps` interleaved rounds (3 warm-up calls
+            //    each first); the fastest median goes into the head-to-head.
             let (sparse, b_op, col) = match pass {
                 Pass::Forward => (prune24_compress(&dev, &w).unwrap(), BOperand::KMajor(&x), true),
                 Pass::GradInput => (prune24_compress(&dev, &wt).unwrap(), BOperand::KMajor(&dy), true),
