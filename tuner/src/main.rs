@@ -7,8 +7,9 @@
 //! For every (shape, pass) it enumerates the compiled tile instances x schedules x raster groups,
 //! drops the ones that cannot apply (a raster group wider than the M tiles), checks each
 //! candidate's output once against the default configuration's (itself tested against the CPU
-//! reference), times it (warm-up, CUDA events, median, two rotating B operands so L2 does not
-//! flatter small shapes) and keeps the best. The table is written atomically after every shape,
+//! reference), times every candidate in interleaved rounds (one call of each a round: warm-up,
+//! CUDA events, median, two rotating B operands so L2 does not flatter small shapes) and keeps
+//! the best. The table is written atomically after every shape,
 //! so an interrupted run resumes where it stopped.
 
 mod launch;
@@ -193,23 +194,49 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     let mut p = problem(dev, s, pass)?;
     let default = TileConfig::default_for(m, n, sms);
     let reference = p.output(dev, default)?;
-    let default_ms = p.time(dev, default, reps, flush)?;
-    // The table records the schedule that was measured: Auto means data-parallel today
-    // (`TileConfig::wants_stream_k`), and an entry written as Auto would change meaning with it.
-    let mut best = (TileConfig { schedule: Schedule::DataParallel, ..default }, default_ms);
+    // Every candidate's output is checked first; then all of them (the default first) are timed
+    // in interleaved rounds, one call of each a round. Timed one after the other, the early ones
+    // ran cooler: the H100 runs a kernel up to ~15% slower after seconds of full load
+    // (docs/bench/notes.md, "Interleaved rounds").
+    let mut cands = vec![default];
     for cfg in candidates(m) {
-        bar.set_message(format!("{} {} bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
+        bar.set_message(format!("{} {} checking bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
         let err = twofour::reference::rel_error(p.output(dev, cfg)?, reference.iter().copied());
         if err.is_nan() || err >= 1e-2 {
             return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{cfg:?} on {} {}: output differs from the default configuration's (relative {err:e})", s.name, pass.name()) });
         }
-        let ms = p.time(dev, cfg, reps, flush)?;
-        if ms < best.1 {
-            best = (cfg, ms);
+        cands.push(cfg);
+    }
+    bar.set_message(format!("{} {} timing {} candidates", s.name, pass.name(), cands.len()));
+    let ms = interleaved_medians(dev, reps, flush, cands.len(), |i, which| p.run(dev, cands[i], which))?;
+    bar.inc((cands.len() - 1) as u64);
+    let default_ms = ms[0];
+    // The table records the schedule that was measured: Auto means data-parallel today
+    // (`TileConfig::wants_stream_k`), and an entry written as Auto would change meaning with it.
+    let mut best = (TileConfig { schedule: Schedule::DataParallel, ..default }, default_ms);
+    for (cfg, &t) in cands.iter().zip(&ms).skip(1) {
+        if t < best.1 {
+            best = (*cfg, t);
         }
-        bar.inc(1);
     }
     Ok((best.0, best.1, default_ms))
+}
+
+/// Median ms of each of `n` candidates over `reps` interleaved rounds (one call of every
+/// candidate a round, the first rotating; 2 warm-up calls each first): `run(i, which)` runs
+/// candidate i on input `which`, which alternates between rounds as in `median_alternating`.
+fn interleaved_medians(dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, n: usize, mut run: impl FnMut(usize, usize) -> twofour::Result<()>) -> twofour::Result<Vec<f64>> {
+    for i in 0..n {
+        time_calls(dev, 2, 0, None, || run(i, 0))?;
+    }
+    let mut times = vec![Vec::with_capacity(reps); n];
+    for r in 0..reps {
+        for j in 0..n {
+            let i = (r + j) % n;
+            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), || run(i, (r + 1) % 2))?);
+        }
+    }
+    Ok(times.iter().map(|t| median(t)).collect())
 }
 
 /// Builds one launch-tuning problem (allocates its operands) when called.
