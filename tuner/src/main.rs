@@ -172,10 +172,6 @@ impl Problem {
         sparse_gemm(dev, &self.a, b, &mut self.d, &opts)
     }
 
-    fn time(&mut self, dev: &Device, cfg: TileConfig, reps: usize, flush: &mut CudaSlice<u8>) -> twofour::Result<f64> {
-        median_alternating(dev, reps, flush, |which| self.run(dev, cfg, which))
-    }
-
     /// The first 2^20 elements of D (a sample: downloading all of a 16384 x 6400 D per candidate
     /// would cost more than timing it).
     fn output(&mut self, dev: &Device, cfg: TileConfig) -> twofour::Result<Vec<f64>> {
@@ -411,9 +407,13 @@ fn run(args: Args) -> Result<(), String> {
                 let (m, n, k) = s.mnk(pass);
                 let layout = storage_layout(pass == Pass::GradWeight, pass != Pass::GradWeight);
                 let Some(pick) = table.lookup("sparse_gemm", &layout, m, n, k) else { continue };
-                let (best, best_ms, _) = tune(&dev, &s, pass, args.reps, &bar, &mut flush).map_err(|e| e.to_string())?;
+                let (best, _, _) = tune(&dev, &s, pass, args.reps, &bar, &mut flush).map_err(|e| e.to_string())?;
                 let mut p = problem(&dev, &s, pass).map_err(|e| e.to_string())?;
-                let pick_ms = p.time(&dev, pick, args.reps, &mut flush).map_err(|e| e.to_string())?;
+                // The pick and the best timed against each other in interleaved rounds (the
+                // search's own medians were taken under another stretch of load).
+                let both = [pick, best];
+                let ms = interleaved_medians(&dev, args.reps, &mut flush, 2, |i, which| p.run(&dev, both[i], which)).map_err(|e| e.to_string())?;
+                let (pick_ms, best_ms) = (ms[0], ms[1]);
                 println!("holdout {:<24} {:<3} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick bn{} {:?} g{}; best bn{} {:?} g{})", s.name, pass.name(), pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.bn, pick.schedule, pick.group_m, best.bn, best.schedule, best.group_m);
             }
         }
