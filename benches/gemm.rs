@@ -20,7 +20,7 @@ use half::bf16;
 use std::io::Write;
 use twofour::reference::philox::normal_bf16;
 use twofour::shapes::{ffn_shapes, parse_shapes, LinearShape, Pass};
-use twofour::timing::{median, time_calls, FLUSH_BYTES};
+use twofour::timing::{interleaved, median, FLUSH_BYTES};
 use twofour::peer::cusparselt::{CuSparseLt, Order};
 use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, GemmOptions, MatLayout, Schedule, TileConfig};
 
@@ -191,7 +191,7 @@ fn main() {
                 .collect();
             // Interleaved like the head-to-head below: timed one after the other, the first
             // instances ran cooler and won picks they should not have.
-            let sel = round_robin(&dev, &mut flush, a.select_reps, candidates.len(), |i| {
+            let sel = interleaved(&dev, 3, a.select_reps, candidates.len(), &mut flush, |i, _| {
                 let opts = GemmOptions { d_layout: Some(layout), config: Some(candidates[i]), ..Default::default() };
                 sparse_gemm(&dev, &sparse, b_op, &mut d, &opts)
             })
@@ -241,7 +241,7 @@ fn main() {
             let cfg = dense_config(s, pass);
             let mut cslt_err: Option<String> = None;
             let ours_opts = best.map(|(_, cfg)| GemmOptions { d_layout: Some(layout), config: Some(cfg), ..Default::default() });
-            let times = round_robin(&dev, &mut flush, a.reps, 3, |i| match i {
+            let times = interleaved(&dev, 3, a.reps, 3, &mut flush, |i, _| match i {
                 // SAFETY: buffer sizes match cfg's dimensions and leading dimensions.
                 0 => unsafe { blas.matmul(cfg, pa, pb, &mut c, None, None) }.map_err(|e| twofour::Error::InvalidData { op: "cublasLt", detail: format!("{e:?}") }),
                 1 => match &ours_opts {
@@ -308,24 +308,6 @@ fn main() {
         write_json(&a.json, &dev, commit, &records);
     }
     write_json(&a.json, &dev, commit, &records);
-}
-
-/// `reps` rounds of one call of each of `n` contenders (`call(i)` runs contender i; 3 warm-up
-/// calls each first), L2 flushed before every call, the starting contender rotating a round so
-/// none always follows another: the contenders see the same clocks and temperature. Returns each
-/// contender's times (ms).
-fn round_robin(dev: &Device, flush: &mut cudarc::driver::CudaSlice<u8>, reps: usize, n: usize, mut call: impl FnMut(usize) -> twofour::Result<()>) -> twofour::Result<Vec<Vec<f64>>> {
-    for i in 0..n {
-        time_calls(dev, 3, 0, None, || call(i))?;
-    }
-    let mut times = vec![Vec::with_capacity(reps); n];
-    for r in 0..reps {
-        for j in 0..n {
-            let i = (r + j) % n;
-            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), || call(i))?);
-        }
-    }
-    Ok(times)
 }
 
 /// Writes the records so far (atomically: temp file + rename), so a cut-off run keeps its numbers.

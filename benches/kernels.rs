@@ -7,7 +7,7 @@
 use half::bf16;
 use twofour::reference::philox::normal_bf16;
 use twofour::reference::Gate;
-use twofour::timing::{median, time_calls, FLUSH_BYTES};
+use twofour::timing::{interleaved, median, time_calls, FLUSH_BYTES};
 use twofour::{
     apply_mask_compress_async, flip_rate, gated_backward, gated_forward, masked_decay, mvue24_compress_into, prune24_compress,
     sparse_gemm, transposable_mask_compress, transposable_mask_compress_async, BOperand, Device, DeviceMatrix, GatedLayout, GemmOptions, MatLayout, Sparse24,
@@ -162,20 +162,30 @@ fn main() {
         let dy = DeviceMatrix::from_host(&dev, t, d_out, &normal_bf16(9, t * d_out)).unwrap();
         let (mut sw, mut swt) = transposable_mask_compress(&dev, &w).unwrap();
         let mut s_dyt = Sparse24::alloc(&dev, d_out, t).unwrap();
-        overhead += time(&mut flush, &mut || transposable_mask_compress_async(&dev, &w, &mut sw, &mut swt, None).map(drop));
-        let mvue = time(&mut flush, &mut || mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt));
-        overhead += mvue;
-        mvue_all += mvue;
-        if d_out == 4096 {
-            mvue_fc1 = mvue;
-        }
+        mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt).unwrap();
         let mut y = DeviceMatrix::<bf16>::poisoned(&dev, t, d_out).unwrap();
         let mut dx = DeviceMatrix::<bf16>::poisoned(&dev, t, d_in).unwrap();
         let mut dw = DeviceMatrix::<bf16>::poisoned(&dev, d_out, d_in).unwrap();
         let col = GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() };
-        gemms += time(&mut flush, &mut || sparse_gemm(&dev, &sw, BOperand::KMajor(&x), &mut y, &col));
-        gemms += time(&mut flush, &mut || sparse_gemm(&dev, &swt, BOperand::KMajor(&dy), &mut dx, &col));
-        gemms += time(&mut flush, &mut || sparse_gemm(&dev, &s_dyt, BOperand::NMajor(&x), &mut dw, &GemmOptions::default()));
+        // The layer's five kernels in interleaved rounds (timing::interleaved), so the overhead
+        // and the GEMMs it is divided by are timed under the same power state.
+        let ms: Vec<f64> = interleaved(&dev, 3, reps, 5, &mut flush, |i, _| match i {
+            0 => transposable_mask_compress_async(&dev, &w, &mut sw, &mut swt, None).map(drop),
+            1 => mvue24_compress_into(&dev, &dy, 1, 1, &mut s_dyt),
+            2 => sparse_gemm(&dev, &sw, BOperand::KMajor(&x), &mut y, &col),
+            3 => sparse_gemm(&dev, &swt, BOperand::KMajor(&dy), &mut dx, &col),
+            _ => sparse_gemm(&dev, &s_dyt, BOperand::NMajor(&x), &mut dw, &GemmOptions::default()),
+        })
+        .unwrap()
+        .iter()
+        .map(|t| median(t))
+        .collect();
+        overhead += ms[0] + ms[1];
+        mvue_all += ms[1];
+        if d_out == 4096 {
+            mvue_fc1 = ms[1];
+        }
+        gemms += ms[2] + ms[3] + ms[4];
     }
     println!("budget (GPT-2 medium FFN, 16384 tokens): mask search + both compressions + MVUE {overhead:.3} ms vs three sparse GEMMs x 2 layers {gemms:.3} ms = {:.1}%", 100.0 * overhead / gemms);
     recs.push(Rec { kernel: "budget: mask+compress+mvue / 3 sparse GEMMs (gpt2-medium FFN, 16k tokens)".into(), shape: format!("{:.1}%", 100.0 * overhead / gemms), ms: overhead, floor_ms: gemms, peer_ms: None });

@@ -31,6 +31,27 @@ pub fn time_calls(dev: &Device, warmup: usize, reps: usize, mut flush: Option<&m
     Ok(times)
 }
 
+/// Times `n` contenders against each other: `warmup` untimed calls of each, then `reps` rounds of
+/// one call of every contender (`call(i, round)` runs contender i), the L2 flushed before each
+/// timed call and the first contender rotating a round. Returns each contender's times (ms).
+///
+/// Why not one contender after the other: on the H100 the same kernel runs up to ~15% slower
+/// after a few seconds of full load (docs/bench/notes.md, "Interleaved rounds"), so whoever was
+/// timed first was favoured. Interleaved, every contender sees the same power state.
+pub fn interleaved(dev: &Device, warmup: usize, reps: usize, n: usize, flush: &mut CudaSlice<u8>, mut call: impl FnMut(usize, usize) -> Result<()>) -> Result<Vec<Vec<f64>>> {
+    for i in 0..n {
+        time_calls(dev, warmup, 0, None, || call(i, 0))?;
+    }
+    let mut times = vec![Vec::with_capacity(reps); n];
+    for r in 0..reps {
+        for j in 0..n {
+            let i = (r + j) % n;
+            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), || call(i, r))?);
+        }
+    }
+    Ok(times)
+}
+
 /// Criterion's `iter_custom` on the GPU: `iters` calls of `f` between two CUDA events, the
 /// elapsed device time.
 pub fn time_iters(dev: &Device, iters: u64, mut f: impl FnMut() -> Result<()>) -> Result<std::time::Duration> {

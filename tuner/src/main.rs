@@ -218,20 +218,11 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     Ok((best.0, best.1, default_ms))
 }
 
-/// Median ms of each of `n` candidates over `reps` interleaved rounds (one call of every
-/// candidate a round, the first rotating; 2 warm-up calls each first): `run(i, which)` runs
-/// candidate i on input `which`, which alternates between rounds as in `median_alternating`.
+/// Median ms of each of `n` candidates over `reps` interleaved rounds (`timing::interleaved`, 2
+/// warm-up calls each): `run(i, which)` runs candidate i on input `which`, alternating between
+/// rounds as in `median_alternating`.
 fn interleaved_medians(dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, n: usize, mut run: impl FnMut(usize, usize) -> twofour::Result<()>) -> twofour::Result<Vec<f64>> {
-    for i in 0..n {
-        time_calls(dev, 2, 0, None, || run(i, 0))?;
-    }
-    let mut times = vec![Vec::with_capacity(reps); n];
-    for r in 0..reps {
-        for j in 0..n {
-            let i = (r + j) % n;
-            times[i].extend(time_calls(dev, 0, 1, Some(&mut *flush), || run(i, (r + 1) % 2))?);
-        }
-    }
+    let times = twofour::timing::interleaved(dev, 2, reps, n, flush, |i, r| run(i, (r + 1) % 2))?;
     Ok(times.iter().map(|t| median(t)).collect())
 }
 
