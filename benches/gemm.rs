@@ -28,7 +28,7 @@ struct Args {
     shapes: Vec<LinearShape>,
     json: Option<String>,
     reps: usize,
-    /// Repeats a candidate instance gets when ours is picked (before the head-to-head).
+    /// Interleaved rounds of our candidate instances when ours is picked (before the head-to-head).
     select_reps: usize,
     /// Also print every compiled instance's time (stderr), not only the best.
     all_configs: bool,
@@ -173,7 +173,10 @@ fn main() {
                 Pass::GradWeight => (x.data(), dy.data()),
             };
             // 1. Our instance: every candidate in `select_reps` interleaved rounds (3 warm-up calls
-            //    each first); the fastest median goes into the head-to-head.
+            //    each first); the fastest median goes into the head-to-head. Forward and dX read B
+            //    K-major and write D column-major (= Y, dX row-major); dW reads X N-major and writes
+            //    dW row-major. A for dW stands in for S(dY)^T: a 2:4 matrix of the same shape
+            //    (pruned random data; MVUE itself is benched separately).
             let (sparse, b_op, col) = match pass {
                 Pass::Forward => (prune24_compress(&dev, &w).unwrap(), BOperand::KMajor(&x), true),
                 Pass::GradInput => (prune24_compress(&dev, &wt).unwrap(), BOperand::KMajor(&dy), true),
