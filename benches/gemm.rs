@@ -298,9 +298,22 @@ fn main() {
             std::io::stdout().flush().ok();
             // With --all-configs, every instance's median ms too ("configs_ms"), for fitting
             // the stream-K cost model and the default's heuristics without parsing stderr.
+            // Each contender's fastest and slowest call of the head-to-head (ms), so a reader
+            // sees how far apart the medians are against the spread of one pair.
+            let range = |t: &[f64]| {
+                let lo = t.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = t.iter().copied().fold(0.0, f64::max);
+                format!("[{lo:.5},{hi:.5}]")
+            };
+            let ranges_json = format!(
+                ",\"ms_range\":{{\"cublas\":{}{}{}}}",
+                range(&times[0]),
+                if ours.is_some() { format!(",\"twofour\":{}", range(&times[1])) } else { String::new() },
+                if cslt_tf.is_some() { format!(",\"cusparselt\":{}", range(&times[2])) } else { String::new() }
+            );
             let each_json = if each_ms.is_empty() { String::new() } else { format!(",\"configs_ms\":{{{}}}", each_ms.join(",")) };
             records.push(format!(
-                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":{},\"twofour_config\":{}{each_json}}}",
+                "{{\"name\":\"{}\",\"layout\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"twofour_tflops\":{},\"cublas_tflops\":{dense_tf:.1},\"cusparselt_tflops\":{},\"twofour_config\":{}{ranges_json}{each_json}}}",
                 s.name,
                 pass.name(),
                 ours_tf.map_or("null".into(), |v| format!("{v:.1}")),
