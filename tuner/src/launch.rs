@@ -71,7 +71,7 @@ impl Problem {
 
     /// Queues one call. The mask kernels' statuses are dropped unchecked here (timing must not
     /// wait on the GPU); `output` checks them.
-    fn run(&mut self, dev: &Device, shape: LaunchShape, which: usize) -> Result<()> {
+    pub(crate) fn run(&mut self, dev: &Device, shape: LaunchShape, which: usize) -> Result<()> {
         match self {
             Problem::Mask { apply: false, w, out_w, out_wt } => twofour::transposable_mask_compress_async(dev, &w[which], out_w, out_wt, Some(shape)).map(drop),
             Problem::Mask { apply: true, w, out_w, out_wt } => twofour::apply_mask_compress_async(dev, &w[which], out_w, out_wt, Some(shape)).map(drop),
@@ -101,28 +101,27 @@ impl Problem {
     }
 
     /// Best launch shape: (shape, its ms, the default's ms). Candidates are checked against the
-    /// default's output bit for bit.
+    /// default's output bit for bit, then all of them (the default first) timed in interleaved
+    /// rounds, as the GEMM's tile configs are (`crate::interleaved_medians`).
     pub fn tune(&mut self, dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, mut progress: impl FnMut(LaunchShape)) -> Result<(LaunchShape, f64, f64)> {
         let key = self.key();
         let default = LaunchShape::default_for(key.family);
         let reference = self.output(dev, default)?;
-        let default_ms = self.time(dev, default, reps, flush)?;
-        let mut best = (default, default_ms);
+        let mut shapes = vec![default];
         for shape in LaunchShape::candidates(key.family) {
             progress(shape);
             if self.output(dev, shape)? != reference {
                 return Err(Error::InvalidData { op: "twofour-tune", detail: format!("{} {}x{} with {shape:?}: output differs from the default launch's (a launch shape must never change a result)", key.kernel, key.rows, key.cols) });
             }
-            let ms = self.time(dev, shape, reps, flush)?;
-            if ms < best.1 {
-                best = (shape, ms);
+            shapes.push(shape);
+        }
+        let ms = crate::interleaved_medians(dev, reps, flush, shapes.len(), |i, which| self.run(dev, shapes[i], which))?;
+        let mut best = (default, ms[0]);
+        for (shape, &t) in shapes.iter().zip(&ms).skip(1) {
+            if t < best.1 {
+                best = (*shape, t);
             }
         }
-        Ok((best.0, best.1, default_ms))
-    }
-
-    /// Median ms of `reps` calls on the two inputs in turn, each after an L2 flush.
-    pub fn time(&mut self, dev: &Device, shape: LaunchShape, reps: usize, flush: &mut CudaSlice<u8>) -> Result<f64> {
-        crate::median_alternating(dev, reps, flush, |which| self.run(dev, shape, which))
+        Ok((best.0, best.1, ms[0]))
     }
 }

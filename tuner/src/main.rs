@@ -24,7 +24,7 @@ use twofour::shape_table::{ShapeTable, TableEntry};
 use twofour::shapes::{parse_shapes, LinearShape, Pass};
 use twofour::sparse_gemm::storage_layout;
 use cudarc::driver::CudaSlice;
-use twofour::timing::{median, time_calls, FLUSH_BYTES};
+use twofour::timing::{median, FLUSH_BYTES};
 use twofour::launch::LaunchShape;
 use twofour::{prune24_compress, sparse_gemm, BOperand, Device, DeviceMatrix, Error, GatedLayout, GemmOptions, MatLayout, Schedule, TileConfig};
 
@@ -93,21 +93,6 @@ fn preset(name: &str, tokens: usize) -> Result<Vec<LinearShape>, String> {
         "llama-7b" => ffn(name, 4096, 11008),
         _ => return Err(format!("unknown model {name:?}: use gpt2-small, gpt2-medium, gpt2-large, gpt2-xl, gpt2, llama-7b, or --d-model/--d-ff")),
     })
-}
-
-/// Median ms of `reps` calls of `run(which)`, `which` alternating 0 / 1 (two inputs, so no call
-/// finds its operands in L2 from the previous one), after 2 warm-up calls, each timed call after
-/// an L2 flush (`flush`, memset on the stream first): the GPU is busy with the flush while the
-/// host queues the call, so the events time the kernel rather than the host's launch latency.
-/// Without the flush the 15-100 us launch-shape kernels measured 2-4x the benches' numbers and
-/// their launch shapes ranked by noise.
-pub(crate) fn median_alternating(dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, mut run: impl FnMut(usize) -> twofour::Result<()>) -> twofour::Result<f64> {
-    let mut i = 0;
-    let t = time_calls(dev, 2, reps, Some(flush), || {
-        i += 1;
-        run(i % 2)
-    })?;
-    Ok(median(&t))
 }
 
 /// All candidate configurations for an M x N problem.
@@ -219,9 +204,13 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
 }
 
 /// Median ms of each of `n` candidates over `reps` interleaved rounds (`timing::interleaved`, 2
-/// warm-up calls each): `run(i, which)` runs candidate i on input `which`, alternating between
-/// rounds as in `median_alternating`.
-fn interleaved_medians(dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, n: usize, mut run: impl FnMut(usize, usize) -> twofour::Result<()>) -> twofour::Result<Vec<f64>> {
+/// warm-up calls each): `run(i, which)` runs candidate i on input `which`, alternating 0 / 1
+/// between rounds (two inputs, so no call finds its operands in L2 from the previous one). Each
+/// timed call follows an L2 flush (`flush`, memset on the stream first): the GPU is busy with the
+/// flush while the host queues the call, so the events time the kernel rather than the host's
+/// launch latency. Without the flush the 15-100 us launch-shape kernels measured 2-4x the
+/// benches' numbers and their launch shapes ranked by noise.
+pub(crate) fn interleaved_medians(dev: &Device, reps: usize, flush: &mut CudaSlice<u8>, n: usize, mut run: impl FnMut(usize, usize) -> twofour::Result<()>) -> twofour::Result<Vec<f64>> {
     let times = twofour::timing::interleaved(dev, 2, reps, n, flush, |i, r| run(i, (r + 1) % 2))?;
     Ok(times.iter().map(|t| median(t)).collect())
 }
@@ -416,8 +405,10 @@ fn run(args: Args) -> Result<(), String> {
         for (name, mut p) in launch_problems(&dev, &held, &kinds, &empty).map_err(|e| e.to_string())? {
             let k = p.key();
             let Some(pick) = table.lookup_launch(k.kernel, &k.layout, k.rows, k.cols) else { continue };
-            let (best, best_ms, _) = p.tune(&dev, args.launch_reps, &mut flush, |_| {}).map_err(|e| e.to_string())?;
-            let pick_ms = p.time(&dev, pick, args.launch_reps, &mut flush).map_err(|e| e.to_string())?;
+            let (best, _, _) = p.tune(&dev, args.launch_reps, &mut flush, |_| {}).map_err(|e| e.to_string())?;
+            let both = [pick, best];
+            let ms = interleaved_medians(&dev, args.launch_reps, &mut flush, 2, |i, which| p.run(&dev, both[i], which)).map_err(|e| e.to_string())?;
+            let (pick_ms, best_ms) = (ms[0], ms[1]);
             println!("holdout {:<14} {:<22} {:<20} fallback {:>8.4} ms vs exhaustive best {:>8.4} ms: {:.1}% slower (pick {}/{}; best {}/{})", k.kernel, name, k.layout, pick_ms, best_ms, 100.0 * (pick_ms / best_ms - 1.0), pick.block, pick.blocks_per_sm, best.block, best.blocks_per_sm);
         }
     }
