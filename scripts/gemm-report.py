@@ -30,6 +30,17 @@ big = [r for r in recs if not r["name"].startswith("gpt2-small")]
 print("below 1.3x dense (medium+):", [(r["name"], r["layout"], round(r["twofour_tflops"] / r["cublas_tflops"], 2))
                                        for r in big if r["twofour_tflops"] / r["cublas_tflops"] < 1.3])
 print("behind cuSPARSELt:", [(r["name"], r["layout"], round(s, 2)) for r, s in sp if s < 1])
+# With the bench's ms_range (each contender's fastest and slowest head-to-head call): the pairs
+# behind cuSPARSELt whose two ranges overlap, i.e. within one pair's call-to-call spread.
+def overlaps(r):
+    g = r.get("ms_range", {})
+    if "twofour" not in g or "cusparselt" not in g:
+        return None
+    (a0, a1), (b0, b1) = g["twofour"], g["cusparselt"]
+    return a0 <= b1 and b0 <= a1
+flags = [(r["name"], r["layout"], overlaps(r)) for r, s in sp if s < 1]
+if any(f is not None for _, _, f in flags):
+    print("  of those, head-to-head ranges overlapping (within the spread):", [(n, l) for n, l, f in flags if f])
 print()
 print("| shape | pass | M | N | K | twofour | cuBLAS | cuSPARSELt | x dense | x cuSPARSELt | config |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
