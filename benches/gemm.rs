@@ -226,7 +226,7 @@ fn main() {
                 match lib.plan_alg(&dev, (m, n, k), orders, &mut a_copy, b_src.data(), &mut cslt_d, a.cslt_alg) {
                     Ok(spmm) => {
                         if let Ok((id, split_k, mode)) = lib.chosen(&spmm) {
-                            println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode}), workspace {} B (default algorithm: {} B)", s.name, pass.name(), CuSparseLt::workspace_bytes(&spmm).0, CuSparseLt::workspace_bytes(&spmm).1);
+                            println!("  cuSPARSELt {} {}: algorithm {id}, split-K {split_k} (mode {mode}), workspace {} B (default algorithm: {} B)", s.name, pass.name(), spmm.workspace_bytes().0, spmm.workspace_bytes().1);
                         }
                         Some(spmm)
                     }

@@ -49,9 +49,9 @@ pub struct SpMM {
     // the matrix and matmul descriptors and the algorithm selection. (The matmul descriptor was
     // once freed after planning: the plan reads it at every call, and the timed calls then
     // faulted with an illegal address once the freed memory was reused.)
-    _descs: Vec<Box<sys::cusparseLtMatDescriptor_t>>,
+    descs: Vec<Box<sys::cusparseLtMatDescriptor_t>>,
     _mm: Box<sys::cusparseLtMatmulDescriptor_t>,
-    _alg: Box<sys::cusparseLtMatmulAlgSelection_t>,
+    alg: Box<sys::cusparseLtMatmulAlgSelection_t>,
     a_compressed: CudaSlice<u8>,
     workspace: CudaSlice<u8>,
     /// Workspace bytes the default algorithm asked for (before any search).
@@ -98,23 +98,9 @@ impl CuSparseLt {
     }
 
     /// Plans D (m x n) = A (m x k) * B (k x n), all bf16 with f32 compute. `a` is pruned to 2:4 in
-    /// place (cuSPARSELt's own pruning) and compressed; the best algorithm is searched with `b`
-    /// and `d` as the real operands.
-    #[allow(clippy::too_many_arguments)]
-    pub fn plan(
-        &self,
-        dev: &Device,
-        shape: (usize, usize, usize),
-        orders: (Order, Order, Order),
-        a: &mut CudaSlice<bf16>,
-        b: &CudaSlice<bf16>,
-        d: &mut CudaSlice<bf16>,
-    ) -> Result<SpMM, String> {
-        self.plan_alg(dev, shape, orders, a, b, d, None)
-    }
-
-    /// `plan` with the algorithm given (`Some(config id)`, as `chosen` reports it: no search, so a
-    /// profile's first launch is that algorithm's kernel) or searched (`None`).
+    /// place (cuSPARSELt's own pruning) and compressed. `forced`: that algorithm (a config id, as
+    /// `chosen` reports it: no search, so a profile's first launch is its kernel); `None`: the best
+    /// algorithm is searched with `b` and `d` as the real operands.
     #[allow(clippy::too_many_arguments)]
     pub fn plan_alg(
         &self,
@@ -174,7 +160,7 @@ impl CuSparseLt {
             let (ps, _gs) = scratch.device_ptr_mut(stream);
             self.check(self.lib.cusparseLtSpMMACompress(h, &*plan, pa as *const c_void, pc as *mut c_void, ps as *mut c_void, raw_stream), "compress")?;
         }
-        let mut spmm = SpMM { lib: self.lib.clone(), plan, _descs: vec![da, db, dd], _mm: mm, _alg: alg, a_compressed, workspace, default_workspace: ws_size };
+        let mut spmm = SpMM { lib: self.lib.clone(), plan, descs: vec![da, db, dd], _mm: mm, alg, a_compressed, workspace, default_workspace: ws_size };
         if forced.is_some() {
             return Ok(spmm);
         }
@@ -218,17 +204,12 @@ impl CuSparseLt {
             // attribute is an int (cusparseLt.h), written into `out`.
             unsafe {
                 self.check(
-                    self.lib.cusparseLtMatmulAlgGetAttribute(&*self.handle, &*spmm._alg, attr, out as *mut i32 as *mut c_void, std::mem::size_of::<i32>()),
+                    self.lib.cusparseLtMatmulAlgGetAttribute(&*self.handle, &*spmm.alg, attr, out as *mut i32 as *mut c_void, std::mem::size_of::<i32>()),
                     "reading the chosen algorithm",
                 )?;
             }
         }
         Ok((v[0], v[1], v[2]))
-    }
-
-    /// Bytes of workspace the planned product holds, and what its default algorithm asked for.
-    pub fn workspace_bytes(spmm: &SpMM) -> (usize, usize) {
-        (spmm.workspace.len(), spmm.default_workspace)
     }
 
     /// Runs a planned product on `b` into `d`.
@@ -250,12 +231,19 @@ impl CuSparseLt {
     }
 }
 
+impl SpMM {
+    /// Bytes of workspace the planned product holds, and what its default algorithm asked for.
+    pub fn workspace_bytes(&self) -> (usize, usize) {
+        (self.workspace.len(), self.default_workspace)
+    }
+}
+
 impl Drop for SpMM {
     fn drop(&mut self) {
         // SAFETY: the plan and descriptors were initialised by plan_alg and are destroyed once.
         unsafe {
             self.lib.cusparseLtMatmulPlanDestroy(&*self.plan);
-            for d in &self._descs {
+            for d in &self.descs {
                 self.lib.cusparseLtMatDescriptorDestroy(&**d);
             }
         }
