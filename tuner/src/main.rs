@@ -176,9 +176,7 @@ fn tune(dev: &Device, s: &LinearShape, pass: Pass, reps: usize, bar: &ProgressBa
     let default = TileConfig::default_for(m, n, sms);
     let reference = p.output(dev, default)?;
     // Every candidate's output is checked first; then all of them (the default first) are timed
-    // in interleaved rounds, one call of each a round. Timed one after the other, the early ones
-    // ran cooler: the H100 runs a kernel up to ~15% slower after seconds of full load
-    // (docs/bench/notes.md, "Interleaved rounds").
+    // against each other in interleaved rounds (why: `timing::interleaved`).
     let mut cands = vec![default];
     for cfg in candidates(m) {
         bar.set_message(format!("{} {} checking bn{} {:?} g{}", s.name, pass.name(), cfg.bn, cfg.schedule, cfg.group_m));
