@@ -876,8 +876,10 @@ TWOFOUR_SPARSE_GEMM_SM90(128, 6, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 0, k, 0)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 5, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n, 0)
+TWOFOUR_SPARSE_GEMM_SM90_C2(256, 5, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n, 0)
 // The fused GELU backward: the K-major instances but the 256-wide ones, whose 128 accumulators a
 // thread left MVUE's epilogue 40 registers: 2.2x slower than the 192-wide tiles on the H100

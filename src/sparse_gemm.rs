@@ -69,7 +69,7 @@ impl TileConfig {
     /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
     /// two wider ones also in clusters of two sharing B, 128 x 128 with ping-pong consumers, and
     /// 128 x 256 with 5 stages and a slim epilogue (`is_slim`).
-    pub const ALL: [TileConfig; 7] = [
+    pub const ALL: [TileConfig; 8] = [
         TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
@@ -77,11 +77,13 @@ impl TileConfig {
         TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
         TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true, tail_pieces: 0 },
         TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
     ];
 
-    /// The 5-stage 128 x 256 instance: one 8 KB TMA-store buffer a consumer warpgroup and no f32
-    /// staging, which frees the shared memory of a fifth stage (cuSPARSELt's kernel for the
-    /// long-K dW shapes, same tile, has 232 KB: docs/bench/notes.md). It writes bf16 without
+    /// The 5-stage 128 x 256 instances (alone or in clusters of two): one 8 KB TMA-store buffer a
+    /// consumer warpgroup and no f32 staging, which frees the shared memory of a fifth stage
+    /// (cuSPARSELt's kernel for the long-K dW shapes, same tile, 5 stages and 2-CTA clusters,
+    /// has 232 KB: docs/bench/notes.md). It writes bf16 without
     /// beta only; other epilogues run it as the 4-stage instance (`for_epilogue`).
     pub fn is_slim(self) -> bool {
         self.bn == 256 && self.stages == 5
