@@ -544,7 +544,16 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
 #pragma unroll
         for (int chunk = 0; chunk < BN / EPI_COLS; ++chunk, ++epi_count) {
             uint8_t* buf = tma_buf + (BUFS == 2 ? (epi_count & 1) * 8192 : 0);
-            if (tid == 0) tma_store_wait_read<BUFS - 1>();
+            // A half wholly beyond M (the second of the last M tile when M % 128 is 1..64) is
+            // staged but not stored, so it commits no bulk group: wait<1> would then let it
+            // overwrite the buffer the previous half's last store still reads (ping-pong on GPT-2
+            // XL fc1 dX, M = 1600, lost elements of its last M tile: tests/sparse_gemm.rs). It
+            // waits for every store instead. (Returning early for such halves put the cooperative
+            // main loops' mbarrier waits on vector registers: scripts/sass.sh.)
+            if (tid == 0) {
+                if (gm0 < p.m) tma_store_wait_read<BUFS - 1>();
+                else tma_store_wait_read<0>();
+            }
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
             stage_bf16(p, acc, buf, chunk, warp, lane, b_lo, b_hi);
             asm volatile("fence.proxy.async.shared::cta;" ::: "memory");

@@ -234,6 +234,53 @@ fn stream_k_tail_matches_data_parallel(m: usize, n: usize, k: usize) {
     }
 }
 
+/// The ping-pong instance and the cooperative 128-wide one issue the same wgmma (m64n128k32) in
+/// the same K order, so their outputs agree bit for bit. Checked where the tuner once saw them
+/// differ (2026-11-24, H100, relative 2.4e-2 on a sample of D): GPT-2 XL fc1's dX, 1600 x 16384 x
+/// 6400 with D column-major, ~6 tiles of 100 K blocks a warpgroup, the tuner's own operands, run
+/// repeatedly; on a mismatch the message says which elements and 128 x 128 tiles differ.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_gemm_pingpong_matches_cooperative_long_k() {
+    let dev = Device::new(0).expect("a CUDA GPU");
+    // The tuner's operands: one random block of 2^22 values tiled over the matrix.
+    let tiled = |seed: u64, rows: usize, cols: usize| {
+        let block = normal_bf16(seed, (1 << 22).min(rows * cols));
+        let host: Vec<bf16> = block.iter().copied().cycle().take(rows * cols).collect();
+        DeviceMatrix::from_host(&dev, rows, cols, &host).unwrap()
+    };
+    for (m, n, k) in [(1600, 16384, 6400), (1024, 16384, 4096)] {
+        let sparse = prune24_compress(&dev, &tiled(1, m, k)).unwrap();
+        let bt = tiled(2, n, k);
+        let run = |cfg: TileConfig| {
+            let mut d = DeviceMatrix::<bf16>::poisoned(&dev, n, m).unwrap();
+            let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(cfg), ..Default::default() };
+            sparse_gemm(&dev, &sparse, BOperand::KMajor(&bt), &mut d, &opts).unwrap();
+            d.to_host(&dev).unwrap()
+        };
+        let coop = TileConfig { schedule: Schedule::DataParallel, ..TileConfig::ALL[2] };
+        let pp = TileConfig { schedule: Schedule::DataParallel, ..TileConfig::ALL[5] };
+        assert!(coop.bn == 128 && !coop.pingpong && pp.bn == 128 && pp.pingpong);
+        let want = run(coop);
+        for rep in 0..6 {
+            for group_m in [0, 4, 8] {
+                for cfg in [TileConfig { group_m, ..pp }, TileConfig { group_m, ..coop }] {
+                    let got = run(cfg);
+                    // D is N x M row-major: element (token j, feature i) at j * m + i.
+                    let bad: Vec<(usize, usize)> = got.iter().zip(&want).enumerate().filter(|(_, (a, b))| a.to_bits() != b.to_bits()).map(|(e, _)| (e % m, e / m)).collect();
+                    if !bad.is_empty() {
+                        let mut tiles: Vec<(usize, usize)> = bad.iter().map(|&(i, j)| (i / 128, j / 128)).collect();
+                        tiles.dedup();
+                        tiles.sort();
+                        tiles.dedup();
+                        panic!("{m}x{n}x{k} rep {rep} {cfg:?}: {} elements differ from the cooperative instance's, in {} tiles (m tile, n tile) {:?}; first (row, col) {:?}", bad.len(), tiles.len(), &tiles[..tiles.len().min(12)], &bad[..bad.len().min(8)]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_rejects_bad_input() {
