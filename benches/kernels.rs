@@ -244,8 +244,9 @@ fn main() {
 
     // MVUE where the CUDA cores idle: fc2's dX GEMM (dA = dY W2: A = W2^T compressed, 4096 x 1024;
     // B = fc2's dY, 16384 x 1024) with fc1's GELU backward and MVUE in its epilogue
-    // (sparse_gemm_gelu_backward), at the table's instance and the ping-pong one (one warpgroup's
-    // epilogue runs under the other's main loop). fc1's MVUE then costs what the MVUE epilogue
+    // (sparse_gemm_gelu_backward), at the table's instance, the ping-pong one (one warpgroup's
+    // epilogue runs under the other's main loop) and the one with epilogue warpgroups (the
+    // epilogue of a tile runs under the next tile's main loop). fc1's MVUE then costs what the MVUE epilogue
     // adds to the best GELU path without it (the fused GEMM + GELU, or the GEMM then
     // gelu_backward). Floor: bytes that must move (dY, W2^T's values and metadata, X, dH; + 1.25 B
     // an element of dH for S(dH^T)).
@@ -269,11 +270,13 @@ fn main() {
     let gemm_bytes = 2.0 * (t * d) as f64 + (f * d) as f64 * (1.0 + 1.0 / 8.0) + 4.0 * n;
     let shape = format!("gpt2-medium.fc2 dX {t}x{f}x{d}");
     let mut best = (f64::INFINITY, f64::INFINITY, String::new());
-    let configs: Vec<(String, Option<twofour::TileConfig>)> = if fused_configs {
-        twofour::TileConfig::ALL.iter().map(|c| (format!("{c:?}"), Some(*c))).collect()
+    use twofour::FusedEpilogue;
+    let mut configs: Vec<(String, FusedEpilogue)> = if fused_configs {
+        twofour::TileConfig::ALL.iter().map(|c| (format!("{c:?}"), FusedEpilogue::Consumers(Some(*c)))).collect()
     } else {
-        vec![("table".into(), None), ("ping-pong".into(), Some(twofour::TileConfig::ALL[5]))]
+        vec![("table".into(), FusedEpilogue::Consumers(None)), ("ping-pong".into(), FusedEpilogue::Consumers(Some(twofour::TileConfig::ALL[5])))]
     };
+    configs.push(("epilogue-warpgroup".into(), FusedEpilogue::EpilogueWarpgroups { group_m: 0 }));
     for (label, cfg) in configs.iter().map(|(l, c)| (l.as_str(), *c)) {
         let gelu_only = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, None, cfg));
         let with_mvue = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, Some((1, 1, &mut s_dht)), cfg));

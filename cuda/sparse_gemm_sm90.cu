@@ -61,8 +61,14 @@ enum : int {
     BM = 128,        // tile rows: two consumer warpgroups of 64
     BK = 64,         // dense K per stage (32 compressed values)
     THREADS = 384,   // producer + 2 consumers
+    EW_THREADS = 640,  // producer + 2 consumers + 2 epilogue warpgroups (FUSE == 2)
     EPI_COLS = 64,   // epilogue chunk width
     EPI_PITCH = 68,  // f32 words a staged row: +4 spreads the rows over the banks
+    // FUSE == 2: a tile's dA as bf16, 128 rows x BN tokens, handed from the consumers to the
+    // epilogue warpgroups; 136 halves a row (128 + 8: the consumers' fragment stores of a warp,
+    // rows g = 0..7 x t = 0..3, land on 4 g + t: 32 banks).
+    HAND_PITCH = 136,
+    HAND_BYTES = BM * HAND_PITCH * 2,  // one hand-off buffer (BN <= 128); two alternate
 };
 
 // A 128-byte CUtensorMap, passed by value as a __grid_constant__ parameter.
@@ -233,7 +239,9 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
 
 
 
-template <int BN, int STAGES>
+// EW: the FUSE == 2 instances, whose epilogue region holds the two hand-off buffers and whose
+// barrier region 4 more mbarriers (hand_full[2], hand_empty[2]).
+template <int BN, int STAGES, int EW = 0>
 struct Smem {
     static constexpr int A_BYTES = BM * (BK / 2) * 2;  // 8 KB
     static constexpr int B_BYTES = BN * BK * 2;        // 16 / 32 KB
@@ -245,14 +253,15 @@ struct Smem {
     static constexpr bool SLIM = BN == 256 && STAGES == 5;
     static constexpr int TMA_BUFS = SLIM ? 1 : 2;  // TMA store buffers a warpgroup
     // f32 staging (2 x 64 x 68 words) or, for TMA stores, 2 warpgroups x TMA_BUFS x 8 KB.
-    static constexpr int EPI_BYTES = SLIM ? 2 * 8192 : 2 * 64 * EPI_PITCH * 4;
+    static constexpr int EPI_BYTES = EW ? 2 * HAND_BYTES : SLIM ? 2 * 8192 : 2 * 64 * EPI_PITCH * 4;
+    static_assert(!EW || BN <= 128, "a hand-off buffer holds 128 tokens a row");
     static_assert(SLIM || EPI_BYTES >= 2 * 2 * 8192, "TMA store buffers must fit the staging region");
     static constexpr int A_OFF = 0;
     static constexpr int B_OFF = A_OFF + STAGES * A_BYTES;
     static constexpr int E_OFF = B_OFF + STAGES * B_BYTES;
     static constexpr int EPI_OFF = E_OFF + STAGES * E_BYTES;
     static constexpr int BAR_OFF = EPI_OFF + EPI_BYTES;
-    static constexpr int TOTAL = BAR_OFF + 2 * STAGES * 8 + 1024;  // + 1024 for the alignment
+    static constexpr int TOTAL = BAR_OFF + (2 * STAGES + (EW ? 4 : 0)) * 8 + 1024;  // + 1024 for the alignment
     static constexpr uint32_t TX_BYTES = A_BYTES + B_BYTES + E_BYTES;
 };
 
@@ -481,7 +490,24 @@ __device__ __forceinline__ void gelu_prefetch_x(const Params& p, int gm0, int n0
     }
 }
 
-__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* stage, int m0w, int n0c, int tid, const uint32_t (&xv)[16]) {
+// dA of a chunk as the plain GEMM stores it (bf16): 4 tokens (tok ..) of chunk row `row`, packed
+// in pairs (the lower token low). From the cooperative consumers' f32 staging (rounded here) or
+// from the hand-off buffer of the epilogue warpgroups (rounded by the consumers, the same way).
+struct StagedF32 {
+    const float* stage;
+    __device__ uint2 operator()(int row, int tok) const {
+        const float4 v = *reinterpret_cast<const float4*>(stage + row * EPI_PITCH + tok);
+        return make_uint2((uint32_t)twofour::f32_to_bf16(v.x) | (uint32_t)twofour::f32_to_bf16(v.y) << 16,
+                          (uint32_t)twofour::f32_to_bf16(v.z) | (uint32_t)twofour::f32_to_bf16(v.w) << 16);
+    }
+};
+struct HandoffBf16 {
+    const uint16_t* buf;  // the chunk's first element; rows HAND_PITCH halves apart
+    __device__ uint2 operator()(int row, int tok) const { return *reinterpret_cast<const uint2*>(buf + row * HAND_PITCH + tok); }
+};
+
+template <class DaChunk>
+__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, DaChunk da_at, int m0w, int n0c, int tid, const uint32_t (&xv)[16]) {
     const int lane = tid & 31;
     const ChunkLanes c(tid);
     const int rr = c.rr, tl = c.tl;
@@ -490,16 +516,15 @@ __device__ __forceinline__ void gelu_mvue_chunk(const Params& p, const float* st
     uint32_t w[16];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-        const float4 lo = *reinterpret_cast<const float4*>(stage + rr * EPI_PITCH + tl + 4 * q);
-        const float4 hi = *reinterpret_cast<const float4*>(stage + (rr + 1) * EPI_PITCH + tl + 4 * q);
-        const float l4[4] = {lo.x, lo.y, lo.z, lo.w}, h4[4] = {hi.x, hi.y, hi.z, hi.w};
+        const uint2 lo = da_at(rr, tl + 4 * q), hi = da_at(rr + 1, tl + 4 * q);
+        const uint32_t l2[2] = {lo.x, lo.y}, h2[2] = {hi.x, hi.y};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int r = 4 * q + j;
             uint32_t out = 0;
 #pragma unroll
             for (int i = 0; i < 2; ++i) {  // dA rounded to bf16 as the plain GEMM stores it, then gelu_backward
-                const float da = mvue::half_f32((uint32_t)twofour::f32_to_bf16(i ? h4[j] : l4[j]) << 16, 1);
+                const float da = mvue::half_f32(i ? h2[j >> 1] : l2[j >> 1], j & 1);
                 float a, g;
                 gated::act(1, mvue::half_f32(xv[r], i), a, g);
                 out |= (uint32_t)twofour::f32_to_bf16(g * da) << (16 * i);
@@ -582,7 +607,7 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
             if (!FUSE) store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
             else if (fuse_live) {
                 if (!PRELOAD) gelu_load_x(p, gm0, n0 + chunk * EPI_COLS, tid, xv);
-                gelu_mvue_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid, xv);
+                gelu_mvue_chunk(p, StagedF32{stage_epi}, gm0, n0 + chunk * EPI_COLS, tid, xv);
             }
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
         }
@@ -607,6 +632,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     uint32_t phase = 0;
     Schedule<CM> work(p);
     int tile, kb_begin, kb_end, piece;
+    int handed = 0;  // FUSE == 2: tiles handed to the epilogue warpgroups so far
     while (work.next(tile, kb_begin, kb_end, piece)) {
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
@@ -646,6 +672,24 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
 
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
+        if (FUSE == 2) {
+            // Hand dA (bf16) to the epilogue warpgroups and go on to the next tile's main loop:
+            // buffer b = handed & 1, once it is drained (its first use passes at once).
+            const int b = handed & 1;
+            uint64_t* hand = empty + STAGES;  // hand_full[2], hand_empty[2]
+            mbar_wait(&hand[2 + b], ((handed >> 1) & 1) ^ 1);
+            // Row 64 wg + 16 warp + g, tokens 2t, 2t + 1 (+ 8j): one word; row + 8 likewise.
+            const int g = lane >> 2, t = lane & 3;
+            uint32_t* lo = reinterpret_cast<uint32_t*>(smem + S::EPI_OFF + b * HAND_BYTES + ((64 * wg + 16 * warp + g) * HAND_PITCH + 2 * t) * 2);
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+                lo[4 * j] = (uint32_t)twofour::f32_to_bf16(acc[4 * j]) | (uint32_t)twofour::f32_to_bf16(acc[4 * j + 1]) << 16;
+                lo[4 * HAND_PITCH + 4 * j] = (uint32_t)twofour::f32_to_bf16(acc[4 * j + 2]) | (uint32_t)twofour::f32_to_bf16(acc[4 * j + 3]) << 16;
+            }
+            mbar_arrive(&hand[b]);  // release: the epilogue's wait acquires these stores
+            ++handed;
+            continue;
+        }
         const int gm0 = m0 + 64 * wg;
         if (p.stream_k && tile >= p.dp_tiles) {
             // Slot of (tail tile j, piece i, CTA rank, warpgroup): ((j (pieces - 1) + i) CM + rank) 2 + wg.
@@ -755,6 +799,37 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
 
+// FUSE == 2, epilogue warpgroup e (0 or 1): for each tile of the CTA (the consumers' order), wait
+// for its dA in hand-off buffer handed & 1, run the GELU backward + MVUE epilogue on rows 64 e ..
+// + 63 (BN / 64 chunks of gelu_mvue_chunk, the cooperative instances' arithmetic), then free the
+// buffer. It runs while the consumers are in the next tile's main loop: the tensor cores no longer
+// wait for the epilogue's ALU work (docs/sparse-training.md). Data-parallel only.
+template <int BN>
+__device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* hand_bufs, uint64_t* hand, int e) {
+    const int tid = threadIdx.x - 128 * (3 + e);
+    Schedule<1> work(p);
+    int tile, kb_begin, kb_end, handed = 0;
+    while (work.next(tile, kb_begin, kb_end)) {
+        int m0, nt;
+        tile_coords<1>(tile, p, m0, nt);
+        const int gm0 = m0 + 64 * e, n0 = nt * BN, b = handed & 1;
+        uint32_t xv[16];
+        if (gm0 < p.m) gelu_load_x(p, gm0, n0, tid, xv);  // X does not wait for dA
+        mbar_wait(&hand[b], (handed >> 1) & 1);
+        const uint16_t* buf = reinterpret_cast<const uint16_t*>(hand_bufs + b * HAND_BYTES) + 64 * e * HAND_PITCH;
+#pragma unroll 1
+        for (int c = 0; c < BN / EPI_COLS; ++c) {
+            const int n0c = n0 + c * EPI_COLS;
+            if (gm0 < p.m && n0c < p.n) {
+                if (c > 0) gelu_load_x(p, gm0, n0c, tid, xv);
+                gelu_mvue_chunk(p, HandoffBf16{buf + c * EPI_COLS}, gm0, n0c, tid, xv);
+            }
+        }
+        mbar_arrive(&hand[2 + b]);  // after this thread's reads of the buffer
+        ++handed;
+    }
+}
+
 template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                          const TensorMap* ta, const TensorMap* tb, const TensorMap* te, int rank) {
@@ -808,8 +883,10 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     static_assert(CM == 1 || CM == 2, "clusters of 1 or 2 CTAs along M");
     static_assert(FUSE == 0 || B_MN == 0, "the fused GELU backward is fc2's dX GEMM: K-major B");
     static_assert(CM == 1 || (BN / 2) % 8 == 0, "each CTA's half of a K-major B stage must be whole 1024-byte swizzle atoms");
+    static_assert(FUSE != 2 || (CM == 1 && PP == 0 && BN == 128), "epilogue warpgroups: single CTAs, cooperative 128 x 128 tiles");
 #ifdef TWOFOUR_SM90A
-    using S = Smem<BN, STAGES>;
+    constexpr int EW = FUSE == 2;
+    using S = Smem<BN, STAGES, EW>;
     extern __shared__ uint8_t smem_raw[];
     // 128B-swizzled TMA destinations need 1024-byte alignment.
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -823,6 +900,8 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
             // one warpgroup owns a stage), times the CTAs of the cluster that multicast into it.
             mbar_init(&empty[i], (PP ? 4 : 8) * CM);
         }
+        // FUSE == 2: hand_full[2] (every consumer thread arrives), hand_empty[2] (every epilogue thread).
+        for (int i = 0; EW && i < 4; ++i) mbar_init(&empty[STAGES + i], 256);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     // The peer multicasts into this CTA's stages and arrives on its barriers: both must exist first.
@@ -830,12 +909,21 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     else __syncthreads();
     const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (EW) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+        else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);
-    } else {
+    } else if (!EW) {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         if (PP) consumer_pingpong<BN, STAGES, B_MN, FUSE>(p, smem, full, empty, wg - 1, td);
         else consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
+    } else if (wg <= 2) {
+        // 640 threads start at 96 registers (61440): producer 24, consumers 104 (64
+        // accumulators), epilogue 120 (at 112 it spilled): 3072 + 26624 + 30720 = 60416.
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 104;");
+        consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 120;");
+        epilogue_warps<BN>(p, smem + S::EPI_OFF, empty + STAGES, wg - 3);
     }
     // Neither CTA may exit while the peer can still arrive on its barriers.
     if (CM > 1) {
@@ -854,7 +942,7 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 // name: _k for K-major B, _n for N-major, _c2 for clusters of two CTAs sharing B, _pp for
 // ping-pong consumers, _gelu for the fused GELU backward + MVUE epilogue).
 #define TWOFOUR_SPARSE_GEMM_SM90_KERNEL(NAME, ATTRS, BN, STAGES, B_MN, CM, PP, FUSE)                  \
-    extern "C" __global__ void ATTRS __launch_bounds__(sm90::THREADS, 1) NAME(                        \
+    extern "C" __global__ void ATTRS __launch_bounds__(FUSE == 2 ? sm90::EW_THREADS : sm90::THREADS, 1) NAME( \
         const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,       \
         const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,       \
         sm90::Params p) {                                                                             \
@@ -897,3 +985,6 @@ TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k_gelu, 1)
+// The fused epilogue in two epilogue warpgroups of their own (FUSE 2, 640 threads, 128 x 128
+// tiles): `sparse_gemm_gelu_backward` with FusedEpilogue::EpilogueWarpgroups.
+TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn128_s6_ew_k_gelu, , 128, 6, 0, 1, 0, 2)

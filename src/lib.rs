@@ -50,7 +50,7 @@ pub use mvue24::{mvue24_compress, mvue24_compress_into, mvue24_compress_with};
 pub use prune24::{prune24_compress, prune24_compress_into};
 pub use shape_table::ShapeTable;
 pub use sparse24::{Sparse24, Sparse24Host};
-pub use sparse_gemm::{sparse_gemm, sparse_gemm_gelu_backward, BOperand, GemmOptions, GemmOut, Schedule, TileConfig};
+pub use sparse_gemm::{sparse_gemm, sparse_gemm_gelu_backward, BOperand, FusedEpilogue, GemmOptions, GemmOut, Schedule, TileConfig};
 pub use sparse_linear::SparseLinear;
 pub use sparse_mma_sm80::{sparse_gemm_sm80, sparse_mma_naive, MetaReading};
 

@@ -269,7 +269,33 @@ struct FusedGelu {
     mask: u64,
     seed: u64,
     step: u32,
+    /// Run it in epilogue warpgroups (`FusedEpilogue::EpilogueWarpgroups`).
+    warpgroups: bool,
 }
+
+/// Where `sparse_gemm_gelu_backward` runs its fused epilogue (GELU backward, MVUE) on Hopper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedEpilogue {
+    /// In the two consumer warpgroups after each tile's main loop (the tensor cores wait for it),
+    /// at this tile configuration; None: the table's pick for the plain GEMM of this shape (a
+    /// 256-wide one runs 192 wide, `TileConfig::for_fused_epilogue`).
+    Consumers(Option<TileConfig>),
+    /// In two epilogue warpgroups of their own that run a tile's epilogue while the consumers are
+    /// in the next tile's main loop, dA handed over in shared memory (128 x 128 tiles, 6 stages,
+    /// 640 threads, data-parallel; `group_m` the raster group, 0: automatic).
+    EpilogueWarpgroups { group_m: u32 },
+}
+
+impl From<Option<TileConfig>> for FusedEpilogue {
+    fn from(config: Option<TileConfig>) -> Self {
+        FusedEpilogue::Consumers(config)
+    }
+}
+
+/// The epilogue-warpgroup instance's tile and its shared memory: 6 stages, two 128 x 136 bf16
+/// hand-off buffers, 16 + 4 mbarriers, 1 KB of alignment (cuda/sparse_gemm_sm90.cu, Smem<.., EW>).
+const EW_CONFIG: TileConfig = TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::DataParallel, cluster_m: 1, pingpong: false, tail_pieces: 0 };
+const EW_SMEM: usize = 6 * (TileConfig::BM * TileConfig::BK / 2 * 2 + 128 * TileConfig::BK * 2 + 1024) + 2 * 128 * 136 * 2 + (2 * 6 + 4) * 8 + 1024;
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
 
@@ -320,10 +346,15 @@ fn sm_count(dev: &Device) -> Result<usize> {
 
 /// `cfg`'s compiled instance, its name and dynamic shared memory, with the function's
 /// shared-memory limit raised to that.
-fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool, fused: bool) -> Result<(String, cudarc::driver::CudaFunction, usize)> {
-    let name = if fused { cfg.fused_kernel_name() } else { cfg.kernel_name(b_n_major) };
+/// `fused`: the GELU-backward instance, None for the plain GEMM; Some(true): the one with
+/// epilogue warpgroups.
+fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool, fused: Option<bool>) -> Result<(String, cudarc::driver::CudaFunction, usize)> {
+    let (name, smem) = match fused {
+        None => (cfg.kernel_name(b_n_major), cfg.smem_bytes()),
+        Some(false) => (cfg.fused_kernel_name(), cfg.smem_bytes()),
+        Some(true) => ("sparse_gemm_sm90_bn128_s6_ew_k_gelu".to_string(), EW_SMEM),
+    };
     let f = dev.function(&name)?;
-    let smem = cfg.smem_bytes();
     f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .during("raising the kernel's shared-memory limit")?;
     Ok((name, f, smem))
@@ -354,7 +385,7 @@ fn slots(dev: &Device, cfg: TileConfig, name: &str, f: &cudarc::driver::CudaFunc
 /// for clusters as many whole clusters as fit (they must sit within one GPC).
 pub fn resident_ctas(dev: &Device, cfg: TileConfig, b_n_major: bool) -> Result<usize> {
     let sms = sm_count(dev)?;
-    let (name, f, smem) = instance(dev, cfg, b_n_major, false)?;
+    let (name, f, smem) = instance(dev, cfg, b_n_major, None)?;
     slots(dev, cfg, &name, &f, smem, sms)
 }
 
@@ -409,8 +440,8 @@ fn is_sm90(dev: &Device) -> Result<bool> {
 /// `dh`, and with `mvue = Some((seed, step, s))` S(dH^T) (F x tokens, 2:4 along tokens: fc1's dW
 /// operand) into `s`. Bit for bit `sparse_gemm` (D column-major, bf16) then `gelu_backward` then
 /// `mvue24_compress_into(dH, seed, step)`, without writing dA or reading dH back. F and tokens
-/// multiples of 64, d of 64. `config`: the tile configuration (None: the table's pick for the
-/// plain GEMM of this shape; a 256-wide one runs 192 wide, `TileConfig::for_fused_epilogue`).
+/// multiples of 64, d of 64. `epilogue`: where the epilogue runs, `FusedEpilogue` (or a tile
+/// configuration: `None` / `Some(cfg)` for `FusedEpilogue::Consumers`).
 /// Hopper runs the fused kernel; other GPUs run the three kernels. Speed on the H100 at GPT-2
 /// medium (16384 tokens, F = 4096, d = 1024; docs/bench/kernels-h100.md): the GEMM + GELU 0.277 ms
 /// against 0.290 ms for the GEMM then `gelu_backward`; with MVUE 0.366 ms against 0.378 ms for
@@ -423,9 +454,13 @@ pub fn sparse_gemm_gelu_backward(
     x: &DeviceMatrix<bf16>,
     dh: &mut DeviceMatrix<bf16>,
     mvue: Option<(u64, u32, &mut Sparse24)>,
-    config: Option<TileConfig>,
+    epilogue: impl Into<FusedEpilogue>,
 ) -> Result<()> {
     let op = "sparse_gemm_gelu_backward";
+    let (config, warpgroups) = match epilogue.into() {
+        FusedEpilogue::Consumers(c) => (c, false),
+        FusedEpilogue::EpilogueWarpgroups { group_m } => (Some(TileConfig { group_m, ..EW_CONFIG }), true),
+    };
     let (f, d_model, tokens) = (w2t.rows(), w2t.cols(), dy.rows());
     if dy.cols() != d_model || (x.rows(), x.cols()) != (tokens, f) || (dh.rows(), dh.cols()) != (tokens, f) {
         return Err(shape(
@@ -459,9 +494,9 @@ pub fn sparse_gemm_gelu_backward(
             let (vals, _gv) = s.values.device_ptr_mut(stream);
             let (meta, _gm) = s.meta.device_ptr_mut(stream);
             let (mask, _gk) = s.mask.device_ptr_mut(stream);
-            launch_sm90(dev, w2t, b, dh, &opts, Some(FusedGelu { x: px, vals, meta, mask, seed, step }))
+            launch_sm90(dev, w2t, b, dh, &opts, Some(FusedGelu { x: px, vals, meta, mask, seed, step, warpgroups }))
         }
-        None => launch_sm90(dev, w2t, b, dh, &opts, Some(FusedGelu { x: px, ..Default::default() })),
+        None => launch_sm90(dev, w2t, b, dh, &opts, Some(FusedGelu { x: px, warpgroups, ..Default::default() })),
     }
 }
 
@@ -510,7 +545,12 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
     });
     // The fused epilogue: the plain GEMM's pick (the table times that), at a fused instance; the
     // staged epilogues at a non-slim one.
-    let cfg = if fused.is_some() { cfg.for_fused_epilogue() } else { cfg.for_epilogue(T::IS_F32 != 0 || opts.beta != 0.0) };
+    let ew = fused.is_some_and(|f| f.warpgroups);
+    let cfg = match fused {
+        Some(_) if ew => TileConfig { group_m: cfg.group_m, ..EW_CONFIG },
+        Some(_) => cfg.for_fused_epilogue(),
+        None => cfg.for_epilogue(T::IS_F32 != 0 || opts.beta != 0.0),
+    };
     if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
@@ -553,7 +593,7 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
     if stream_k && cfg.pingpong {
         return Err(unsupported("sparse_gemm", format!("{cfg:?}: the ping-pong instance runs whole tiles only; use Schedule::DataParallel or Auto")));
     }
-    let (name, f, smem) = instance(dev, cfg, b_n_major, fused.is_some())?;
+    let (name, f, smem) = instance(dev, cfg, b_n_major, fused.map(|f| f.warpgroups))?;
     let tiles = m_tiles * n_tiles;
     // Persistent grid: one CTA per SM, or as many whole clusters as can be resident at once;
     // no more CTAs than tiles, except that a split stream-K tail fills every slot (with fewer
@@ -601,7 +641,8 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             mvue_mask: fu.mask,
             mvue_seed: fu.seed,
         };
-        let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem as u32 };
+        let threads = if ew { 640 } else { 384 };  // + 2 epilogue warpgroups
+        let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);
         launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
         // SAFETY: the tensor maps describe live buffers of the checked shapes; Params matches the

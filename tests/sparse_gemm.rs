@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use twofour::reference::{self, philox::normal_bf16};
 use twofour::{
-    gelu_backward, mvue24_compress_into, prune24_compress, sparse_gemm, sparse_gemm_gelu_backward, sparse_mma_naive, Sparse24, BOperand, Device, DeviceMatrix, Error, GemmOptions, GemmOut,
+    gelu_backward, mvue24_compress_into, prune24_compress, sparse_gemm, sparse_gemm_gelu_backward, sparse_mma_naive, Sparse24, BOperand, Device, DeviceMatrix, Error, FusedEpilogue, GemmOptions, GemmOut,
     KernelImage, MatLayout, MetaReading, Schedule, TileConfig,
 };
 
@@ -390,28 +390,40 @@ fn sparse_linear_three_gemms_match_reference() {
 /// is, bit for bit, `sparse_gemm` (bf16, column-major) then `gelu_backward` then
 /// `mvue24_compress_into` (each checked against the CPU reference by its own tests): dH and
 /// S(dH^T)'s values, metadata and mask, on every K-major config (the 256-wide ones run at the
-/// 192-wide fused instance), data-parallel and stream-K, with and without MVUE. 192 x 320 x 128: a half-empty second M tile (its lower warpgroup's rows lie
-/// beyond M) and a ragged last N tile (one of its 64-token chunks inside); 1088 x 2112 x 512: more
-/// tiles than SMs for the narrow instances, a stream-K tail for all. Poisoned outputs, fresh
-/// random inputs; then the typed errors. On the Ampere image the same call runs the three kernels.
+/// 192-wide fused instance), data-parallel and stream-K, with and without MVUE, and in epilogue
+/// warpgroups (`FusedEpilogue::EpilogueWarpgroups`, two raster groups). 192 x 320 x 128: a
+/// half-empty second M tile (its lower warpgroup's rows lie beyond M) and a ragged last N tile (one
+/// of its 64-token chunks inside); 1088 x 2112 x 512: more tiles than SMs for the narrow
+/// instances, a stream-K tail for all; 2048 x 4096 x 256 (epilogue warpgroups only): ~4 tiles a
+/// CTA, so both hand-off buffers are reused. Poisoned outputs, fresh random inputs; then the typed
+/// errors. On the Ampere image the same call runs the three kernels.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_gemm_gelu_backward_is_gemm_then_gelu_then_mvue() {
     let dev = Device::new(0).expect("a CUDA GPU");
-    for (case, &(f, tokens, d_model)) in [(192usize, 320usize, 128usize), (1088, 2112, 512)].iter().enumerate() {
+    for (case, &(f, tokens, d_model)) in [(192usize, 320usize, 128usize), (1088, 2112, 512), (2048, 4096, 256)].iter().enumerate() {
         let seed = 40 + 10 * case as u64;
         let w2t = prune24_compress(&dev, &DeviceMatrix::from_host(&dev, f, d_model, &normal_bf16(seed, f * d_model)).unwrap()).unwrap();
         let dy = DeviceMatrix::from_host(&dev, tokens, d_model, &normal_bf16(seed + 1, tokens * d_model)).unwrap();
         let x = DeviceMatrix::from_host(&dev, tokens, f, &normal_bf16(seed + 2, tokens * f)).unwrap();
         let (mseed, step) = (0x5eed_0000_0000_0001u64 + seed, 7 + case as u32);
-        for base in TileConfig::ALL.iter() {
+        // (the fused call's epilogue, the plain GEMM's config): the fused call runs a 256-wide
+        // config at the 192-wide instance, and the plain GEMM does the same, so that stream-K
+        // splits the same tiles; the epilogue warpgroups run 128 x 128 tiles, data-parallel.
+        let mut cases: Vec<(FusedEpilogue, TileConfig)> = Vec::new();
+        for base in TileConfig::ALL.iter().filter(|_| case < 2) {
             let schedules: &[Schedule] = if base.pingpong { &[Schedule::DataParallel] } else { &[Schedule::DataParallel, Schedule::StreamK] };
             for &schedule in schedules {
-                // The fused call runs a 256-wide config at the 192-wide instance: the plain GEMM
-                // does the same, so that stream-K splits the same tiles.
                 let cfg = TileConfig { schedule, ..*base };
-                let what = format!("F {f} tokens {tokens} d {d_model} {cfg:?}");
-                let plain_cfg = cfg.for_fused_epilogue();
+                cases.push((FusedEpilogue::Consumers(Some(cfg)), cfg.for_fused_epilogue()));
+            }
+        }
+        for group_m in [0, 1] {
+            cases.push((FusedEpilogue::EpilogueWarpgroups { group_m }, TileConfig { group_m, schedule: Schedule::DataParallel, ..TileConfig::ALL[2] }));
+        }
+        {
+            for (epilogue, plain_cfg) in cases {
+                let what = format!("F {f} tokens {tokens} d {d_model} {epilogue:?}");
                 // The three kernels.
                 let mut da = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
                 let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(plain_cfg), ..Default::default() };
@@ -424,7 +436,7 @@ fn sparse_gemm_gelu_backward_is_gemm_then_gelu_then_mvue() {
                 // Fused, with MVUE and without.
                 let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
                 let mut s = Sparse24::alloc(&dev, f, tokens).unwrap();
-                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh, Some((mseed, step, &mut s)), Some(cfg)).unwrap();
+                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh, Some((mseed, step, &mut s)), epilogue).unwrap();
                 let got = dh.to_host(&dev).unwrap();
                 let bad = got.iter().zip(&dh_want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(bad, 0, "{what}: dH differs from gemm + gelu_backward in {bad} of {} elements", got.len());
@@ -433,7 +445,7 @@ fn sparse_gemm_gelu_backward_is_gemm_then_gelu_then_mvue() {
                 assert!(sg.meta == sw.meta, "{what}: S(dH^T) metadata differs");
                 assert!(sg.mask == sw.mask, "{what}: S(dH^T) mask differs");
                 let mut dh2 = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
-                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh2, None, Some(cfg)).unwrap();
+                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh2, None, epilogue).unwrap();
                 assert!(dh2.to_host(&dev).unwrap().iter().zip(&dh_want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: dH without MVUE differs");
             }
         }
