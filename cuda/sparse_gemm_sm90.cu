@@ -813,17 +813,19 @@ __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* h
         int m0, nt;
         tile_coords<1>(tile, p, m0, nt);
         const int gm0 = m0 + 64 * e, n0 = nt * BN, b = handed & 1;
-        uint32_t xv[16];
-        if (gm0 < p.m) gelu_load_x(p, gm0, n0, tid, xv);  // X does not wait for dA
+        // X of every chunk first: it does not wait for dA, and with two warps a scheduler the
+        // loads' latency is not hidden by other warps (one chunk's loads at a time: 0.2417 ms
+        // for GEMM + GELU at GPT-2 medium fc2 dX, docs/bench/notes.md).
+        uint32_t xv[BN / EPI_COLS][16];
+#pragma unroll
+        for (int c = 0; c < BN / EPI_COLS; ++c)
+            if (gm0 < p.m && n0 + c * EPI_COLS < p.n) gelu_load_x(p, gm0, n0 + c * EPI_COLS, tid, xv[c]);
         mbar_wait(&hand[b], (handed >> 1) & 1);
         const uint16_t* buf = reinterpret_cast<const uint16_t*>(hand_bufs + b * HAND_BYTES) + 64 * e * HAND_PITCH;
-#pragma unroll 1
+#pragma unroll
         for (int c = 0; c < BN / EPI_COLS; ++c) {
             const int n0c = n0 + c * EPI_COLS;
-            if (gm0 < p.m && n0c < p.n) {
-                if (c > 0) gelu_load_x(p, gm0, n0c, tid, xv);
-                gelu_mvue_chunk(p, HandoffBf16{buf + c * EPI_COLS}, gm0, n0c, tid, xv);
-            }
+            if (gm0 < p.m && n0c < p.n) gelu_mvue_chunk(p, HandoffBf16{buf + c * EPI_COLS}, gm0, n0c, tid, xv[c]);
         }
         mbar_arrive(&hand[2 + b]);  // after this thread's reads of the buffer
         ++handed;
