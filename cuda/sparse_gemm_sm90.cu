@@ -807,9 +807,10 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
 template <int BN>
 __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* hand_bufs, uint64_t* hand, int e) {
     const int tid = threadIdx.x - 128 * (3 + e);
-    Schedule<1> work(p);
-    int tile, kb_begin, kb_end, handed = 0;
-    while (work.next(tile, kb_begin, kb_end)) {
+    // Schedule<1>'s order when data-parallel (the host refuses stream-K here), with fewer live
+    // registers (the epilogue's 120 are full).
+    int handed = 0;
+    for (int tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
         int m0, nt;
         tile_coords<1>(tile, p, m0, nt);
         const int gm0 = m0 + 64 * e, n0 = nt * BN, b = handed & 1;
@@ -919,12 +920,13 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
         if (PP) consumer_pingpong<BN, STAGES, B_MN, FUSE>(p, smem, full, empty, wg - 1, td);
         else consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
     } else if (wg <= 2) {
-        // 640 threads start at 96 registers (61440): producer 24, consumers 104 (64
-        // accumulators), epilogue 120 (at 112 it spilled): 3072 + 26624 + 30720 = 60416.
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 104;");
+        // 640 threads start at 96 registers (61440): producer 24, consumers 96 (64
+        // accumulators), epilogue 128 (its two chunks' X preloaded; at 120 it spilled):
+        // 3072 + 24576 + 32768 = 60416.
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
         consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 120;");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 128;");
         epilogue_warps<BN>(p, smem + S::EPI_OFF, empty + STAGES, wg - 3);
     }
     // Neither CTA may exit while the peer can still arrive on its barriers.
