@@ -443,10 +443,10 @@ fn is_sm90(dev: &Device) -> Result<bool> {
 /// multiples of 64, d of 64. `epilogue`: where the epilogue runs, `FusedEpilogue` (or a tile
 /// configuration: `None` / `Some(cfg)` for `FusedEpilogue::Consumers`).
 /// Hopper runs the fused kernel; other GPUs run the three kernels. Speed on the H100 at GPT-2
-/// medium (16384 tokens, F = 4096, d = 1024; docs/bench/kernels-h100.md): the GEMM + GELU 0.277 ms
-/// against 0.290 ms for the GEMM then `gelu_backward`; with MVUE 0.366 ms against 0.378 ms for
-/// the three kernels: MVUE's arithmetic still adds its standalone time (the epilogue does not
-/// overlap the main loop in the cooperative instances, and the ping-pong one is slower).
+/// medium (16384 tokens, F = 4096, d = 1024; docs/bench/kernels-h100.md): the GEMM + GELU 0.275 ms
+/// in the consumers, 0.234 ms in epilogue warpgroups, against 0.282 ms for the GEMM then
+/// `gelu_backward`; with MVUE 0.368 / 0.347 ms against 0.371 ms for the three kernels: MVUE's
+/// arithmetic still adds its standalone time (the epilogue warps are latency-bound).
 pub fn sparse_gemm_gelu_backward(
     dev: &Device,
     w2t: &Sparse24,
