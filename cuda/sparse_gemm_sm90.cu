@@ -808,15 +808,15 @@ template <int BN>
 __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* hand_bufs, uint64_t* hand, int e) {
     const int tid = threadIdx.x - 128 * (3 + e);
     // Schedule<1>'s order when data-parallel (the host refuses stream-K here), with fewer live
-    // registers (the epilogue's 120 are full).
+    // registers than Schedule keeps.
     int handed = 0;
     for (int tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
         int m0, nt;
         tile_coords<1>(tile, p, m0, nt);
         const int gm0 = m0 + 64 * e, n0 = nt * BN, b = handed & 1;
-        // X of every chunk first: it does not wait for dA, and with two warps a scheduler the
-        // loads' latency is not hidden by other warps (one chunk's loads at a time: 0.2417 ms
-        // for GEMM + GELU at GPT-2 medium fc2 dX, docs/bench/notes.md).
+        // X of every chunk first (it does not wait for dA). Measured: no faster than one chunk's
+        // loads at a time (0.2425 vs 0.2417 ms for GEMM + GELU at GPT-2 medium fc2 dX): the
+        // epilogue warps are latency-bound in their arithmetic, not on X (docs/bench/notes.md).
         uint32_t xv[BN / EPI_COLS][16];
 #pragma unroll
         for (int c = 0; c < BN / EPI_COLS; ++c)
