@@ -259,13 +259,6 @@ fn main() {
     let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, t, f).unwrap();
     let mut s_dht = Sparse24::alloc(&dev, f, t).unwrap();
     let col = GemmOptions { d_layout: Some(MatLayout::ColMajor), ..Default::default() };
-    let gemm_ms = time(&mut flush, &mut || sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy2), &mut da, &col));
-    let gelu_ms = time(&mut flush, &mut || twofour::gelu_backward(&dev, &x, &da, &mut dh));
-    let three = time(&mut flush, &mut || {
-        sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy2), &mut da, &col)?;
-        twofour::gelu_backward(&dev, &x, &da, &mut dh)?;
-        mvue24_compress_into(&dev, &dh, 1, 1, &mut s_dht)
-    });
     let n = (t * f) as f64;
     let gemm_bytes = 2.0 * (t * d) as f64 + (f * d) as f64 * (1.0 + 1.0 / 8.0) + 4.0 * n;
     let shape = format!("gpt2-medium.fc2 dX {t}x{f}x{d}");
@@ -277,14 +270,33 @@ fn main() {
         vec![("table".into(), FusedEpilogue::Consumers(None)), ("ping-pong".into(), FusedEpilogue::Consumers(Some(twofour::TileConfig::ALL[5])))]
     };
     configs.push(("epilogue-warpgroup".into(), FusedEpilogue::EpilogueWarpgroups { group_m: 0 }));
-    for (label, cfg) in configs.iter().map(|(l, c)| (l.as_str(), *c)) {
-        let gelu_only = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, None, cfg));
-        let with_mvue = time(&mut flush, &mut || twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, Some((1, 1, &mut s_dht)), cfg));
+    // Every contender in interleaved rounds (timing::interleaved): the plain GEMM, gelu_backward,
+    // the three kernels, then each instance without and with MVUE.
+    let ms: Vec<f64> = interleaved(&dev, 3, reps, 3 + 2 * configs.len(), &mut flush, |i, _| match i {
+        0 => sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy2), &mut da, &col),
+        1 => twofour::gelu_backward(&dev, &x, &da, &mut dh),
+        2 => {
+            sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy2), &mut da, &col)?;
+            twofour::gelu_backward(&dev, &x, &da, &mut dh)?;
+            mvue24_compress_into(&dev, &dh, 1, 1, &mut s_dht)
+        }
+        j => {
+            let mvue = (j - 3) % 2 == 1;
+            twofour::sparse_gemm_gelu_backward(&dev, &w2t, &dy2, &x, &mut dh, if mvue { Some((1, 1, &mut s_dht)) } else { None }, configs[(j - 3) / 2].1)
+        }
+    })
+    .unwrap()
+    .iter()
+    .map(|t| median(t))
+    .collect();
+    let (gemm_ms, gelu_ms, three) = (ms[0], ms[1], ms[2]);
+    for (c, (label, _)) in configs.iter().enumerate() {
+        let (gelu_only, with_mvue) = (ms[3 + 2 * c], ms[4 + 2 * c]);
         println!("sparse_gemm_gelu_backward ({label} instance): GEMM + GELU {gelu_only:.4} ms, + MVUE {with_mvue:.4} ms; plain GEMM {gemm_ms:.4} + gelu_backward {gelu_ms:.4}, three kernels {three:.4} ms");
         recs.push(Rec { kernel: format!("sparse GEMM + GELU backward in its epilogue, {label} instance (peer = GEMM then gelu_backward)"), shape: shape.clone(), ms: gelu_only, floor_ms: floor(gemm_bytes), peer_ms: Some(gemm_ms + gelu_ms) });
         recs.push(Rec { kernel: format!("sparse GEMM + GELU backward + MVUE in its epilogue, {label} instance (peer = three kernels)"), shape: shape.clone(), ms: with_mvue, floor_ms: floor(gemm_bytes + 1.25 * n), peer_ms: Some(three) });
         if with_mvue < best.0 {
-            best = (with_mvue, gelu_only, label.to_string());
+            best = (with_mvue, gelu_only, label.clone());
         }
     }
     let mvue_in_gemm = (best.0 - best.1.min(gemm_ms + gelu_ms)).max(0.0);
@@ -315,7 +327,6 @@ fn main() {
         let (mut w, mut m, mut v, g) = (f32s(32, 0.02), f32s(33, 1e-3), f32s(34, 1e-6), f32s(35, 0.05));
         let mut shadow = DeviceMatrix::<bf16>::poisoned(&dev, r, c).unwrap();
         let k = twofour::reference::AdamWStep { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, c1: 0.5, c2: 0.3, gscale: 1.0, lambda: 2e-4 };
-        let fused = time(&mut flush, &mut || twofour::adamw_masked_compress_async(&dev, &mut w, &mut m, &mut v, &g, &k, &mut sw, &mut swt).map(drop));
         let adamw = dev.function("gpt_adamw").unwrap();
         let n64 = nel as i64;
         let plain_step = |w: &mut DeviceMatrix<f32>, m: &mut DeviceMatrix<f32>, v: &mut DeviceMatrix<f32>, shadow: &mut DeviceMatrix<bf16>| -> twofour::Result<()> {
@@ -328,12 +339,22 @@ fn main() {
             unsafe { b.launch(cfg) }.map_err(|e| twofour::Error::Driver { during: "gpt_adamw".into(), source: e })?;
             Ok(())
         };
-        let plain = time(&mut flush, &mut || plain_step(&mut w, &mut m, &mut v, &mut shadow));
-        let two = time(&mut flush, &mut || {
-            plain_step(&mut w, &mut m, &mut v, &mut shadow)?;
-            apply_mask_compress_async(&dev, &shadow, &mut sw, &mut swt, None).map(drop)
-        });
-        let search = time(&mut flush, &mut || transposable_mask_compress_async(&dev, &w16, &mut sw, &mut swt, None).map(drop));
+        // The fused step, the plain AdamW, the plain AdamW then apply_mask_compress, and the mask
+        // search, in interleaved rounds (timing::interleaved).
+        let ms: Vec<f64> = interleaved(&dev, 3, reps, 4, &mut flush, |i, _| match i {
+            0 => twofour::adamw_masked_compress_async(&dev, &mut w, &mut m, &mut v, &g, &k, &mut sw, &mut swt).map(drop),
+            1 => plain_step(&mut w, &mut m, &mut v, &mut shadow),
+            2 => {
+                plain_step(&mut w, &mut m, &mut v, &mut shadow)?;
+                apply_mask_compress_async(&dev, &shadow, &mut sw, &mut swt, None).map(drop)
+            }
+            _ => transposable_mask_compress_async(&dev, &w16, &mut sw, &mut swt, None).map(drop),
+        })
+        .unwrap()
+        .iter()
+        .map(|t| median(t))
+        .collect();
+        let (fused, plain, two, search) = (ms[0], ms[1], ms[2], ms[3]);
         println!("adamw_masked_compress {name} {r}x{c}: {fused:.4} ms; gpt_adamw {plain:.4} ms, + apply_mask_compress {two:.4} ms; search {search:.4} ms");
         recs.push(Rec { kernel: "adamw_masked_compress (peer = gpt_adamw then apply_mask_compress)".into(), shape: format!("{name} {r}x{c}"), ms: fused, floor_ms: floor(30.5 * nel as f64), peer_ms: Some(two) });
         recs.push(Rec { kernel: "gpt_adamw (the trainer's plain AdamW)".into(), shape: format!("{name} {r}x{c}"), ms: plain, floor_ms: floor(28.0 * nel as f64 + 2.0 * nel as f64), peer_ms: None });
