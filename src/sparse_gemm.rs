@@ -708,6 +708,11 @@ mod tests {
         assert_eq!(slim.for_epilogue(false), slim);
         assert_eq!(slim.for_fused_epilogue().bn, 192);
         assert!(TileConfig::ALL.iter().all(|c| c.for_epilogue(true).smem_bytes() <= 232_448 && !c.for_epilogue(true).is_slim()));
+        // The epilogue-warpgroup instance: 6 x 25 KB stages + two 34 KB hand-off buffers
+        // (Smem<128, 6, 1>::TOTAL in cuda/sparse_gemm_sm90.cu), within the 227 KB an SM gives.
+        assert_eq!(EW_SMEM, 224_384);
+        assert!(EW_SMEM <= 232_448);
+        assert_eq!(FusedEpilogue::from(None), FusedEpilogue::Consumers(None));
     }
 
     /// The kernel's `Schedule` (cuda/sparse_gemm_sm90.cu), step for step: the segments
