@@ -143,10 +143,14 @@ impl TileConfig {
 
     /// Dynamic shared memory the instance needs (mirrors `Smem` in the kernel).
     pub fn smem_bytes(self) -> usize {
-        let (bn, s) = (self.bn as usize, self.stages as usize);
-        let stage = Self::BM * Self::BK / 2 * 2 + bn * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4;
+        let s = self.stages as usize;
         let epilogue = if self.is_slim() { 2 * 8192 } else { 2 * 64 * 68 * 4 };
-        s * stage + epilogue + 2 * s * 8 + 1024
+        s * self.stage_bytes() + epilogue + 2 * s * 8 + 1024
+    }
+
+    /// One pipeline stage: A's compressed values, B, A's metadata.
+    const fn stage_bytes(self) -> usize {
+        Self::BM * Self::BK / 2 * 2 + self.bn as usize * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4
     }
 
     /// The raster group that balances the bytes of A and B a wave of `sms` CTAs touches: a wave
@@ -292,10 +296,14 @@ impl From<Option<TileConfig>> for FusedEpilogue {
     }
 }
 
-/// The epilogue-warpgroup instance's tile and its shared memory: 6 stages, two 128 x 136 bf16
-/// hand-off buffers, 16 + 4 mbarriers, 1 KB of alignment (cuda/sparse_gemm_sm90.cu, Smem<.., EW>).
+/// The epilogue-warpgroup instance's tile and its shared memory: the stages, two hand-off buffers
+/// of 128 rows x 136 bf16 (HAND_BYTES), 2 x stages + 4 mbarriers, 1 KB of alignment
+/// (cuda/sparse_gemm_sm90.cu, Smem<.., EW>).
 const EW_CONFIG: TileConfig = TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::DataParallel, cluster_m: 1, pingpong: false, tail_pieces: 0 };
-const EW_SMEM: usize = 6 * (TileConfig::BM * TileConfig::BK / 2 * 2 + 128 * TileConfig::BK * 2 + 1024) + 2 * 128 * 136 * 2 + (2 * 6 + 4) * 8 + 1024;
+const EW_SMEM: usize = {
+    let s = EW_CONFIG.stages as usize;
+    s * EW_CONFIG.stage_bytes() + 2 * (TileConfig::BM * 136 * 2) + (2 * s + 4) * 8 + 1024
+};
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}
 
@@ -545,9 +553,10 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
     });
     // The fused epilogue: the plain GEMM's pick (the table times that), at a fused instance; the
     // staged epilogues at a non-slim one.
+    // (The epilogue-warpgroup call passes its one config: EW_CONFIG with the caller's group_m.)
     let ew = fused.is_some_and(|f| f.warpgroups);
     let cfg = match fused {
-        Some(_) if ew => TileConfig { group_m: cfg.group_m, ..EW_CONFIG },
+        Some(_) if ew => cfg,
         Some(_) => cfg.for_fused_epilogue(),
         None => cfg.for_epilogue(T::IS_F32 != 0 || opts.beta != 0.0),
     };
