@@ -211,15 +211,7 @@ __device__ __forceinline__ void gelu_backward_mvue_run(const uint16_t* __restric
             const uint2 xv = mvue::staged(buf[0], lt.tok + r, lt.c0), dv = mvue::staged(buf[1], lt.tok + r, lt.c0);
 #pragma unroll
             for (int p = 0; p < 2; ++p) {
-                const uint32_t xw = p ? xv.y : xv.x, dw = p ? dv.y : dv.x;
-                uint32_t out = 0;
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {  // gelu_backward's arithmetic, element for element
-                    float a, g;
-                    gated::act(1, mvue::half_f32(xw, j), a, g);
-                    out |= (uint32_t)f32_to_bf16(g * mvue::half_f32(dw, j)) << (16 * j);
-                }
-                w[r][p] = out;
+                w[r][p] = gated::gelu_backward_pair(p ? xv.y : xv.x, p ? dv.y : dv.x);  // gelu_backward's arithmetic
             }
             if (live) *reinterpret_cast<unsigned long long*>(dy + (long long)(tok0 + r) * F + f0) = w[r][0] | (unsigned long long)w[r][1] << 32;
         }
@@ -249,15 +241,8 @@ TWOFOUR_GELU_MVUE(gelu_backward_mvue_rolled_w4, 4, true, 24)
 // trainer's gpt_gelu_backward computes tanh with tanhf: the two differ by bf16 roundings).
 extern "C" __global__ void gelu_backward(const uint16_t* __restrict__ x, const uint16_t* __restrict__ da, uint16_t* __restrict__ dy, long long n) {
     for (long long i = 8 * ((long long)blockIdx.x * blockDim.x + threadIdx.x); i < n; i += 8LL * gridDim.x * blockDim.x) {
-        uint16_t xv[8], dv[8], o[8];
-        *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + i);
-        *reinterpret_cast<uint4*>(dv) = *reinterpret_cast<const uint4*>(da + i);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            float a, g;
-            gated::act(1, bf16_to_f32(xv[j]), a, g);
-            o[j] = f32_to_bf16(g * bf16_to_f32(dv[j]));
-        }
-        *reinterpret_cast<uint4*>(dy + i) = *reinterpret_cast<uint4*>(o);
+        const uint4 xv = *reinterpret_cast<const uint4*>(x + i), dv = *reinterpret_cast<const uint4*>(da + i);
+        *reinterpret_cast<uint4*>(dy + i) = make_uint4(gated::gelu_backward_pair(xv.x, dv.x), gated::gelu_backward_pair(xv.y, dv.y),
+                                                       gated::gelu_backward_pair(xv.z, dv.z), gated::gelu_backward_pair(xv.w, dv.w));
     }
 }

@@ -61,15 +61,22 @@ enum : int {
     BM = 128,        // tile rows: two consumer warpgroups of 64
     BK = 64,         // dense K per stage (32 compressed values)
     THREADS = 384,   // producer + 2 consumers
-    EW_THREADS = 640,  // producer + 2 consumers + 2 epilogue warpgroups (FUSE == 2)
     EPI_COLS = 64,   // epilogue chunk width
     EPI_PITCH = 68,  // f32 words a staged row: +4 spreads the rows over the banks
-    // FUSE == 2: a tile's dA as bf16, 128 rows x BN tokens, handed from the consumers to the
+    // FUSE >= 2: a tile's dA as bf16, 128 rows x BN tokens, handed from the consumers to the
     // epilogue warpgroups; 136 halves a row (128 + 8: the consumers' fragment stores of a warp,
     // rows g = 0..7 x t = 0..3, land on 4 g + t: 32 banks).
     HAND_PITCH = 136,
     HAND_BYTES = BM * HAND_PITCH * 2,  // one hand-off buffer (BN <= 128); two alternate
 };
+
+// Threads of an instance. The epilogue-warpgroup instance (FUSE == 2): 2 consumer warpgroups, 2
+// epilogue warpgroups and a producer warp (one thread issues the TMA: a whole warpgroup's
+// registers were idle), 544 threads: at most 5 warps on each of the SM's four 16384-register
+// files, so 96 registers a thread, which every role fits without setmaxnreg (a consumer's 64
+// accumulators need 91). A third epilogue warpgroup would put 6 warps on one file (80
+// registers): ptxas compiles the whole kernel to the launch's budget, not to setmaxnreg's.
+constexpr int threads_of(int fuse) { return fuse == 2 ? 128 * 4 + 32 : THREADS; }
 
 // A 128-byte CUtensorMap, passed by value as a __grid_constant__ parameter.
 struct alignas(64) TensorMap {
@@ -239,7 +246,7 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
 
 
 
-// EW: the FUSE == 2 instances, whose epilogue region holds the two hand-off buffers and whose
+// EW: the FUSE >= 2 instances, whose epilogue region holds the two hand-off buffers and whose
 // barrier region 4 more mbarriers (hand_full[2], hand_empty[2]).
 template <int BN, int STAGES, int EW = 0>
 struct Smem {
@@ -502,12 +509,18 @@ struct StagedF32 {
     }
 };
 struct HandoffBf16 {
-    const uint16_t* buf;  // the chunk's first element; rows HAND_PITCH halves apart
-    __device__ uint2 operator()(int row, int tok) const { return *reinterpret_cast<const uint2*>(buf + row * HAND_PITCH + tok); }
+    uint32_t buf;  // shared-memory address of the chunk's first element; rows HAND_PITCH halves apart
+    __device__ uint2 operator()(int row, int tok) const {
+        uint2 v;  // ld.shared: through a generic pointer ptxas emitted generic LDs
+        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(buf + 2 * (row * HAND_PITCH + tok)));
+        return v;
+    }
 };
 
-template <class DaChunk>
-__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, DaChunk da_at, int m0w, int n0c, int tid, const uint32_t (&xv)[16]) {
+// `after_x()` runs once the chunk's X words are no longer needed (the epilogue warpgroups load the
+// next chunk's X into them there).
+template <class DaChunk, class AfterX>
+__device__ __forceinline__ void gelu_mvue_chunk(const Params& p, DaChunk da_at, int m0w, int n0c, int tid, uint32_t (&xv)[16], AfterX after_x) {
     const int lane = tid & 31;
     const ChunkLanes c(tid);
     const int rr = c.rr, tl = c.tl;
@@ -521,18 +534,16 @@ __device__ __forceinline__ void gelu_mvue_chunk(const Params& p, DaChunk da_at, 
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int r = 4 * q + j;
-            uint32_t out = 0;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {  // dA rounded to bf16 as the plain GEMM stores it, then gelu_backward
-                const float da = mvue::half_f32(i ? h2[j >> 1] : l2[j >> 1], j & 1);
-                float a, g;
-                gated::act(1, mvue::half_f32(xv[r], i), a, g);
-                out |= (uint32_t)twofour::f32_to_bf16(g * da) << (16 * i);
-            }
+            // dA rounded to bf16 as the plain GEMM stores it (rows rr, rr + 1 of token r as a
+            // pair), then gelu_backward's arithmetic
+            const uint32_t lo_w = l2[j >> 1], hi_w = h2[j >> 1];
+            const uint32_t da = j & 1 ? __byte_perm(lo_w, hi_w, 0x7632) : __byte_perm(lo_w, hi_w, 0x5410);
+            const uint32_t out = gated::gelu_backward_pair(xv[r], da);
             w[r] = out;
             *reinterpret_cast<uint32_t*>(dh + (long long)r * p.m) = out;
         }
     }
+    after_x();
     if (!p.mvue_vals) return;
     const uint2 key = make_uint2((uint32_t)p.mvue_seed, (uint32_t)(p.mvue_seed >> 32));
     uint32_t nib[2], kept[2];
@@ -607,9 +618,71 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
             if (!FUSE) store_chunk(p, stage_epi, gm0, n0 + chunk * EPI_COLS, tid);
             else if (fuse_live) {
                 if (!PRELOAD) gelu_load_x(p, gm0, n0 + chunk * EPI_COLS, tid, xv);
-                gelu_mvue_chunk(p, StagedF32{stage_epi}, gm0, n0 + chunk * EPI_COLS, tid, xv);
+                gelu_mvue_chunk(p, StagedF32{stage_epi}, gm0, n0 + chunk * EPI_COLS, tid, xv, [] {});
             }
             named_barrier(1 + (threadIdx.x / 128 - 1), 128);
+        }
+    }
+}
+
+// The bytes a stage of tile column nt brings. N-major B: the 64-column blocks that lie wholly
+// beyond N are not loaded (the ragged last N tile: GPT-2 XL's N = 1600 leaves 1 of 4 blocks of
+// 128 x 256). Loading them anyway (TMA fills zeros) made those tiles' main loops 1.25-1.6x longer
+// than the others' (per-tile %globaltimer trace, docs/bench/notes.md). Their shared memory keeps
+// stale data: the MMAs then fill accumulator columns >= N with garbage that no epilogue path
+// stores (TMA stores clip at N, store_chunk checks n).
+template <int BN, int STAGES, int B_MN>
+__device__ __forceinline__ int b_blocks_of(const Params& p, int nt) {
+    return B_MN ? min(BN / 64, (p.n - nt * BN + 63) / 64) : BN / 64;
+}
+
+// One stage's loads: waits until stage s is free (its previous use released by every consumer
+// warp), then A, B and the metadata of K block kb of tile (m0, nt) into it. `issuer`: whether
+// this thread issues them (the epilogue-warpgroup instance's producer warp waits whole).
+template <int BN, int STAGES, int B_MN, int CM>
+__device__ __forceinline__ void load_stage(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, const TensorMap* ta,
+                                           const TensorMap* tb, const TensorMap* te, int rank, int s, uint32_t phase, int kb,
+                                           int m0, int nt, int b_blocks, uint32_t tx, bool issuer) {
+    using S = Smem<BN, STAGES>;
+    mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
+    if (!issuer) return;
+    mbar_expect_tx(&full[s], tx);
+    tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
+    uint8_t* b_stage = smem + S::B_OFF + s * S::B_BYTES;
+    if (CM == 1) {
+        if (B_MN) {
+#pragma unroll
+            for (int i = 0; i < BN / 64; ++i)
+                if (i < b_blocks) tma_load_2d(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
+        } else {
+            tma_load_2d(b_stage, tb, &full[s], kb * BK, nt * BN);
+        }
+    } else if (B_MN) {  // the 64-column blocks alternate between the two CTAs
+#pragma unroll
+        for (int i = 0; i < BN / 64; ++i)
+            if (i % 2 == rank && i < b_blocks) tma_load_2d_multicast(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK, 0x3);
+    } else {  // rank r loads B rows r * BN/2 .. (the tensor map's box is BN/2 rows)
+        tma_load_2d_multicast(b_stage + rank * (BN / 2) * 128, tb, &full[s], kb * BK, nt * BN + rank * (BN / 2), 0x3);
+    }
+    tma_load_2d(smem + S::E_OFF + s * S::E_BYTES, te, &full[s], kb * (BK / 32) * 16, m0 / 16);
+}
+
+template <int BN, int STAGES, int B_MN, int CM>
+__device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
+                                         const TensorMap* ta, const TensorMap* tb, const TensorMap* te, int rank,
+                                         bool issuer = true) {
+    int s = 0;
+    uint32_t phase = 0;
+    Schedule<CM> work(p);
+    int tile, kb_begin, kb_end;
+    while (work.next(tile, kb_begin, kb_end)) {
+        int m0, nt;
+        tile_coords<CM>(tile, p, m0, nt);
+        const int b_blocks = b_blocks_of<BN, STAGES, B_MN>(p, nt);
+        const uint32_t tx = Smem<BN, STAGES>::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
+        for (int kb = kb_begin; kb < kb_end; ++kb) {
+            load_stage<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, s, phase, kb, m0, nt, b_blocks, tx, issuer);
+            if (++s == STAGES) { s = 0; phase ^= 1; }
         }
     }
 }
@@ -619,7 +692,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
                                          const TensorMap* td) {
     using S = Smem<BN, STAGES>;
     using Mma = WgmmaSp<BN, B_MN>;
-    const int tid = threadIdx.x - 128 * (wg + 1);  // 0..127 within the consumer warpgroup
+    const int tid = threadIdx.x - 128 * (FUSE >= 2 ? wg : wg + 1);  // 0..127 within the consumer warpgroup
     const int warp = tid >> 5, lane = tid & 31;
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
     uint8_t* tma_buf = smem + S::EPI_OFF + wg * S::TMA_BUFS * 8192;
@@ -632,7 +705,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     uint32_t phase = 0;
     Schedule<CM> work(p);
     int tile, kb_begin, kb_end, piece;
-    int handed = 0;  // FUSE == 2: tiles handed to the epilogue warpgroups so far
+    int handed = 0;  // FUSE >= 2: tiles handed to the epilogue warpgroups so far
     while (work.next(tile, kb_begin, kb_end, piece)) {
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
@@ -672,7 +745,7 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
 
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
-        if (FUSE == 2) {
+        if (FUSE >= 2) {
             // Hand dA (bf16) to the epilogue warpgroups and go on to the next tile's main loop:
             // buffer b = handed & 1, once it is drained (its first use passes at once).
             const int b = handed & 1;
@@ -799,84 +872,60 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
 
-// FUSE == 2, epilogue warpgroup e (0 or 1): for each tile of the CTA (the consumers' order), wait
-// for its dA in hand-off buffer handed & 1, run the GELU backward + MVUE epilogue on rows 64 e ..
-// + 63 (BN / 64 chunks of gelu_mvue_chunk, the cooperative instances' arithmetic), then free the
-// buffer. It runs while the consumers are in the next tile's main loop: the tensor cores no longer
-// wait for the epilogue's ALU work (docs/sparse-training.md). Data-parallel only.
-template <int BN>
+// FUSE >= 2, epilogue warpgroup e of NE (the CTA's warpgroups 2 ..): the CTA's tiles (the consumers' order) in chunks of
+// 64 rows x 64 tokens, 2 BN / 64 a tile; chunk g of the CTA (tile g / (2 BN / 64)) goes to
+// warpgroup g % NE. Each waits for its chunk's tile in hand-off buffer (tile & 1), runs the GELU
+// backward + MVUE on it (gelu_mvue_chunk, the cooperative instances' arithmetic) and arrives on
+// the buffer's "empty" barrier (2 BN / 64 x 128 arrivals free it). It runs while the consumers are
+// in the next tile's main loop: the tensor cores do not wait for the epilogue's CUDA-core work
+// (docs/sparse-training.md). Every warpgroup has a chunk in every tile (NE <= chunks a tile), so
+// no buffer can be refilled twice while one of them still waits on it. Data-parallel only.
+template <int BN, int NE>
 __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* hand_bufs, uint64_t* hand, int e) {
-    const int tid = threadIdx.x - 128 * (3 + e);
-    // Schedule<1>'s order when data-parallel (the host refuses stream-K here), with fewer live
-    // registers than Schedule keeps.
-    int handed = 0;
-    for (int tile = blockIdx.x; tile < p.m_tiles * p.n_tiles; tile += gridDim.x) {
-        int m0, nt;
-        tile_coords<1>(tile, p, m0, nt);
-        const int gm0 = m0 + 64 * e, n0 = nt * BN, b = handed & 1;
-        // X of every chunk first (it does not wait for dA). Measured: no faster than one chunk's
-        // loads at a time (0.2425 vs 0.2417 ms for GEMM + GELU at GPT-2 medium fc2 dX): the
-        // epilogue warps are latency-bound in their arithmetic, not on X (docs/bench/notes.md).
-        uint32_t xv[BN / EPI_COLS][16];
-#pragma unroll
-        for (int c = 0; c < BN / EPI_COLS; ++c)
-            if (gm0 < p.m && n0 + c * EPI_COLS < p.n) gelu_load_x(p, gm0, n0 + c * EPI_COLS, tid, xv[c]);
-        mbar_wait(&hand[b], (handed >> 1) & 1);
-        const uint16_t* buf = reinterpret_cast<const uint16_t*>(hand_bufs + b * HAND_BYTES) + 64 * e * HAND_PITCH;
-#pragma unroll
-        for (int c = 0; c < BN / EPI_COLS; ++c) {
-            const int n0c = n0 + c * EPI_COLS;
-            if (gm0 < p.m && n0c < p.n) gelu_mvue_chunk(p, HandoffBf16{buf + c * EPI_COLS}, gm0, n0c, tid, xv[c]);
-        }
+    constexpr int CHUNKS = 2 * (BN / EPI_COLS);  // a tile's chunks: 2 row halves x BN / 64 tokens
+    static_assert(NE <= CHUNKS, "every epilogue warpgroup must take a chunk of every tile");
+    const int tid = threadIdx.x - 128 * (2 + e);
+    const int tiles = p.m_tiles * p.n_tiles;
+    // Chunk g's place: tile (the CTA's h-th, Schedule<1>'s order), rows gm0 .., tokens n0c ..
+    struct Place {
+        int h, half, cc, gm0, n0c;
+        bool valid, live;
+    };
+    const auto place = [&](int g) {
+        Place q;
+        q.h = g / CHUNKS;
+        const int c = g % CHUNKS, tile = blockIdx.x + q.h * gridDim.x;
+        q.valid = tile < tiles;
+        int m0 = 0, nt = 0;
+        if (q.valid) tile_coords<1>(tile, p, m0, nt);
+        q.half = c / (BN / EPI_COLS);
+        q.cc = c % (BN / EPI_COLS);
+        q.gm0 = m0 + 64 * q.half;
+        q.n0c = nt * BN + q.cc * EPI_COLS;
+        q.live = q.valid && q.gm0 < p.m && q.n0c < p.n;
+        return q;
+    };
+    // X is loaded a chunk ahead: the next chunk's loads are issued once this chunk's GELU is done
+    // with its X (their latency then hides under MVUE); loaded just before each chunk, its
+    // first use was the epilogue's top stall (ncu, docs/bench/notes.md).
+    uint32_t xv[16];
+    Place cur = place(e);
+    if (cur.live) gelu_load_x(p, cur.gm0, cur.n0c, tid, xv);
+    for (int g = e; cur.valid; g += NE) {
+        const Place nxt = place(g + NE);
+        const auto load_next = [&] {
+            if (nxt.live) gelu_load_x(p, nxt.gm0, nxt.n0c, tid, xv);
+        };
+        const int b = cur.h & 1;
+        mbar_wait(&hand[b], (cur.h >> 1) & 1);
+        const uint16_t* buf = reinterpret_cast<const uint16_t*>(hand_bufs + b * HAND_BYTES) + 64 * cur.half * HAND_PITCH + cur.cc * EPI_COLS;
+        if (cur.live) gelu_mvue_chunk(p, HandoffBf16{smem_u32(buf)}, cur.gm0, cur.n0c, tid, xv, load_next);
+        else load_next();
         mbar_arrive(&hand[2 + b]);  // after this thread's reads of the buffer
-        ++handed;
+        cur = nxt;
     }
 }
 
-template <int BN, int STAGES, int B_MN, int CM>
-__device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
-                                         const TensorMap* ta, const TensorMap* tb, const TensorMap* te, int rank) {
-    using S = Smem<BN, STAGES>;
-    int s = 0;
-    uint32_t phase = 0;
-    Schedule<CM> work(p);
-    int tile, kb_begin, kb_end;
-    while (work.next(tile, kb_begin, kb_end)) {
-        int m0, nt;
-        tile_coords<CM>(tile, p, m0, nt);
-        // N-major B: the 64-column blocks that lie wholly beyond N are not loaded (the ragged last
-        // N tile: GPT-2 XL's N = 1600 leaves 1 of 4 blocks of 128 x 256). Loading them anyway
-        // (TMA fills zeros) made those tiles' main loops 1.25-1.6x longer than the others'
-        // (per-tile %globaltimer trace, docs/bench/notes.md). Their shared memory keeps stale data:
-        // the MMAs then fill accumulator columns >= N with garbage that no epilogue path stores
-        // (TMA stores clip at N, store_chunk checks n).
-        const int b_blocks = B_MN ? min(BN / 64, (p.n - nt * BN + 63) / 64) : BN / 64;
-        const uint32_t tx = S::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
-        for (int kb = kb_begin; kb < kb_end; ++kb) {
-            mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
-            mbar_expect_tx(&full[s], tx);
-            tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
-            uint8_t* b_stage = smem + S::B_OFF + s * S::B_BYTES;
-            if (CM == 1) {
-                if (B_MN) {
-#pragma unroll
-                    for (int i = 0; i < BN / 64; ++i)
-                        if (i < b_blocks) tma_load_2d(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK);
-                } else {
-                    tma_load_2d(b_stage, tb, &full[s], kb * BK, nt * BN);
-                }
-            } else if (B_MN) {  // the 64-column blocks alternate between the two CTAs
-#pragma unroll
-                for (int i = 0; i < BN / 64; ++i)
-                    if (i % 2 == rank && i < b_blocks) tma_load_2d_multicast(b_stage + i * 8192, tb, &full[s], nt * BN + 64 * i, kb * BK, 0x3);
-            } else {  // rank r loads B rows r * BN/2 .. (the tensor map's box is BN/2 rows)
-                tma_load_2d_multicast(b_stage + rank * (BN / 2) * 128, tb, &full[s], kb * BK, nt * BN + rank * (BN / 2), 0x3);
-            }
-            tma_load_2d(smem + S::E_OFF + s * S::E_BYTES, te, &full[s], kb * (BK / 32) * 16, m0 / 16);
-            if (++s == STAGES) { s = 0; phase ^= 1; }
-        }
-    }
-}
 #endif  // TWOFOUR_SM90A
 
 template <int BN, int STAGES, int B_MN, int CM, int PP = 0, int FUSE = 0>
@@ -886,9 +935,9 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     static_assert(CM == 1 || CM == 2, "clusters of 1 or 2 CTAs along M");
     static_assert(FUSE == 0 || B_MN == 0, "the fused GELU backward is fc2's dX GEMM: K-major B");
     static_assert(CM == 1 || (BN / 2) % 8 == 0, "each CTA's half of a K-major B stage must be whole 1024-byte swizzle atoms");
-    static_assert(FUSE != 2 || (CM == 1 && PP == 0 && BN == 128), "epilogue warpgroups: single CTAs, cooperative 128 x 128 tiles");
+    static_assert(FUSE < 2 || (FUSE == 2 && CM == 1 && PP == 0 && BN == 128), "epilogue warpgroups: two, single CTAs, cooperative 128 x 128 tiles");
 #ifdef TWOFOUR_SM90A
-    constexpr int EW = FUSE == 2;
+    constexpr int EW = FUSE >= 2;
     using S = Smem<BN, STAGES, EW>;
     extern __shared__ uint8_t smem_raw[];
     // 128B-swizzled TMA destinations need 1024-byte alignment.
@@ -903,31 +952,32 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
             // one warpgroup owns a stage), times the CTAs of the cluster that multicast into it.
             mbar_init(&empty[i], (PP ? 4 : 8) * CM);
         }
-        // FUSE == 2: hand_full[2] (every consumer thread arrives), hand_empty[2] (every epilogue thread).
-        for (int i = 0; EW && i < 4; ++i) mbar_init(&empty[STAGES + i], 256);
+        // FUSE >= 2: hand_full[2] (every consumer thread arrives), hand_empty[2] (every epilogue
+        // thread, once for each of the tile's chunks it ran).
+        for (int i = 0; EW && i < 4; ++i) mbar_init(&empty[STAGES + i], i < 2 ? 256 : 128 * 2 * (BN / EPI_COLS));
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     // The peer multicasts into this CTA's stages and arrives on its barriers: both must exist first.
     if (CM > 1) cluster_sync();
     else __syncthreads();
     const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
-    if (wg == 0) {
-        if (EW) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-        else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+    if (EW) {
+        // Warpgroups 0, 1: consumers; 2, 3: epilogue; the last warp: producer (threads_of).
+        if (wg < 2) {
+            asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
+            consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg, td);
+        } else if (wg < 4) {
+            asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
+            epilogue_warps<BN, 2>(p, smem + S::EPI_OFF, empty + STAGES, wg - 2);
+        }
+        else producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, threadIdx.x == 128 * 4);  // the whole warp waits
+    } else if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);
-    } else if (!EW) {
+    } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         if (PP) consumer_pingpong<BN, STAGES, B_MN, FUSE>(p, smem, full, empty, wg - 1, td);
         else consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
-    } else if (wg <= 2) {
-        // 640 threads start at 96 registers (61440): producer 24, consumers 96 (64
-        // accumulators), epilogue 128 (its two chunks' X preloaded; at 120 it spilled):
-        // 3072 + 24576 + 32768 = 60416.
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
-        consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
-    } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 128;");
-        epilogue_warps<BN>(p, smem + S::EPI_OFF, empty + STAGES, wg - 3);
     }
     // Neither CTA may exit while the peer can still arrive on its barriers.
     if (CM > 1) {
@@ -946,7 +996,7 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 // name: _k for K-major B, _n for N-major, _c2 for clusters of two CTAs sharing B, _pp for
 // ping-pong consumers, _gelu for the fused GELU backward + MVUE epilogue).
 #define TWOFOUR_SPARSE_GEMM_SM90_KERNEL(NAME, ATTRS, BN, STAGES, B_MN, CM, PP, FUSE)                  \
-    extern "C" __global__ void ATTRS __launch_bounds__(FUSE == 2 ? sm90::EW_THREADS : sm90::THREADS, 1) NAME( \
+    extern "C" __global__ void ATTRS __launch_bounds__(sm90::threads_of(FUSE), 1) NAME( \
         const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,       \
         const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,       \
         sm90::Params p) {                                                                             \

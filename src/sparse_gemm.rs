@@ -286,7 +286,7 @@ pub enum FusedEpilogue {
     Consumers(Option<TileConfig>),
     /// In two epilogue warpgroups of their own that run a tile's epilogue while the consumers are
     /// in the next tile's main loop, dA handed over in shared memory (128 x 128 tiles, 6 stages,
-    /// 640 threads, data-parallel; `group_m` the raster group, 0: automatic).
+    /// 544 threads, data-parallel; `group_m` the raster group, 0: automatic).
     EpilogueWarpgroups { group_m: u32 },
 }
 
@@ -650,7 +650,8 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             mvue_mask: fu.mask,
             mvue_seed: fu.seed,
         };
-        let threads = if ew { 640 } else { 384 };  // + 2 epilogue warpgroups
+        // + 2 epilogue warpgroups and the producer as one warp (threads_of in cuda/sparse_gemm_sm90.cu)
+        let threads = if ew { 544 } else { 384 };
         let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);
         launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
