@@ -73,9 +73,9 @@ enum : int {
 // Threads of an instance. The epilogue-warpgroup instance (FUSE == 2): 2 consumer warpgroups, 2
 // epilogue warpgroups and a producer warp (one thread issues the TMA: a whole warpgroup's
 // registers were idle), 544 threads: at most 5 warps on each of the SM's four 16384-register
-// files, so 96 registers a thread, which every role fits without setmaxnreg (a consumer's 64
-// accumulators need 91). A third epilogue warpgroup would put 6 warps on one file (80
-// registers): ptxas compiles the whole kernel to the launch's budget, not to setmaxnreg's.
+// files, so 96 registers a thread, which every role fits (a consumer's 64 accumulators need 91).
+// A third epilogue warpgroup would put 6 warps on one file (80 registers): ptxas compiles the
+// whole kernel to the launch's budget, not to setmaxnreg's.
 constexpr int threads_of(int fuse) { return fuse == 2 ? 128 * 4 + 32 : THREADS; }
 
 // A 128-byte CUtensorMap, passed by value as a __grid_constant__ parameter.
@@ -962,7 +962,10 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     else __syncthreads();
     const int rank = CM > 1 ? (int)cluster_ctarank() : 0;
     if (EW) {
-        // Warpgroups 0, 1: consumers; 2, 3: epilogue; the last warp: producer (threads_of).
+        // Warpgroups 0, 1: consumers; 2, 3: epilogue; the last warp: producer (threads_of). The
+        // setmaxnreg to the count every thread already has changes nothing but ptxas's view:
+        // without a warpgroup-aligned instruction on the way in, the consumers' main-loop
+        // mbarrier waits went to vector registers (scripts/sass.sh; docs/bench/notes.md).
         if (wg < 2) {
             asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
             consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg, td);
@@ -1039,6 +1042,6 @@ TWOFOUR_SPARSE_GEMM_SM90(192, 5, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90(128, 6, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k_gelu, 1)
-// The fused epilogue in two epilogue warpgroups of their own (FUSE 2, 640 threads, 128 x 128
+// The fused epilogue in two epilogue warpgroups of their own (FUSE 2, 544 threads, 128 x 128
 // tiles): `sparse_gemm_gelu_backward` with FusedEpilogue::EpilogueWarpgroups.
 TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn128_s6_ew_k_gelu, , 128, 6, 0, 1, 0, 2)
