@@ -301,8 +301,9 @@ impl From<Option<TileConfig>> for FusedEpilogue {
 /// (cuda/sparse_gemm_sm90.cu, Smem<.., EW>).
 const EW_CONFIG: TileConfig = TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::DataParallel, cluster_m: 1, pingpong: false, tail_pieces: 0 };
 const EW_SMEM: usize = {
+    const HAND_PITCH: usize = 136;  // bf16 a hand-off buffer row (HAND_PITCH in the kernel)
     let s = EW_CONFIG.stages as usize;
-    s * EW_CONFIG.stage_bytes() + 2 * (TileConfig::BM * 136 * 2) + (2 * s + 4) * 8 + 1024
+    s * EW_CONFIG.stage_bytes() + 2 * (TileConfig::BM * HAND_PITCH * 2) + (2 * s + 4) * 8 + 1024
 };
 // SAFETY: repr(C) plain data matching the CUDA struct.
 unsafe impl DeviceRepr for Params {}

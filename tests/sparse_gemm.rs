@@ -421,38 +421,36 @@ fn sparse_gemm_gelu_backward_is_gemm_then_gelu_then_mvue() {
         for group_m in [0, 1] {
             cases.push((FusedEpilogue::EpilogueWarpgroups { group_m }, TileConfig { group_m, schedule: Schedule::DataParallel, ..TileConfig::ALL[2] }));
         }
-        {
-            for (epilogue, plain_cfg) in cases {
-                let what = format!("F {f} tokens {tokens} d {d_model} {epilogue:?}");
-                // The three kernels.
-                let mut da = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
-                let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(plain_cfg), ..Default::default() };
-                sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy), &mut da, &opts).unwrap();
-                let mut dh_want = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
-                gelu_backward(&dev, &x, &da, &mut dh_want).unwrap();
-                let mut s_want = Sparse24::alloc(&dev, f, tokens).unwrap();
-                mvue24_compress_into(&dev, &dh_want, mseed, step, &mut s_want).unwrap();
-                let dh_want = dh_want.to_host(&dev).unwrap();
-                // Fused, with MVUE and without.
-                let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
-                let mut s = Sparse24::alloc(&dev, f, tokens).unwrap();
-                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh, Some((mseed, step, &mut s)), epilogue).unwrap();
-                let got = dh.to_host(&dev).unwrap();
-                let bad = got.iter().zip(&dh_want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-                // Where: bad elements by (64-token, 64-feature) chunk (a race shows as whole warps' rows).
-                let mut chunks = std::collections::BTreeMap::new();
-                for (i, _) in got.iter().zip(&dh_want).enumerate().filter(|(_, (a, b))| a.to_bits() != b.to_bits()) {
-                    *chunks.entry((i / f / 64, i % f / 64)).or_insert(0usize) += 1;
-                }
-                assert_eq!(bad, 0, "{what}: dH differs from gemm + gelu_backward in {bad} of {} elements, by (token chunk, feature chunk): {chunks:?}", got.len());
-                let (sg, sw) = (s.to_host(&dev).unwrap(), s_want.to_host(&dev).unwrap());
-                assert!(sg.values.iter().zip(&sw.values).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: S(dH^T) values differ");
-                assert!(sg.meta == sw.meta, "{what}: S(dH^T) metadata differs");
-                assert!(sg.mask == sw.mask, "{what}: S(dH^T) mask differs");
-                let mut dh2 = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
-                sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh2, None, epilogue).unwrap();
-                assert!(dh2.to_host(&dev).unwrap().iter().zip(&dh_want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: dH without MVUE differs");
+        for (epilogue, plain_cfg) in cases {
+            let what = format!("F {f} tokens {tokens} d {d_model} {epilogue:?}");
+            // The three kernels.
+            let mut da = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+            let opts = GemmOptions { d_layout: Some(MatLayout::ColMajor), config: Some(plain_cfg), ..Default::default() };
+            sparse_gemm(&dev, &w2t, BOperand::KMajor(&dy), &mut da, &opts).unwrap();
+            let mut dh_want = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+            gelu_backward(&dev, &x, &da, &mut dh_want).unwrap();
+            let mut s_want = Sparse24::alloc(&dev, f, tokens).unwrap();
+            mvue24_compress_into(&dev, &dh_want, mseed, step, &mut s_want).unwrap();
+            let dh_want = dh_want.to_host(&dev).unwrap();
+            // Fused, with MVUE and without.
+            let mut dh = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+            let mut s = Sparse24::alloc(&dev, f, tokens).unwrap();
+            sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh, Some((mseed, step, &mut s)), epilogue).unwrap();
+            let got = dh.to_host(&dev).unwrap();
+            // Bad elements by (64-token, 64-feature) chunk (a race shows as whole warps' rows).
+            let mut chunks = std::collections::BTreeMap::new();
+            for (i, _) in got.iter().zip(&dh_want).enumerate().filter(|(_, (a, b))| a.to_bits() != b.to_bits()) {
+                *chunks.entry((i / f / 64, i % f / 64)).or_insert(0usize) += 1;
             }
+            let bad: usize = chunks.values().sum();
+            assert_eq!(bad, 0, "{what}: dH differs from gemm + gelu_backward in {bad} of {} elements, by (token chunk, feature chunk): {chunks:?}", got.len());
+            let (sg, sw) = (s.to_host(&dev).unwrap(), s_want.to_host(&dev).unwrap());
+            assert!(sg.values.iter().zip(&sw.values).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: S(dH^T) values differ");
+            assert!(sg.meta == sw.meta, "{what}: S(dH^T) metadata differs");
+            assert!(sg.mask == sw.mask, "{what}: S(dH^T) mask differs");
+            let mut dh2 = DeviceMatrix::<bf16>::poisoned(&dev, tokens, f).unwrap();
+            sparse_gemm_gelu_backward(&dev, &w2t, &dy, &x, &mut dh2, None, epilogue).unwrap();
+            assert!(dh2.to_host(&dev).unwrap().iter().zip(&dh_want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: dH without MVUE differs");
         }
     }
     // Typed errors: F or tokens not a multiple of 64, mismatched shapes.
