@@ -511,8 +511,8 @@ struct StagedF32 {
 struct HandoffBf16 {
     uint32_t buf;  // shared-memory address of the chunk's first element; rows HAND_PITCH halves apart
     __device__ uint2 operator()(int row, int tok) const {
-        uint2 v;  // ld.shared: through a generic pointer ptxas emitted generic LDs
-        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(buf + 2 * (row * HAND_PITCH + tok)));
+        uint2 v;  // ld.shared (a generic pointer gave generic LDs); "memory": after the hand-off wait
+        asm volatile("ld.shared.v2.b32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(buf + 2 * (row * HAND_PITCH + tok)) : "memory");
         return v;
     }
 };
@@ -631,9 +631,22 @@ __device__ __forceinline__ void store_half(const Params& p, const float (&acc)[R
 // than the others' (per-tile %globaltimer trace, docs/bench/notes.md). Their shared memory keeps
 // stale data: the MMAs then fill accumulator columns >= N with garbage that no epilogue path
 // stores (TMA stores clip at N, store_chunk checks n).
-template <int BN, int STAGES, int B_MN>
+template <int BN, int B_MN>
 __device__ __forceinline__ int b_blocks_of(const Params& p, int nt) {
     return B_MN ? min(BN / 64, (p.n - nt * BN + 63) / 64) : BN / 64;
+}
+
+// The stage word (E stage: row-block x 32 words) that lane `lane` of the warp on row-block `rb`
+// loads once a K block, for both of its k32 wgmmas. A k32 step's metadata is word 2g + t of its
+// 16 (g = lane / 4, t = 0, 1), the second step's 16 words later; wgmma.sp takes it from lanes 0-1
+// of each quad with sparsity selector 0 and from lanes 2-3 with selector 1 (PTX ISA 9.7.15.6.3,
+// sparse matrix metadata): so lanes 0-1 load their first-step word, lanes 2-3 the second-step
+// word of t = lane & 1, and one register serves both wgmmas. (Two loads a K block, one a step,
+// cost 2.7% of the stage's shared-memory wavefronts on the smem-bound dW main loops: +0.9-1.7%,
+// docs/bench/notes.md.)
+__device__ __forceinline__ int meta_word(int rb, int lane) {
+    static_assert(BK == 64, "two k32 steps a K block: selectors 0 and 1");
+    return rb * 32 + 2 * (lane >> 2) + (lane & 1) + (lane & 2 ? 16 : 0);
 }
 
 // One stage's loads: waits until stage s is free (its previous use released by every consumer
@@ -678,7 +691,7 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
     while (work.next(tile, kb_begin, kb_end)) {
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
-        const int b_blocks = b_blocks_of<BN, STAGES, B_MN>(p, nt);
+        const int b_blocks = b_blocks_of<BN, B_MN>(p, nt);
         const uint32_t tx = Smem<BN, STAGES>::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
         for (int kb = kb_begin; kb < kb_end; ++kb) {
             load_stage<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, s, phase, kb, m0, nt, b_blocks, tx, issuer);
@@ -697,9 +710,8 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
     uint8_t* tma_buf = smem + S::EPI_OFF + wg * S::TMA_BUFS * 8192;
     int epi_count = 0;  // TMA store buffers alternate
-    // This lane's metadata word within a stage: row-block (4 wg + warp), word 2g + t of each k32
-    // chunk (lanes with t >= 2 read a neighbour's word; selector 0 ignores them).
-    const int e_word = (wg * 4 + warp) * 32 + ((lane >> 2) * 2) + (lane & 1);
+    // This lane's metadata word within a stage (meta_word): one load a K block for both k32 steps.
+    const int e_word = meta_word(wg * 4 + warp, lane);
     float acc[Mma::kAccRegs];
     int s = 0;
     uint32_t phase = 0;
@@ -718,19 +730,18 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             const uint32_t* e = reinterpret_cast<const uint32_t*>(smem + S::E_OFF + s * S::E_BYTES);
             // Every register the wgmmas read (metadata words, descriptors, scale-d) is set before
             // the fence: one written after it makes ptxas fence again before each wgmma (C7519).
-            uint32_t meta[BK / 32];
+            const uint32_t meta = e[e_word];
             uint64_t da[BK / 32], db[BK / 32];
 #pragma unroll
             for (int kk = 0; kk < BK / 32; ++kk) {
-                meta[kk] = e[e_word + kk * 16];
                 da[kk] = smem_desc(a_base + kk * 32, 16, 512, 2);
                 db[kk] = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1) : smem_desc(b_base + kk * 64, 16, 1024, 1);
             }
             const int first = kb == kb_begin;
             fence_acc(acc);
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 32; ++kk) Mma::mma(da[kk], db[kk], meta[kk], kk != 0 || !first, acc);
+            Mma::template mma<0>(da[0], db[0], meta, !first, acc);
+            Mma::template mma<1>(da[1], db[1], meta, 1, acc);
             wgmma_commit();
             fence_acc(acc);
             // Keep this stage's wgmmas in flight; the previous stage's are done: release it.
@@ -804,8 +815,8 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
     float* stage_epi = reinterpret_cast<float*>(smem + S::EPI_OFF) + wg * 64 * EPI_PITCH;
     uint8_t* tma_buf = smem + S::EPI_OFF + wg * S::TMA_BUFS * 8192;
     int epi_count = 0;
-    // Metadata words of this lane for row-blocks warp (half 0) and 4 + warp (half 1).
-    const int e_word0 = warp * 32 + ((lane >> 2) * 2) + (lane & 1), e_word1 = e_word0 + 4 * 32;
+    // Metadata words of this lane for row-blocks warp (half 0) and 4 + warp (half 1) (meta_word).
+    const int e_word0 = meta_word(warp, lane), e_word1 = e_word0 + 4 * 32;
     float acc0[Mma::kAccRegs], acc1[Mma::kAccRegs];
     int s = 0;
     uint32_t phase = 0;
@@ -831,12 +842,10 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
             const uint32_t b_base = smem_u32(smem + S::B_OFF + s * S::B_BYTES);
             const uint32_t* e = reinterpret_cast<const uint32_t*>(smem + S::E_OFF + s * S::E_BYTES);
             // Every register the wgmmas read is set before the fence (C7519, as in `consumer`).
-            uint32_t meta0[BK / 32], meta1[BK / 32];
+            const uint32_t meta0 = e[e_word0], meta1 = e[e_word1];
             uint64_t da0[BK / 32], da1[BK / 32], db[BK / 32];
 #pragma unroll
             for (int kk = 0; kk < BK / 32; ++kk) {
-                meta0[kk] = e[e_word0 + kk * 16];
-                meta1[kk] = e[e_word1 + kk * 16];
                 da0[kk] = smem_desc(a_base + kk * 32, 16, 512, 2);
                 da1[kk] = smem_desc(a_base + 64 * 64 + kk * 32, 16, 512, 2);
                 db[kk] = B_MN ? smem_desc(b_base + kk * 4096, 8192, 1024, 1) : smem_desc(b_base + kk * 64, 16, 1024, 1);
@@ -845,11 +854,10 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
             fence_acc(acc0);
             fence_acc(acc1);
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 32; ++kk) {
-                Mma::mma(da0[kk], db[kk], meta0[kk], kk != 0 || !first, acc0);
-                Mma::mma(da1[kk], db[kk], meta1[kk], kk != 0 || !first, acc1);
-            }
+            Mma::template mma<0>(da0[0], db[0], meta0, !first, acc0);
+            Mma::template mma<0>(da1[0], db[0], meta1, !first, acc1);
+            Mma::template mma<1>(da0[1], db[1], meta0, 1, acc0);
+            Mma::template mma<1>(da1[1], db[1], meta1, 1, acc1);
             wgmma_commit();
             fence_acc(acc0);
             fence_acc(acc1);
@@ -872,9 +880,9 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
 
-// FUSE >= 2, epilogue warpgroup e of NE (the CTA's warpgroups 2 ..): the CTA's tiles (the consumers' order) in chunks of
-// 64 rows x 64 tokens, 2 BN / 64 a tile; chunk g of the CTA (tile g / (2 BN / 64)) goes to
-// warpgroup g % NE. Each waits for its chunk's tile in hand-off buffer (tile & 1), runs the GELU
+// FUSE >= 2, epilogue warpgroup e of NE (the CTA's warpgroups 2 ..): the CTA's tiles (the
+// consumers' order) in chunks of 64 rows x 64 tokens, 2 BN / 64 a tile; chunk g of the CTA (tile
+// g / (2 BN / 64)) goes to warpgroup g % NE. Each waits for its chunk's tile in hand-off buffer (tile & 1), runs the GELU
 // backward + MVUE on it (gelu_mvue_chunk, the cooperative instances' arithmetic) and arrives on
 // the buffer's "empty" barrier (2 BN / 64 x 128 arrivals free it). It runs while the consumers are
 // in the next tile's main loop: the tensor cores do not wait for the epilogue's CUDA-core work
@@ -887,21 +895,29 @@ __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* h
     const int tid = threadIdx.x - 128 * (2 + e);
     const int tiles = p.m_tiles * p.n_tiles;
     // Chunk g's place: tile (the CTA's h-th, Schedule<1>'s order), rows gm0 .., tokens n0c ..
+    // The tile's coordinates (m0, nt) are computed once a tile (two divisions), and kept from the
+    // previous place for the tile's other chunks.
     struct Place {
-        int h, half, cc, gm0, n0c;
+        int h, half, cc, gm0, n0c, m0, nt;
         bool valid, live;
     };
-    const auto place = [&](int g) {
+    const auto place = [&](int g, const Place* prev) {
         Place q;
         q.h = g / CHUNKS;
         const int c = g % CHUNKS, tile = blockIdx.x + q.h * gridDim.x;
         q.valid = tile < tiles;
-        int m0 = 0, nt = 0;
-        if (q.valid) tile_coords<1>(tile, p, m0, nt);
+        q.m0 = 0;
+        q.nt = 0;
+        if (prev && prev->h == q.h) {
+            q.m0 = prev->m0;
+            q.nt = prev->nt;
+        } else if (q.valid) {
+            tile_coords<1>(tile, p, q.m0, q.nt);
+        }
         q.half = c / (BN / EPI_COLS);
         q.cc = c % (BN / EPI_COLS);
-        q.gm0 = m0 + 64 * q.half;
-        q.n0c = nt * BN + q.cc * EPI_COLS;
+        q.gm0 = q.m0 + 64 * q.half;
+        q.n0c = q.nt * BN + q.cc * EPI_COLS;
         q.live = q.valid && q.gm0 < p.m && q.n0c < p.n;
         return q;
     };
@@ -909,10 +925,10 @@ __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* h
     // with its X (their latency then hides under MVUE); loaded just before each chunk, its
     // first use was the epilogue's top stall (ncu, docs/bench/notes.md).
     uint32_t xv[16];
-    Place cur = place(e);
+    Place cur = place(e, nullptr);
     if (cur.live) gelu_load_x(p, cur.gm0, cur.n0c, tid, xv);
     for (int g = e; cur.valid; g += NE) {
-        const Place nxt = place(g + NE);
+        const Place nxt = place(g + NE, &cur);
         const auto load_next = [&] {
             if (nxt.live) gelu_load_x(p, nxt.gm0, nxt.n0c, tid, xv);
         };
