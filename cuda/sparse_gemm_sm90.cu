@@ -98,9 +98,6 @@ struct Params {
                        //    over all CTAs (see Schedule and fixup_*)
     int dp_tiles;      // stream-K: the tiles before the split tail (a multiple of the clusters)
     int pieces;        // stream-K: K pieces of a tail tile, 2 .. k / BK
-    int lead_blocks;   // stream-K over one wave (fewer tiles than clusters; dp_tiles 0, pieces 2):
-                       //    tile t's K blocks 0 .. lead_blocks (piece 0) run on the spare
-                       //    clusters, the rest (piece 1) on cluster t; 0: off (see Schedule)
     float* ws;         // stream-K partials: per (tail tile, piece < pieces - 1, CTA rank, consumer
                        //    warpgroup) 64 x BN f32 in accumulator-register order (register i of
                        //    thread t at i * 128 + t)
@@ -293,31 +290,21 @@ __device__ __forceinline__ void tile_coords(int tile, const Params& p, int& m0, 
 // (tile, K block) steps, as in the Stream-K paper, start every CTA at a different K: on GPT-2 XL
 // fc1 dW that read 1.46x the DRAM bytes of data-parallel and lost to it.) The host picks
 // `pieces` so that the tail's rounds of `clusters` units fill the SMs (sparse_gemm.rs).
-// One wave (lead_blocks > 0: fewer tiles than clusters, every tile a tail tile in 2 pieces):
-// cluster t < tiles runs unit tiles + t, tile t's K blocks lead_blocks .. (piece 1: it adds the
-// partial and stores the tile), and the spare clusters c >= tiles run units c - tiles, + spare,
-// ...: piece 0 (K blocks 0 .. lead_blocks) of tiles c - tiles, + spare, ..., partials only. Data-
-// parallel would leave the spare SMs idle for the whole kernel (GPT-2 medium fc1 dW: 128 tiles
-// of 128 x 256 on 132 SMs); here every SM works until about the same time. The spare clusters
-// never wait, so the last pieces' waits end.
 template <int CM>
 struct Schedule {
     // 32-bit: the host refuses shapes with 2^31 or more (tile, K block) steps; 64-bit division
     // here made the 40-register producer spill. Every value is uniform (block index and
     // parameters), and the unit's fields are chosen by selects: a branch here made ptxas leave
     // the uniform datapath in the main loop (5-13% slower on long-K shapes).
-    int unit, units, step, dp, tail, pieces, k_blocks, lead;
+    int unit, units, step, dp, tail, pieces, k_blocks;
     __device__ Schedule(const Params& p) : k_blocks(p.k / BK) {
         const int tiles = p.m_tiles * p.n_tiles;
         dp = p.stream_k ? p.dp_tiles : tiles;
         tail = tiles - dp;
         pieces = p.stream_k ? p.pieces : 1;
-        lead = p.stream_k ? p.lead_blocks : 0;
-        const int c = blockIdx.x / CM, clusters = gridDim.x / CM;
-        const bool spare = c >= tiles;
-        units = lead && spare ? tiles : dp + tail * pieces;  // a spare cluster's end: the lead pieces'
-        unit = lead ? (spare ? c - tiles : tiles + c) : c;
-        step = lead ? (spare ? clusters - tiles : units) : clusters;
+        units = dp + tail * pieces;
+        unit = blockIdx.x / CM;
+        step = gridDim.x / CM;
     }
     // The next segment: K blocks kb_begin .. kb_end of `tile`, and its piece (0 for whole tiles).
     __device__ bool next(int& tile, int& kb_begin, int& kb_end, int& piece) {
@@ -327,8 +314,8 @@ struct Schedule {
         const int i = q / (tail > 0 ? tail : 1);
         tile = split ? dp + (q - i * tail) : unit;
         piece = i;
-        kb_begin = lead ? (i ? lead : 0) : i * k_blocks / pieces;  // 0 for whole tiles (i = 0)
-        kb_end = lead ? (i ? k_blocks : lead) : split ? (i + 1) * k_blocks / pieces : k_blocks;
+        kb_begin = i * k_blocks / pieces;  // 0 for whole tiles (i = 0)
+        kb_end = split ? (i + 1) * k_blocks / pieces : k_blocks;
         unit += step;
         return true;
     }

@@ -114,29 +114,8 @@ impl TileConfig {
     /// 4 K blocks fill and drain a segment's pipeline, and the last piece adds each partial in
     /// about 2 (estimates, not measured one by one). None when no split is possible.
     pub fn pick_tail_pieces(tail: usize, clusters: usize, k_blocks: usize) -> Option<usize> {
-        (2..=k_blocks.min(16)).min_by(|&a, &b| Self::tail_cost(tail, clusters, k_blocks, a).total_cmp(&Self::tail_cost(tail, clusters, k_blocks, b)))
-    }
-
-    /// `pick_tail_pieces`'s predicted tail time for `pieces`, in K blocks of one tile.
-    fn tail_cost(tail: usize, clusters: usize, k_blocks: usize, pieces: usize) -> f64 {
-        (tail * pieces).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / pieces as f64 + 4.0) + 2.0 * (pieces - 1) as f64
-    }
-
-    /// Stream-K over one wave (fewer tiles than clusters): the K blocks `lead` of each tile that
-    /// the spare clusters run (piece 0; cluster t runs the rest of tile t and adds it), and the
-    /// predicted time in K blocks of one tile, with `pick_tail_pieces`'s estimates (4 K blocks to
-    /// fill and drain a segment, 2 to add a partial). A spare cluster runs ceil(tiles / spare)
-    /// pieces: lead balances (k_blocks - lead + 6) against that many (lead + 4). GPT-2 medium fc1
-    /// dW at 64k tokens (128 tiles, 132 SMs, 1024 K blocks): lead 27, 1003 against the
-    /// data-parallel 1028. None when there are no spare clusters or no room for a lead piece.
-    pub fn pick_lead_blocks(tiles: usize, clusters: usize, k_blocks: usize) -> Option<(usize, f64)> {
-        if tiles == 0 || tiles >= clusters {
-            return None;
-        }
-        let per = tiles.div_ceil(clusters - tiles);
-        let lead = (k_blocks + 6).saturating_sub(4 * per) / (per + 1);
-        let cost = ((k_blocks - lead + 6) as f64).max((per * (lead + 4)) as f64);
-        (lead >= 1 && lead < k_blocks).then_some((lead, cost))
+        let cost = |s: usize| (tail * s).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / s as f64 + 4.0) + 2.0 * (s - 1) as f64;
+        (2..=k_blocks.min(16)).min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
     }
     pub const BM: usize = 128;
     pub const BK: usize = 64;
@@ -273,7 +252,6 @@ struct Params {
     stream_k: i32,
     dp_tiles: i32,
     pieces: i32,
-    lead_blocks: i32,
     ws: u64,
     flags: u64,
     epoch: u32,
@@ -391,33 +369,17 @@ fn instance(dev: &Device, cfg: TileConfig, b_n_major: bool, fused: Option<bool>)
     Ok((name, f, smem))
 }
 
-/// Stream-K's split of `tiles` over `clusters`: the whole waves (`dp_tiles`), the K pieces of
-/// each leftover tile, and for one-wave shapes the K blocks of piece 0 (`lead`, 0: equal pieces).
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct StreamKSplit {
-    dp_tiles: usize,
-    pieces: usize,
-    lead: usize,
-}
-
-/// `forced` pieces (clamped to 2 ..= k_blocks) or, with 0, the cost model's: equal pieces, or
-/// for fewer tiles than clusters the one-wave lead split where it predicts less. All
-/// data-parallel (tiles, 1, 0) when the tiles fill whole waves or K is one block.
-fn stream_k_split(tiles: usize, clusters: usize, k_blocks: usize, forced: usize) -> StreamKSplit {
+/// Stream-K's split of `tiles` over `clusters`: (dp_tiles, pieces), the whole waves and the K
+/// pieces of each leftover tile; `forced` pieces (clamped to 2 ..= k_blocks) or, with 0, the cost
+/// model's. (tiles, 1), all data-parallel, when the tiles fill whole waves or K is one block.
+fn stream_k_split(tiles: usize, clusters: usize, k_blocks: usize, forced: usize) -> (usize, usize) {
     let tail = tiles % clusters.max(1);
-    let dp = StreamKSplit { dp_tiles: tiles, pieces: 1, lead: 0 };
-    if tail == 0 || k_blocks < 2 {
-        return dp;
-    }
-    if forced != 0 {
-        return StreamKSplit { dp_tiles: tiles - tail, pieces: forced.clamp(2, k_blocks), lead: 0 };
-    }
-    let equal = TileConfig::pick_tail_pieces(tail, clusters, k_blocks);
-    match (equal, TileConfig::pick_lead_blocks(tiles, clusters, k_blocks)) {
-        (Some(p), Some((lead, cost))) if cost < TileConfig::tail_cost(tail, clusters, k_blocks, p) => StreamKSplit { dp_tiles: 0, pieces: 2, lead },
-        (Some(p), _) => StreamKSplit { dp_tiles: tiles - tail, pieces: p, lead: 0 },
-        (None, _) => dp,
-    }
+    let pieces = match forced {
+        _ if tail == 0 || k_blocks < 2 => None,
+        0 => TileConfig::pick_tail_pieces(tail, clusters, k_blocks),
+        p => Some(p.clamp(2, k_blocks)),
+    };
+    pieces.map_or((tiles, 1), |p| (tiles - tail, p))
 }
 
 /// CTAs resident at once: one per SM, or as many whole clusters as fit times their size.
@@ -650,8 +612,7 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
     // Stream-K: whole waves data-parallel, only the last partial wave split (none when the tiles
     // fill whole waves, or K is a single block: then the launch is the data-parallel one).
     let k_blocks = k / TileConfig::BK;
-    let StreamKSplit { dp_tiles, pieces, lead } =
-        if stream_k { stream_k_split(tiles, slots / cm, k_blocks, cfg.tail_pieces as usize) } else { StreamKSplit { dp_tiles: tiles, pieces: 1, lead: 0 } };
+    let (dp_tiles, pieces) = if stream_k { stream_k_split(tiles, slots / cm, k_blocks, cfg.tail_pieces as usize) } else { (tiles, 1) };
     let tail = tiles - dp_tiles;
     let grid = if tail > 0 { slots } else { (tiles * cm).min(slots) };
     let fu = fused.unwrap_or_default();
@@ -680,7 +641,6 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             stream_k: (tail > 0) as i32,
             dp_tiles: dp_tiles as i32,
             pieces: pieces as i32,
-            lead_blocks: lead as i32,
             ws: ws_ptr,
             flags: flags_ptr,
             epoch,
@@ -770,31 +730,17 @@ mod tests {
     /// (tile, kb_begin, kb_end, piece) cluster `c` of `clusters` runs, in order, with each one's
     /// unit number. Units below dp_tiles are whole tiles; unit dp_tiles + q is piece q / tail of
     /// tail tile dp_tiles + q % tail.
-    /// With a lead split, cluster t < tiles runs unit tiles + t alone and spare cluster c runs
-    /// units c - tiles, + spare, ...
-    fn device_schedule(tiles: usize, k_blocks: usize, clusters: usize, split: StreamKSplit, c: usize) -> Vec<(usize, usize, usize, usize, usize)> {
-        let StreamKSplit { dp_tiles, pieces, lead } = split;
+    fn device_schedule(tiles: usize, k_blocks: usize, clusters: usize, dp_tiles: usize, pieces: usize, c: usize) -> Vec<(usize, usize, usize, usize, usize)> {
         let tail = tiles - dp_tiles;
-        let spare = c >= tiles;
-        let units = if lead > 0 && spare { tiles } else { dp_tiles + tail * pieces };
-        let (first, step) = match (lead > 0, spare) {
-            (false, _) => (c, clusters),
-            (true, true) => (c - tiles, clusters - tiles),
-            (true, false) => (tiles + c, units),
-        };
-        (first..units)
-            .step_by(step)
+        let units = dp_tiles + tail * pieces;
+        (c..units)
+            .step_by(clusters)
             .map(|unit| {
                 let split = unit >= dp_tiles;
                 let q = if split { unit - dp_tiles } else { 0 };
                 let i = q / tail.max(1);
                 let tile = if split { dp_tiles + q - i * tail } else { unit };
-                let (b, e) = match (lead > 0, split) {
-                    (true, _) => if i == 1 { (lead, k_blocks) } else { (0, lead) },
-                    (false, true) => (i * k_blocks / pieces, (i + 1) * k_blocks / pieces),
-                    (false, false) => (0, k_blocks),
-                };
-                (tile, b, e, i, unit)
+                (tile, i * k_blocks / pieces, if split { (i + 1) * k_blocks / pieces } else { k_blocks }, i, unit)
             })
             .collect()
     }
@@ -805,12 +751,11 @@ mod tests {
     /// tiles below dp_tiles and non-empty pieces above, and give no cluster more than one unit
     /// beyond another's.
     fn check_cover(tiles: usize, k_blocks: usize, clusters: usize, forced: usize) {
-        let split = stream_k_split(tiles, clusters, k_blocks, forced);
-        let StreamKSplit { dp_tiles, pieces, lead } = split;
+        let (dp_tiles, pieces) = stream_k_split(tiles, clusters, k_blocks, forced);
         let mut seen = vec![0u8; tiles * k_blocks];
         let mut counts = Vec::new();
         for c in 0..clusters {
-            let segs = device_schedule(tiles, k_blocks, clusters, split, c);
+            let segs = device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c);
             counts.push(segs.len());
             for (tile, b, e, _, _) in segs {
                 assert!(b < e && e <= k_blocks, "{tiles}/{k_blocks}/{clusters}: segment {tile} {b}..{e}");
@@ -824,42 +769,23 @@ mod tests {
         }
         assert!(seen.iter().all(|&x| x == 1), "{tiles} tiles x {k_blocks} K blocks on {clusters}, {pieces} pieces: not covered exactly once");
         let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-        if lead == 0 {
-            assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: units per cluster {lo}..{hi}");
-        } else {
-            // One unit a tile's own cluster; the spare ones share the lead pieces evenly.
-            assert!(counts[..tiles].iter().all(|&n| n == 1));
-            let spare = &counts[tiles..];
-            let (lo, hi) = (spare.iter().min().unwrap(), spare.iter().max().unwrap());
-            assert!(hi - lo <= 1 && *hi == tiles.div_ceil(clusters - tiles), "{tiles}/{k_blocks}/{clusters}: lead pieces per spare cluster {lo}..{hi}");
-            assert_eq!((dp_tiles, pieces), (0, 2));
-        }
+        assert!(hi - lo <= 1, "{tiles}/{k_blocks}/{clusters}: units per cluster {lo}..{hi}");
     }
 
     /// The fixup's bookkeeping, as the consumer does it (cuda/sparse_gemm_sm90.cu, fixup_*):
     /// pieces 0 .. pieces - 2 of a tail tile are partials in distinct slots, and the last piece,
     /// which adds them, is the tile's highest unit (it waits only on lower units, so the waits
     /// end: each partial is stored before its cluster reaches any later unit).
-    /// With a lead split the argument is another: the spare clusters run partials only, so they
-    /// never wait, and each tile's own cluster (its last piece) waits on them alone.
     fn check_waits(tiles: usize, k_blocks: usize, clusters: usize, forced: usize) {
-        let split = stream_k_split(tiles, clusters, k_blocks, forced);
-        let StreamKSplit { dp_tiles, pieces, lead } = split;
+        let (dp_tiles, pieces) = stream_k_split(tiles, clusters, k_blocks, forced);
         if dp_tiles == tiles {
             return;
         }
         let mut units = vec![vec![None; pieces]; tiles];
         let mut slots = std::collections::HashSet::new();
         for c in 0..clusters {
-            for (tile, b, _, piece, unit) in device_schedule(tiles, k_blocks, clusters, split, c) {
+            for (tile, b, _, piece, unit) in device_schedule(tiles, k_blocks, clusters, dp_tiles, pieces, c) {
                 if tile < dp_tiles {
-                    continue;
-                }
-                if lead > 0 {
-                    assert_eq!(piece, (c < tiles) as usize, "spare clusters run partials only, cluster t tile t's last piece");
-                    assert!(c >= tiles || tile == c);
-                    assert!(piece == 1 || slots.insert(tile), "slot reused");
-                    assert!(units[tile][piece].replace(unit).is_none(), "tile {tile} piece {piece} twice");
                     continue;
                 }
                 assert_eq!(b, piece * k_blocks / pieces);
@@ -871,10 +797,6 @@ mod tests {
         }
         for (tile, u) in units.iter().enumerate().skip(dp_tiles) {
             let last = u[pieces - 1].expect("every tail tile has its last piece");
-            if lead > 0 {
-                assert!(u[0].is_some(), "tile {tile} has its lead piece");
-                continue;
-            }
             assert!(u[..pieces - 1].iter().all(|p| p.is_some_and(|p| p < last)), "{tiles}/{k_blocks}/{clusters}: tile {tile} units {u:?}");
         }
     }
@@ -918,20 +840,5 @@ mod tests {
         assert_eq!(TileConfig::pick_tail_pieces(61, 132, 1024), Some(2));
         assert_eq!(TileConfig::pick_tail_pieces(5, 132, 2), Some(2));
         assert_eq!(TileConfig::pick_tail_pieces(5, 132, 1), None);
-    }
-
-    /// One-wave shapes: GPT-2 medium fc1 dW (128 tiles of 128 x 256 on 132 SMs) takes the lead
-    /// split at 64k tokens (1024 K blocks: lead 27, 32 lead pieces a spare SM) and at 16k (256);
-    /// 72 tiles of a 256-block K keep equal pieces (11 a tile over 6 rounds predict less), and
-    /// shapes with whole waves stay data-parallel.
-    #[test]
-    fn one_wave_shapes_split_a_lead_piece_off() {
-        assert_eq!(TileConfig::pick_lead_blocks(128, 132, 1024), Some((27, 1003.0)));
-        assert_eq!(stream_k_split(128, 132, 1024, 0), StreamKSplit { dp_tiles: 0, pieces: 2, lead: 27 });
-        assert_eq!(stream_k_split(128, 132, 256, 0).lead, 4);
-        assert_eq!(stream_k_split(128, 132, 1024, 3), StreamKSplit { dp_tiles: 0, pieces: 3, lead: 0 });
-        assert_eq!(stream_k_split(72, 132, 256, 0).lead, 0);
-        assert_eq!(stream_k_split(264, 132, 256, 0), StreamKSplit { dp_tiles: 264, pieces: 1, lead: 0 });
-        assert_eq!(TileConfig::pick_lead_blocks(132, 132, 1024), None);
     }
 }
