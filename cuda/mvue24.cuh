@@ -135,23 +135,30 @@ __device__ __noinline__ Kept group_kept_rare(float a0, float a1, float a2, float
     return out;
 }
 
-__device__ __forceinline__ Kept group_kept(const float a[4], float u) {
+// `rare` is set when the group's result must come from group_kept_rare instead (the returned one
+// is then meaningless); group_kept takes it there. (One branch for a row's four groups instead of
+// one a group: no fewer instructions on the hot path, and the standalone kernel spilled.)
+__device__ __forceinline__ Kept group_kept_fast(const float a[4], float u, bool& rare) {
     float m[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
     // The reference's sum starts 0 + m_0, which is m_0 (m_0 >= +0; a NaN goes to the rare path,
     // which redoes the sum), and c_0 = 0 + w_0 likewise.
     const float sum = __fadd_rn(__fadd_rn(__fadd_rn(m[0], m[1]), m[2]), m[3]);
+    // The reference's 2 m_i > sum as m_i > sum / 2: the same for sum in [2^-125, inf), where
+    // halving is exact and 2 m_i is exact or overflows (then both are true); smaller, infinite
+    // and NaN sums take the rare path. Saves a multiply a value; sum / 2 is the spread case's h.
+    const float half = __fmul_rn(0.5f, sum);
     bool d[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) d[i] = __fmul_rn(2.f, m[i]) > sum;
+    for (int i = 0; i < 4; ++i) d[i] = m[i] > half;
     const bool spread = !(d[0] || d[1] || d[2] || d[3]);
     // rest = sum - m_b when not spread. When spread it is sum - m_3, which is 0 exactly when sum is
     // (sum = m_3 means m_0..m_2 vanished in it, and then 2 m_3 > sum unless sum = 0): so
     // `rest == 0` is the reference's "sum = 0 (spread) or rest = 0 (not spread)" in one compare.
     const float m_b = d[0] ? m[0] : d[1] ? m[1] : d[2] ? m[2] : m[3];
     const float rest = __fsub_rn(sum, m_b);
-    const float h = spread ? __fmul_rn(0.5f, sum) : rest;
+    const float h = spread ? half : rest;
     const float c0 = d[0] ? rest : m[0];
     const float c1 = __fadd_rn(c0, d[1] ? rest : m[1]);
     const float c2 = __fadd_rn(c1, d[2] ? rest : m[2]);
@@ -160,8 +167,9 @@ __device__ __forceinline__ Kept group_kept(const float a[4], float u) {
     // Its test is on c_3, the weights' sum: that is `sum` itself when spread, and otherwise the
     // same additions with m_b replaced by rest < m_b, so at most `sum` (rounding is monotonic);
     // when `sum` is not finite, neither is c_3 (rest = inf - m_b is inf or NaN). So c_3 is finite
-    // exactly when `sum` is, and then v1 = u h + h <= 2 h <= sum is finite too.
-    if (rest == 0.f || !isfinite(sum)) return group_kept_rare(a[0], a[1], a[2], a[3], u);
+    // exactly when `sum` is, and then v1 = u h + h <= 2 h <= sum is finite too. Sums below 2^-125
+    // (the halving above) go there too: the rare path is the reference's own steps.
+    rare = rest == 0.f || !(sum >= 0x1p-125f && sum < INFINITY);
     // pick() from the comparisons, with j0 = #{c_i <= v0} <= j1 = #{c_i <= v1} (the c_i do not
     // decrease): k0 = min(j0, 2), and k1 = 3 except where v1 alone hits interval 2 (j1 = 2 > j0)
     // or 1 (j1 = 1 > j0 = 0). So c_2 <= v0, c_3 <= v0 and c_3 <= v1 are never needed, and the
@@ -182,6 +190,12 @@ __device__ __forceinline__ Kept group_kept(const float a[4], float u) {
     out.pair = (uint32_t)f32_to_bf16(big0 ? a0 : s0) | ((uint32_t)f32_to_bf16(big1 ? a1 : s1) << 16);
     out.code = (p1 ? 0x42u : p0 ? 0x21u : 0x10u) | (r2 ? 0x48u : r1 ? 0x24u : 0x8cu);
     return out;
+}
+
+__device__ __forceinline__ Kept group_kept(const float a[4], float u) {
+    bool rare;
+    const Kept k = group_kept_fast(a, u, rare);
+    return rare ? group_kept_rare(a[0], a[1], a[2], a[3], u) : k;
 }
 
 // host-check end
