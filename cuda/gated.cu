@@ -91,17 +91,17 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
     const uint2 key = make_uint2((uint32_t)seed, (uint32_t)(seed >> 32));
     const int tiles_f = F / 32;
     const int total = ((tokens + 63) / 64) * tiles_f, stride = gridDim.x;  // 32-bit: see mvue24.cu
-    auto issue = [&](int tile) {  // the tile's up, gate and dy slices, one commit group
-        const int tt = 64 * (tile / tiles_f);
-        const long long c = 32 * (tile % tiles_f);
-        mvue::stage_async(stage[0], h, 2LL * F, tt, tokens, c, lane);
-        mvue::stage_async(stage[1], h, 2LL * F, tt, tokens, F + c, lane);
-        mvue::stage_async(stage[2], dy, F, tt, tokens, c, lane);
+    auto issue = [&](int tile) {  // the tile's up, gate and dy slices, one commit group (none past the end)
+        if (tile < total) {
+            const int tt = 64 * (tile / tiles_f);
+            const long long c = 32 * (tile % tiles_f);
+            mvue::stage_async(stage[0], h, 2LL * F, tt, tokens, c, lane);
+            mvue::stage_async(stage[1], h, 2LL * F, tt, tokens, F + c, lane);
+            mvue::stage_async(stage[2], dy, F, tt, tokens, c, lane);
+        }
         sm80ptx::cp_async_commit();
     };
-    int id = blockIdx.x;
-    if (id < total) issue(id);
-    for (; id < total; id += stride) {
+    mvue::staged_tiles(blockIdx.x, stride, total, issue, [&](int id, auto release) {
         const int tile_tok = 64 * (id / tiles_f);
         const long long f0 = 32 * (id % tiles_f) + lt.c0;  // the lane's first feature of y
         const int tok0 = tile_tok + lt.tok;
@@ -109,7 +109,6 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
         // The backward from the staged slice (dH stored as it goes), then the next tile's copies,
         // then MVUE, the longer part, while they fly. (Reading the whole slice into registers
         // first, to issue the copies earlier, spilled.)
-        mvue::stage_wait();
         uint32_t xu[16][2], xg[16][2];  // dH's up and gate gradients, packed pairs
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
@@ -143,8 +142,7 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
             xg[r][0] = dg[0];
             xg[r][1] = dg[1];
         }
-        __syncwarp();  // every lane has read the slice: the next tile's copies may overwrite it
-        if (id + stride < total) issue(id + stride);
+        release();
         // dH^T's rows: up gradients are rows f, gate gradients rows F + f (a rolled loop: one copy
         // of the MVUE code, the part's words picked by selects in lane_rows).
 #pragma unroll 1
@@ -154,8 +152,7 @@ __device__ __forceinline__ void gated_backward_mvue_run(const uint16_t* __restri
             mvue::lane_rows<true>([&](int r, int p) { return part ? (p ? xg[r][1] : xg[r][0]) : (p ? xu[r][1] : xu[r][0]); }, row0, tok0, tokens, key, step, live, vals, nib, kept);
             mvue::write_words(nib, kept, lane, row0 - lt.c0, tile_tok, tokens, live, meta, mask);
         }
-    }
-    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
+    });
 }
 
 // One warp a block, each with its 12 KB staging buffer: its ~165 registers allow 12 warps an SM
@@ -197,14 +194,11 @@ __device__ __forceinline__ void gelu_backward_mvue_run(const uint16_t* __restric
         }
         sm80ptx::cp_async_commit();
     };
-    int id = blockIdx.x * WARPS + warp;
-    issue(id);
-    for (; id < total; id += stride) {
+    mvue::staged_tiles(blockIdx.x * WARPS + warp, stride, total, issue, [&](int id, auto release) {
         const int tile_tok = 64 * (id / tiles_f);
         const long long f0 = 32 * (id % tiles_f) + lt.c0;  // the lane's first feature
         const int tok0 = tile_tok + lt.tok;
         const bool live = tok0 < tokens;
-        mvue::stage_wait();
         uint32_t w[16][2];  // dY, packed pairs: 4 features x 16 tokens
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
@@ -215,13 +209,11 @@ __device__ __forceinline__ void gelu_backward_mvue_run(const uint16_t* __restric
             }
             if (live) *reinterpret_cast<unsigned long long*>(dy + (long long)(tok0 + r) * F + f0) = w[r][0] | (unsigned long long)w[r][1] << 32;
         }
-        __syncwarp();  // every lane has read the slices: the next tile's copies may overwrite them
-        issue(id + stride);
+        release();
         uint32_t nib[2], kept[2];
         mvue::lane_rows<ROLLED>([&](int r, int p) { return p ? w[r][1] : w[r][0]; }, f0, tok0, tokens, key, step, live, vals, nib, kept);
         mvue::write_words(nib, kept, lane, f0 - lt.c0, tile_tok, tokens, live, meta, mask);
-    }
-    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
+    });
 }
 
 // Two register budgets (which runs faster is measured, docs/bench/kernels-h100.md): MVUE's pair

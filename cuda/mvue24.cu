@@ -33,14 +33,11 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
         if (tile < total) stage_async(buf, dy, feats, 64 * (tile / tiles_f), tokens, 32 * (tile % tiles_f), lane);
         sm80ptx::cp_async_commit();
     };
-    int id = blockIdx.x * WARPS + warp;
-    issue(id);
-    for (; id < total; id += stride) {
+    staged_tiles(blockIdx.x * WARPS + warp, stride, total, issue, [&](int id, auto release) {
         const int tile_tok = 64 * (id / tiles_f);
         const long long row0 = 32 * (id % tiles_f);
         const int tok0 = tile_tok + lt.tok;
         const bool live = tok0 < tokens;
-        stage_wait();
         uint32_t x[16][2];
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
@@ -48,13 +45,11 @@ __device__ __forceinline__ void run(const uint16_t* __restrict__ dy, int tokens,
             x[r][0] = v.x;
             x[r][1] = v.y;
         }
-        __syncwarp();  // every lane has read the slice: the next tile's copies may overwrite it
-        issue(id + stride);
+        release();  // the next tile's copies fly during the arithmetic
         uint32_t nib[2], kept[2];
         lane_rows<false>([&](int r, int p) { return p ? x[r][1] : x[r][0]; }, row0 + lt.c0, tok0, tokens, key, step, live, vals, nib, kept);
         write_words(nib, kept, lane, row0, tile_tok, tokens, live, meta, mask);
-    }
-    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
+    });
 }
 
 }  // namespace mvue

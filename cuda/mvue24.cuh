@@ -235,6 +235,25 @@ __device__ __forceinline__ void stage_wait() {
     __syncwarp();
 }
 
+// A warp's grid-stride walk over warp tiles first, first + stride, ... < total, its inputs staged
+// one tile ahead: issue(tile) starts tile's cp.async copies and commits them as one group (an
+// empty group for tile >= total); body(tile, release) computes a tile from the staged copies and
+// calls release() once every lane has read them, which lets the next tile's copies overwrite
+// them while body's remaining arithmetic runs. The loop of mvue24_compress and of both fused
+// backward + MVUE kernels (gated.cu).
+template <class Issue, class Body>
+__device__ __forceinline__ void staged_tiles(int first, int stride, int total, Issue issue, Body body) {
+    issue(first);
+    for (int id = first; id < total; id += stride) {
+        stage_wait();
+        body(id, [&] {
+            __syncwarp();  // every lane has read the slices
+            issue(id + stride);
+        });
+    }
+    sm80ptx::cp_async_wait<0>();  // no copy outlives the block
+}
+
 // The 8 bytes (4 columns from c0) of token t of a staged slice.
 __device__ __forceinline__ uint2 staged(const uint8_t* buf, int t, int c0) {
     return *reinterpret_cast<const uint2*>(buf + (4 * (t & 15) + (t >> 4)) * 64 + 2 * c0);

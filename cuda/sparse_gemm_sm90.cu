@@ -882,12 +882,13 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
 
 // FUSE >= 2, epilogue warpgroup e of NE (the CTA's warpgroups 2 ..): the CTA's tiles (the
 // consumers' order) in chunks of 64 rows x 64 tokens, 2 BN / 64 a tile; chunk g of the CTA (tile
-// g / (2 BN / 64)) goes to warpgroup g % NE. Each waits for its chunk's tile in hand-off buffer (tile & 1), runs the GELU
-// backward + MVUE on it (gelu_mvue_chunk, the cooperative instances' arithmetic) and arrives on
-// the buffer's "empty" barrier (2 BN / 64 x 128 arrivals free it). It runs while the consumers are
-// in the next tile's main loop: the tensor cores do not wait for the epilogue's CUDA-core work
-// (docs/sparse-training.md). Every warpgroup has a chunk in every tile (NE <= chunks a tile), so
-// no buffer can be refilled twice while one of them still waits on it. Data-parallel only.
+// g / (2 BN / 64)) goes to warpgroup g % NE. Each waits for its chunk's tile in hand-off buffer
+// (tile & 1), runs the GELU backward + MVUE on it (gelu_mvue_chunk, the cooperative instances'
+// arithmetic) and arrives on the buffer's "empty" barrier (2 BN / 64 x 128 arrivals free it). It
+// runs while the consumers are in the next tile's main loop: the tensor cores do not wait for the
+// epilogue's CUDA-core work (docs/sparse-training.md). Every warpgroup has a chunk in every tile
+// (NE <= chunks a tile), so no buffer can be refilled twice while one of them still waits on it.
+// Data-parallel only.
 template <int BN, int NE>
 __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* hand_bufs, uint64_t* hand, int e) {
     constexpr int CHUNKS = 2 * (BN / EPI_COLS);  // a tile's chunks: 2 row halves x BN / 64 tokens
