@@ -453,9 +453,9 @@ fn is_sm90(dev: &Device) -> Result<bool> {
 /// configuration: `None` / `Some(cfg)` for `FusedEpilogue::Consumers`).
 /// Hopper runs the fused kernel; other GPUs run the three kernels. Speed on the H100 at GPT-2
 /// medium (16384 tokens, F = 4096, d = 1024; docs/bench/kernels-h100.md): the GEMM + GELU 0.253 ms
-/// in the consumers, 0.220 ms in epilogue warpgroups, against 0.285 ms for the GEMM then
-/// `gelu_backward`; with MVUE 0.338 / 0.302 ms against 0.372 ms for the three kernels: in
-/// epilogue warpgroups MVUE adds 0.082 ms, less than alone (0.094), not yet hidden.
+/// in the consumers, 0.217 ms in epilogue warpgroups, against 0.283 ms for the GEMM then
+/// `gelu_backward`; with MVUE 0.337 / 0.302 ms against 0.372 ms for the three kernels: in
+/// epilogue warpgroups MVUE adds 0.085 ms, less than alone (0.093), not yet hidden.
 pub fn sparse_gemm_gelu_backward(
     dev: &Device,
     w2t: &Sparse24,
