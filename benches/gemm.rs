@@ -47,8 +47,7 @@ struct Args {
 /// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
 fn config_name(c: &TileConfig) -> String {
     let kind = if c.pingpong { "_pp" } else if c.cluster_m == 2 { "_c2" } else { "" };
-    let r = if c.a_regs { "_r" } else { "" };
-    format!("bn{}_s{}{kind}{r}_{:?}", c.bn, c.stages, c.schedule)
+    format!("bn{}_s{}{kind}_{:?}", c.bn, c.stages, c.schedule)
 }
 
 fn args() -> Args {

@@ -110,7 +110,6 @@ struct Params {
     uint32_t* mvue_meta;         // S(dH^T) metadata words (crate::layout)
     uint32_t* mvue_mask;         // S(dH^T) mask bits
     unsigned long long mvue_seed;
-    const uint16_t* a_vals;      // A's values (M x K/2 row-major): the ARS instances read them into registers
 };
 
 template <int BN, int TRANS_B>
@@ -249,18 +248,16 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
 
 // EW: the FUSE >= 2 instances, whose epilogue region holds the two hand-off buffers and whose
 // barrier region 4 more mbarriers (hand_full[2], hand_empty[2]).
-// ARS: A is read from global memory into registers (no A stage; see load_a_fragment).
-template <int BN, int STAGES, int EW = 0, int ARS = 0>
+template <int BN, int STAGES, int EW = 0>
 struct Smem {
-    static constexpr int A_BYTES = ARS ? 0 : BM * (BK / 2) * 2;  // 8 KB
+    static constexpr int A_BYTES = BM * (BK / 2) * 2;  // 8 KB
     static constexpr int B_BYTES = BN * BK * 2;        // 16 / 32 KB
     static constexpr int E_BYTES = (BM / 16) * (BK / 32) * 16 * 4;  // 1 KB
     // SLIM (the 5-stage 128 x 256 instances): one 8 KB TMA-store buffer a warpgroup and no f32
     // staging, which leaves room for a fifth 41 KB stage (cuSPARSELt's kernel for the long-K dW
     // shapes has the same tile with 232 KB: docs/bench/notes.md). bf16 output without beta only:
     // the host runs the 4-stage instance for the staged epilogues.
-    // (With A in registers a stage is 33 KB: 6 of them with the slim epilogue, 5 without.)
-    static constexpr bool SLIM = BN == 256 && STAGES == 5 + ARS;
+    static constexpr bool SLIM = BN == 256 && STAGES == 5;
     static constexpr int TMA_BUFS = SLIM ? 1 : 2;  // TMA store buffers a warpgroup
     // f32 staging (2 x 64 x 68 words) or, for TMA stores, 2 warpgroups x TMA_BUFS x 8 KB.
     static constexpr int EPI_BYTES = EW ? 2 * HAND_BYTES : SLIM ? 2 * 8192 : 2 * 64 * EPI_PITCH * 4;
@@ -652,46 +649,18 @@ __device__ __forceinline__ int meta_word(int rb, int lane) {
     return rb * 32 + 2 * (lane >> 2) + (lane & 1) + (lane & 2 ? 16 : 0);
 }
 
-// A from registers (the ARS instances): the rows of this thread's A fragments, as word pointers
-// into A's values (M x K/2 bf16 row-major) at the thread's first column. The fragment of a sparse
-// m64nNk32 wgmma is that of a dense m64nNk16 one over the 16 compressed columns of the k32 step
-// (PTX ISA 9.7.15.5.1): warp w of the warpgroup holds rows 16 w .., lane l rows g = l / 4 (registers
-// 0, 2) and g + 8 (1, 3), columns 2t, 2t + 1 (registers 0, 1) and 2t + 8, 2t + 9 (2, 3), t = l % 4.
-// Rows past M read row M - 1: their products land in accumulator rows no epilogue stores.
-__device__ __forceinline__ void a_rows(const Params& p, int r0, int lane, const uint32_t*& lo, const uint32_t*& hi) {
-    const int g = lane >> 2, t = lane & 3;
-    const uint32_t* a = reinterpret_cast<const uint32_t*>(p.a_vals);
-    const long long words = p.k / 4;  // a row: K / 2 bf16
-    lo = a + (long long)min(r0 + g, p.m - 1) * words + t;
-    hi = a + (long long)min(r0 + g + 8, p.m - 1) * words + t;
-}
-
-// K block kb's A fragments, both k32 steps (step kk: the block's compressed columns 16 kk ..):
-// eight 4-byte loads; a warp's load covers 16 contiguous bytes of 8 rows, and the block's four
-// loads of a row fill its 64 bytes (L1 lines: the other three hit).
-__device__ __forceinline__ void load_a_fragment(uint32_t (&a)[2][4], const uint32_t* lo, const uint32_t* hi, int kb) {
-    const int o = kb * (BK / 4);  // 16 words a row a K block
-#pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-        a[kk][0] = __ldg(lo + o + 8 * kk);
-        a[kk][1] = __ldg(hi + o + 8 * kk);
-        a[kk][2] = __ldg(lo + o + 8 * kk + 4);
-        a[kk][3] = __ldg(hi + o + 8 * kk + 4);
-    }
-}
-
 // One stage's loads: waits until stage s is free (its previous use released by every consumer
 // warp), then A, B and the metadata of K block kb of tile (m0, nt) into it. `issuer`: whether
 // this thread issues them (the epilogue-warpgroup instance's producer warp waits whole).
-template <int BN, int STAGES, int B_MN, int CM, int ARS>
+template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void load_stage(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, const TensorMap* ta,
                                            const TensorMap* tb, const TensorMap* te, int rank, int s, uint32_t phase, int kb,
                                            int m0, int nt, int b_blocks, uint32_t tx, bool issuer) {
-    using S = Smem<BN, STAGES, 0, ARS>;
+    using S = Smem<BN, STAGES>;
     mbar_wait(&empty[s], phase ^ 1);  // the first pass through the ring finds every stage free
     if (!issuer) return;
     mbar_expect_tx(&full[s], tx);
-    if (!ARS) tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
+    tma_load_2d(smem + S::A_OFF + s * S::A_BYTES, ta, &full[s], kb * (BK / 2), m0);
     uint8_t* b_stage = smem + S::B_OFF + s * S::B_BYTES;
     if (CM == 1) {
         if (B_MN) {
@@ -711,7 +680,7 @@ __device__ __forceinline__ void load_stage(const Params& p, uint8_t* smem, uint6
     tma_load_2d(smem + S::E_OFF + s * S::E_BYTES, te, &full[s], kb * (BK / 32) * 16, m0 / 16);
 }
 
-template <int BN, int STAGES, int B_MN, int CM, int ARS>
+template <int BN, int STAGES, int B_MN, int CM>
 __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty,
                                          const TensorMap* ta, const TensorMap* tb, const TensorMap* te, int rank,
                                          bool issuer = true) {
@@ -723,25 +692,18 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
         const int b_blocks = b_blocks_of<BN, B_MN>(p, nt);
-        const uint32_t tx = Smem<BN, STAGES, 0, ARS>::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
+        const uint32_t tx = Smem<BN, STAGES>::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
         for (int kb = kb_begin; kb < kb_end; ++kb) {
-            load_stage<BN, STAGES, B_MN, CM, ARS>(p, smem, full, empty, ta, tb, te, rank, s, phase, kb, m0, nt, b_blocks, tx, issuer);
+            load_stage<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, s, phase, kb, m0, nt, b_blocks, tx, issuer);
             if (++s == STAGES) { s = 0; phase ^= 1; }
         }
     }
 }
 
-// ARS: A's fragments come from global memory into registers (load_a_fragment), three K blocks
-// of them: the one whose wgmmas may still run, the current one, and the one two blocks ahead
-// that is loading (issued once the wgmmas of the block before the current one are done, so ~2
-// K blocks of time cover its latency). A segment's first two blocks are loaded at the end of the
-// previous segment's main loop, under its epilogue. Shared memory then holds only B and the
-// metadata: A's 16 KB a K block of TMA writes and wgmma reads leave the shared-memory pipe, the
-// bound of the long-K shapes (docs/bench/gemm-h100.md).
-template <int BN, int STAGES, int B_MN, int CM, int FUSE, int ARS>
+template <int BN, int STAGES, int B_MN, int CM, int FUSE>
 __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, int wg,
                                          const TensorMap* td) {
-    using S = Smem<BN, STAGES, 0, ARS>;
+    using S = Smem<BN, STAGES>;
     using Mma = WgmmaSp<BN, B_MN>;
     const int tid = threadIdx.x - 128 * (FUSE >= 2 ? wg : wg + 1);  // 0..127 within the consumer warpgroup
     const int warp = tid >> 5, lane = tid & 31;
@@ -756,27 +718,12 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
     Schedule<CM> work(p);
     int tile, kb_begin, kb_end, piece;
     int handed = 0;  // FUSE >= 2: tiles handed to the epilogue warpgroups so far
-    uint32_t ar[3][2][4];  // ARS: three K blocks' A fragments (see above)
-    const uint32_t *a_lo = nullptr, *a_hi = nullptr;
-    // ARS: the next segment's A rows and its first two K blocks' fragments.
-    const auto a_prologue = [&] {
-        Schedule<CM> peek = work;
-        int t2, b2, e2;
-        if (!peek.next(t2, b2, e2)) return;
-        int m2, nt2;
-        tile_coords<CM>(t2, p, m2, nt2);
-        a_rows(p, m2 + 64 * wg + 16 * warp, lane, a_lo, a_hi);
-        load_a_fragment(ar[0], a_lo, a_hi, b2);
-        if (b2 + 1 < e2) load_a_fragment(ar[1], a_lo, a_hi, b2 + 1);
-    };
-    if (ARS) a_prologue();
     while (work.next(tile, kb_begin, kb_end, piece)) {
         int m0, nt;
         tile_coords<CM>(tile, p, m0, nt);
         const int n0 = nt * BN;
         if (FUSE && kb_end == p.k / BK) gelu_prefetch_x<BN>(p, m0 + 64 * wg, n0, tid);  // this segment runs the epilogue
-        // K block kb; ARS: its A fragments `a`, and `later` receives block kb + 2's.
-        const auto k_block = [&](int kb, const uint32_t (&a)[2][4], uint32_t (&later)[2][4]) {
+        for (int kb = kb_begin; kb < kb_end; ++kb) {
             mbar_wait(&full[s], phase);
             const uint32_t a_base = smem_u32(smem + S::A_OFF + s * S::A_BYTES) + wg * 64 * 64;
             const uint32_t b_base = smem_u32(smem + S::B_OFF + s * S::B_BYTES);
@@ -793,37 +740,19 @@ __device__ __forceinline__ void consumer(const Params& p, uint8_t* smem, uint64_
             const int first = kb == kb_begin;
             fence_acc(acc);
             wgmma_fence();
-            if constexpr (ARS) {
-                Mma::template mma_rs<0>(a[0], db[0], meta, !first, acc);
-                Mma::template mma_rs<1>(a[1], db[1], meta, 1, acc);
-            } else {
-                Mma::template mma<0>(da[0], db[0], meta, !first, acc);
-                Mma::template mma<1>(da[1], db[1], meta, 1, acc);
-            }
+            Mma::template mma<0>(da[0], db[0], meta, !first, acc);
+            Mma::template mma<1>(da[1], db[1], meta, 1, acc);
             wgmma_commit();
             fence_acc(acc);
-            // Keep this stage's wgmmas in flight; the previous stage's are done: release it (and
-            // with ARS its A registers take block kb + 2).
+            // Keep this stage's wgmmas in flight; the previous stage's are done: release it.
             wgmma_wait<1>();
             fence_acc(acc);
-            if (ARS && kb + 2 < kb_end) load_a_fragment(later, a_lo, a_hi, kb + 2);
             if (kb > kb_begin && lane < CM) release_stage<CM>(&empty[(s + STAGES - 1) % STAGES], lane);
             if (++s == STAGES) { s = 0; phase ^= 1; }
-        };
-        if constexpr (ARS) {
-            // Unrolled by three: the fragments rotate through ar[] at compile-time indices.
-            for (int kb0 = kb_begin; kb0 < kb_end; kb0 += 3) {
-#pragma unroll
-                for (int j = 0; j < 3; ++j)
-                    if (kb0 + j < kb_end) k_block(kb0 + j, ar[j], ar[(j + 2) % 3]);
-            }
-        } else {
-            for (int kb = kb_begin; kb < kb_end; ++kb) k_block(kb, ar[0], ar[0]);
         }
         wgmma_wait<0>();
         fence_acc(acc);
         if (lane < CM) release_stage<CM>(&empty[(s + STAGES - 1) % STAGES], lane);
-        if (ARS) a_prologue();
 
         // Epilogue. Accumulator fragment (PTX ISA 9.7.15.5.2, m64nNk32 D): register 4j + {0,1} is
         // row 16 warp + g, columns 8j + 2t + {0,1}; 4j + {2,3} is row + 8.
@@ -1016,7 +945,7 @@ __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* h
 
 #endif  // TWOFOUR_SM90A
 
-template <int BN, int STAGES, int B_MN, int CM, int PP = 0, int FUSE = 0, int ARS = 0>
+template <int BN, int STAGES, int B_MN, int CM, int PP = 0, int FUSE = 0>
 __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const TensorMap* tb, const TensorMap* te,
                                      const TensorMap* td) {
     static_assert(PP == 0 || (CM == 1 && BN == 128), "ping-pong: single CTAs, 128 x 128 tiles (128 accumulators a thread)");
@@ -1024,10 +953,9 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
     static_assert(FUSE == 0 || B_MN == 0, "the fused GELU backward is fc2's dX GEMM: K-major B");
     static_assert(CM == 1 || (BN / 2) % 8 == 0, "each CTA's half of a K-major B stage must be whole 1024-byte swizzle atoms");
     static_assert(FUSE < 2 || (FUSE == 2 && CM == 1 && PP == 0 && BN == 128), "epilogue warpgroups: two, single CTAs, cooperative 128 x 128 tiles");
-    static_assert(ARS == 0 || (BN == 256 && PP == 0 && FUSE == 0), "A from registers: the cooperative 128 x 256 instances (WgmmaSp<256>::mma_rs)");
 #ifdef TWOFOUR_SM90A
     constexpr int EW = FUSE >= 2;
-    using S = Smem<BN, STAGES, EW, ARS>;
+    using S = Smem<BN, STAGES, EW>;
     extern __shared__ uint8_t smem_raw[];
     // 128B-swizzled TMA destinations need 1024-byte alignment.
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -1057,19 +985,19 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
         // mbarrier waits went to vector registers (scripts/sass.sh; docs/bench/notes.md).
         if (wg < 2) {
             asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
-            consumer<BN, STAGES, B_MN, CM, FUSE, 0>(p, smem, full, empty, wg, td);
+            consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg, td);
         } else if (wg < 4) {
             asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
             epilogue_warps<BN, 2>(p, smem + S::EPI_OFF, empty + STAGES, wg - 2);
         }
-        else producer<BN, STAGES, B_MN, CM, 0>(p, smem, full, empty, ta, tb, te, rank, threadIdx.x == 128 * 4);  // the whole warp waits
+        else producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, threadIdx.x == 128 * 4);  // the whole warp waits
     } else if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM, ARS>(p, smem, full, empty, ta, tb, te, rank);
+        if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         if (PP) consumer_pingpong<BN, STAGES, B_MN, FUSE>(p, smem, full, empty, wg - 1, td);
-        else consumer<BN, STAGES, B_MN, CM, FUSE, ARS>(p, smem, full, empty, wg - 1, td);
+        else consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg - 1, td);
     }
     // Neither CTA may exit while the peer can still arrive on its barriers.
     if (CM > 1) {
@@ -1087,12 +1015,12 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 // are template parameters (TileConfig and the B operand on the Rust side pick the instance by
 // name: _k for K-major B, _n for N-major, _c2 for clusters of two CTAs sharing B, _pp for
 // ping-pong consumers, _gelu for the fused GELU backward + MVUE epilogue).
-#define TWOFOUR_SPARSE_GEMM_SM90_KERNEL(NAME, ATTRS, BN, STAGES, B_MN, CM, PP, FUSE, ARS)             \
+#define TWOFOUR_SPARSE_GEMM_SM90_KERNEL(NAME, ATTRS, BN, STAGES, B_MN, CM, PP, FUSE)                  \
     extern "C" __global__ void ATTRS __launch_bounds__(sm90::threads_of(FUSE), 1) NAME( \
         const __grid_constant__ sm90::TensorMap ta, const __grid_constant__ sm90::TensorMap tb,       \
         const __grid_constant__ sm90::TensorMap te, const __grid_constant__ sm90::TensorMap td,       \
         sm90::Params p) {                                                                             \
-        sm90::gemm<BN, STAGES, B_MN, CM, PP, FUSE, ARS>(p, &ta, &tb, &te, &td);                       \
+        sm90::gemm<BN, STAGES, B_MN, CM, PP, FUSE>(p, &ta, &tb, &te, &td);                            \
     }
 // The cluster shape is compiled in (so a plain launch runs clusters); only for the sm_90a image,
 // the other images' copies of these kernels trap and are never launched.
@@ -1102,14 +1030,11 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
 #define TWOFOUR_CLUSTER_2X1
 #endif
 #define TWOFOUR_SPARSE_GEMM_SM90(BN, STAGES, B_MN, SUFFIX, FUSE) \
-    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_##SUFFIX, , BN, STAGES, B_MN, 1, 0, FUSE, 0)
+    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_##SUFFIX, , BN, STAGES, B_MN, 1, 0, FUSE)
 #define TWOFOUR_SPARSE_GEMM_SM90_PP(BN, STAGES, B_MN, SUFFIX, FUSE) \
-    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_pp_##SUFFIX, , BN, STAGES, B_MN, 1, 1, FUSE, 0)
+    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_pp_##SUFFIX, , BN, STAGES, B_MN, 1, 1, FUSE)
 #define TWOFOUR_SPARSE_GEMM_SM90_C2(BN, STAGES, B_MN, SUFFIX, FUSE) \
-    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_c2_##SUFFIX, TWOFOUR_CLUSTER_2X1, BN, STAGES, B_MN, 2, 0, FUSE, 0)
-// A from registers (_r): the cooperative 128 x 256 tiles, single CTAs.
-#define TWOFOUR_SPARSE_GEMM_SM90_R(BN, STAGES, B_MN, SUFFIX) \
-    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_r_##SUFFIX, , BN, STAGES, B_MN, 1, 0, 0, 1)
+    TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn##BN##_s##STAGES##_c2_##SUFFIX, TWOFOUR_CLUSTER_2X1, BN, STAGES, B_MN, 2, 0, FUSE)
 
 TWOFOUR_SPARSE_GEMM_SM90(256, 4, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90(256, 5, 0, k, 0)
@@ -1127,10 +1052,6 @@ TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 4, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(256, 5, 1, n, 0)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 1, n, 0)
-TWOFOUR_SPARSE_GEMM_SM90_R(256, 5, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90_R(256, 6, 0, k)
-TWOFOUR_SPARSE_GEMM_SM90_R(256, 5, 1, n)
-TWOFOUR_SPARSE_GEMM_SM90_R(256, 6, 1, n)
 // The fused GELU backward: the K-major instances but the 256-wide ones, whose 128 accumulators a
 // thread left MVUE's epilogue 40 registers: 2.2x slower than the 192-wide tiles on the H100
 // (docs/bench/kernels-h100.md). The host maps a 256-wide config to the 192-wide instance.
@@ -1140,4 +1061,4 @@ TWOFOUR_SPARSE_GEMM_SM90_PP(128, 7, 0, k_gelu, 1)
 TWOFOUR_SPARSE_GEMM_SM90_C2(192, 5, 0, k_gelu, 1)
 // The fused epilogue in two epilogue warpgroups of their own (FUSE 2, 544 threads, 128 x 128
 // tiles): `sparse_gemm_gelu_backward` with FusedEpilogue::EpilogueWarpgroups.
-TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn128_s6_ew_k_gelu, , 128, 6, 0, 1, 0, 2, 0)
+TWOFOUR_SPARSE_GEMM_SM90_KERNEL(sparse_gemm_sm90_bn128_s6_ew_k_gelu, , 128, 6, 0, 1, 0, 2)

@@ -39,16 +39,6 @@ pub struct TileConfig {
     /// least 2, at most K / 64); 0 lets the launch pick by `TileConfig::pick_tail_pieces`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tail_pieces: u32,
-    /// A from registers (instance `_r`, 128 x 256 cooperative single CTAs): the consumers load
-    /// A's compressed values from global memory straight into the wgmma's register operand, so a
-    /// stage holds only B and the metadata (33 KB: one stage more fits) and A's 16 KB a K block
-    /// leave the shared-memory pipe, which bounds the long-K shapes.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub a_regs: bool,
-}
-
-fn is_false(x: &bool) -> bool {
-    !*x
 }
 
 fn is_zero(x: &u32) -> bool {
@@ -78,19 +68,16 @@ pub enum Schedule {
 impl TileConfig {
     /// The compiled instances: 128 x {256, 192, 128} tiles, as many stages as fit 227 KB, the
     /// two wider ones also in clusters of two sharing B, 128 x 128 with ping-pong consumers, and
-    /// 128 x 256 with 5 stages and a slim epilogue (`is_slim`), and 128 x 256 with A from
-    /// registers (`a_regs`: 5 stages, and 6 with the slim epilogue).
-    pub const ALL: [TileConfig; 10] = [
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0, a_regs: false },
-        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: true },
-        TileConfig { bn: 256, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: true },
+    /// 128 x 256 with 5 stages and a slim epilogue (`is_slim`).
+    pub const ALL: [TileConfig; 8] = [
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 256, stages: 4, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 192, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 128, stages: 7, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: true, tail_pieces: 0 },
+        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 },
+        TileConfig { bn: 256, stages: 5, group_m: 0, schedule: Schedule::Auto, cluster_m: 2, pingpong: false, tail_pieces: 0 },
     ];
 
     /// The 5-stage 128 x 256 instances (alone or in clusters of two): one 8 KB TMA-store buffer a
@@ -99,14 +86,14 @@ impl TileConfig {
     /// has 232 KB: docs/bench/notes.md). It writes bf16 without
     /// beta only; other epilogues run it as the 4-stage instance (`for_epilogue`).
     pub fn is_slim(self) -> bool {
-        self.bn == 256 && self.stages == 5 + self.a_regs as u32
+        self.bn == 256 && self.stages == 5
     }
 
     /// The config an epilogue that stages f32 chunks (f32 output, beta, the fused GELU backward)
-    /// runs for `self`: the sibling of a slim instance with one stage fewer, `self` otherwise.
+    /// runs for `self`: the 4-stage sibling of the slim instance, `self` otherwise.
     pub fn for_epilogue(self, staged: bool) -> TileConfig {
         if staged && self.is_slim() {
-            TileConfig { stages: self.stages - 1, ..self }
+            TileConfig { stages: 4, ..self }
         } else {
             self
         }
@@ -135,8 +122,7 @@ impl TileConfig {
 
     fn kernel_name(self, b_n_major: bool) -> String {
         let c = if self.pingpong { "_pp" } else if self.cluster_m == 2 { "_c2" } else { "" };
-        let r = if self.a_regs { "_r" } else { "" };
-        format!("sparse_gemm_sm90_bn{}_s{}{c}{r}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
+        format!("sparse_gemm_sm90_bn{}_s{}{c}_{}", self.bn, self.stages, if b_n_major { "n" } else { "k" })
     }
 
     /// The instance with the fused GELU-backward epilogue (`sparse_gemm_gelu_backward`).
@@ -149,7 +135,7 @@ impl TileConfig {
     /// too few registers, 2.2x slower on the H100).
     pub fn for_fused_epilogue(self) -> TileConfig {
         if self.bn == 256 {
-            TileConfig { bn: 192, stages: 5, a_regs: false, ..self }
+            TileConfig { bn: 192, stages: 5, ..self }
         } else {
             self
         }
@@ -162,10 +148,9 @@ impl TileConfig {
         s * self.stage_bytes() + epilogue + 2 * s * 8 + 1024
     }
 
-    /// One pipeline stage: A's compressed values (unless `a_regs`), B, A's metadata.
+    /// One pipeline stage: A's compressed values, B, A's metadata.
     const fn stage_bytes(self) -> usize {
-        let a = if self.a_regs { 0 } else { Self::BM * Self::BK / 2 * 2 };
-        a + self.bn as usize * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4
+        Self::BM * Self::BK / 2 * 2 + self.bn as usize * Self::BK * 2 + (Self::BM / 16) * (Self::BK / 32) * 16 * 4
     }
 
     /// The raster group that balances the bytes of A and B a wave of `sms` CTAs touches: a wave
@@ -182,13 +167,13 @@ impl TileConfig {
     /// 128-column data-parallel instances (ninth session, after the ragged-N fix) gives 114
     /// columns on GPT-2 large fc1 dW and ~250 on XL fc1 dW; with the old 16 the default picked
     /// 128 x 128 for XL fc1 dW (0.423 ms against 0.327 for 128 x 256, the tuned pick). Ties go
-    /// to the wider tile. Clusters and A from registers are left to the tuner's measurements.
+    /// to the wider tile. Clusters are left to the tuner's measurements.
     pub fn default_for(m: usize, n: usize, sms: usize) -> TileConfig {
         let cost = |c: &TileConfig| {
             let tiles = m.div_ceil(Self::BM) * n.div_ceil(c.bn as usize);
             tiles.div_ceil(sms.max(1)) as f64 * (c.bn as f64 + 128.0)
         };
-        *Self::ALL.iter().filter(|c| c.cluster_m == 1 && !c.pingpong && !c.a_regs).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
+        *Self::ALL.iter().filter(|c| c.cluster_m == 1 && !c.pingpong).min_by(|a, b| cost(a).total_cmp(&cost(b))).unwrap_or(&Self::ALL[0])
     }
 }
 
@@ -276,7 +261,6 @@ struct Params {
     mvue_meta: u64,
     mvue_mask: u64,
     mvue_seed: u64,
-    a_vals: u64,
 }
 
 /// The fused epilogue's operands (device addresses): fc1's pre-activation X and, when `vals` is
@@ -315,7 +299,7 @@ impl From<Option<TileConfig>> for FusedEpilogue {
 /// The epilogue-warpgroup instance's tile and its shared memory: the stages, two hand-off buffers
 /// of 128 rows x 136 bf16 (HAND_BYTES), 2 x stages + 4 mbarriers, 1 KB of alignment
 /// (cuda/sparse_gemm_sm90.cu, Smem<.., EW>).
-const EW_CONFIG: TileConfig = TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::DataParallel, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: false };
+const EW_CONFIG: TileConfig = TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::DataParallel, cluster_m: 1, pingpong: false, tail_pieces: 0 };
 const EW_SMEM: usize = {
     const HAND_PITCH: usize = 136;  // bf16 a hand-off buffer row (HAND_PITCH in the kernel)
     let s = EW_CONFIG.stages as usize;
@@ -577,7 +561,7 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
         Some(_) => cfg.for_fused_epilogue(),
         None => cfg.for_epilogue(T::IS_F32 != 0 || opts.beta != 0.0),
     };
-    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong && c.a_regs == cfg.a_regs) {
+    if !TileConfig::ALL.iter().any(|c| c.bn == cfg.bn && c.stages == cfg.stages && c.cluster_m == cfg.cluster_m && c.pingpong == cfg.pingpong) {
         return Err(unsupported("sparse_gemm", format!("{cfg:?} is not a compiled instance; choose one of {:?}", TileConfig::ALL)));
     }
 
@@ -666,7 +650,6 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             mvue_meta: fu.meta,
             mvue_mask: fu.mask,
             mvue_seed: fu.seed,
-            a_vals: pa,
         };
         // + 2 epilogue warpgroups and the producer as one warp (threads_of in cuda/sparse_gemm_sm90.cu)
         let threads = if ew { 544 } else { 384 };
@@ -721,7 +704,6 @@ mod tests {
         assert_eq!(TileConfig::default_for(3072, 768, 132).bn, 192);
         assert_eq!(TileConfig::ALL[3].kernel_name(false), "sparse_gemm_sm90_bn256_s4_c2_k");
         assert_eq!(TileConfig::ALL[0].kernel_name(true), "sparse_gemm_sm90_bn256_s4_n");
-        assert_eq!(TileConfig::ALL[9].kernel_name(true), "sparse_gemm_sm90_bn256_s6_r_n");
     }
 
     /// Every instance fits the H100's 227 KB of shared memory a block (the slim one by its smaller
@@ -737,13 +719,6 @@ mod tests {
         assert_eq!(slim.for_epilogue(false), slim);
         assert_eq!(slim.for_fused_epilogue().bn, 192);
         assert!(TileConfig::ALL.iter().all(|c| c.for_epilogue(true).smem_bytes() <= 232_448 && !c.for_epilogue(true).is_slim()));
-        // A from registers: 33 KB stages, 6 with the slim epilogue, whose staged sibling has 5
-        // (both compiled); no fused instance, so the fused epilogue runs the plain 192-wide one.
-        let (r5, r6) = (TileConfig::ALL[8], TileConfig::ALL[9]);
-        assert!(r6.a_regs && r6.is_slim() && !r5.is_slim());
-        assert_eq!(r6.for_epilogue(true), r5);
-        assert_eq!(r6.smem_bytes(), 6 * 33_792 + 2 * 8192 + 12 * 8 + 1024);
-        assert!(!r6.for_fused_epilogue().a_regs);
         // The epilogue-warpgroup instance: 6 x 25 KB stages + two 34 KB hand-off buffers
         // (Smem<128, 6, 1>::TOTAL in cuda/sparse_gemm_sm90.cu), within the 227 KB an SM gives.
         assert_eq!(EW_SMEM, 224_384);

@@ -303,7 +303,7 @@ fn sparse_gemm_rejects_bad_input() {
     let bias = dev.upload(&[0f32; 7]).unwrap();
     let with_bias = GemmOptions { bias: Some(&bias), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &with_bias), Err(Error::Shape { .. })));
-    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0, a_regs: false }), ..Default::default() };
+    let odd = GemmOptions { config: Some(TileConfig { bn: 64, stages: 3, group_m: 0, schedule: Schedule::Auto, cluster_m: 1, pingpong: false, tail_pieces: 0 }), ..Default::default() };
     assert!(matches!(sparse_gemm(&dev, &sp(32, 64), BOperand::KMajor(&mat(16, 64)), &mut d, &odd), Err(Error::Unsupported { .. })));
     // Ping-pong with stream-K: refused, with the rule.
     let pp_sk = GemmOptions { config: Some(TileConfig { schedule: Schedule::StreamK, ..TileConfig::ALL[5] }), ..Default::default() };
