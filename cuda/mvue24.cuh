@@ -135,10 +135,10 @@ __device__ __noinline__ Kept group_kept_rare(float a0, float a1, float a2, float
     return out;
 }
 
-// `rare` is set when the group's result must come from group_kept_rare instead (the returned one
-// is then meaningless); group_kept takes it there. (One branch for a row's four groups instead of
-// one a group: no fewer instructions on the hot path, and the standalone kernel spilled.)
-__device__ __forceinline__ Kept group_kept_fast(const float a[4], float u, bool& rare) {
+// The common cases inline; the rare ones (`rare` below) through group_kept_rare, one branch a
+// group. (One branch for a row's four groups instead: no fewer instructions on the hot path, and
+// the standalone kernel spilled.)
+__device__ __forceinline__ Kept group_kept(const float a[4], float u) {
     float m[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) m[i] = fabsf(a[i]);
@@ -169,7 +169,7 @@ __device__ __forceinline__ Kept group_kept_fast(const float a[4], float u, bool&
     // when `sum` is not finite, neither is c_3 (rest = inf - m_b is inf or NaN). So c_3 is finite
     // exactly when `sum` is, and then v1 = u h + h <= 2 h <= sum is finite too. Sums below 2^-125
     // (the halving above) go there too: the rare path is the reference's own steps.
-    rare = rest == 0.f || !(sum >= 0x1p-125f && sum < INFINITY);
+    const bool rare = rest == 0.f || !(sum >= 0x1p-125f && sum < INFINITY);
     // pick() from the comparisons, with j0 = #{c_i <= v0} <= j1 = #{c_i <= v1} (the c_i do not
     // decrease): k0 = min(j0, 2), and k1 = 3 except where v1 alone hits interval 2 (j1 = 2 > j0)
     // or 1 (j1 = 1 > j0 = 0). So c_2 <= v0, c_3 <= v0 and c_3 <= v1 are never needed, and the
@@ -189,13 +189,7 @@ __device__ __forceinline__ Kept group_kept_fast(const float a[4], float u, bool&
     Kept out;
     out.pair = (uint32_t)f32_to_bf16(big0 ? a0 : s0) | ((uint32_t)f32_to_bf16(big1 ? a1 : s1) << 16);
     out.code = (p1 ? 0x42u : p0 ? 0x21u : 0x10u) | (r2 ? 0x48u : r1 ? 0x24u : 0x8cu);
-    return out;
-}
-
-__device__ __forceinline__ Kept group_kept(const float a[4], float u) {
-    bool rare;
-    const Kept k = group_kept_fast(a, u, rare);
-    return rare ? group_kept_rare(a[0], a[1], a[2], a[3], u) : k;
+    return rare ? group_kept_rare(a[0], a[1], a[2], a[3], u) : out;
 }
 
 // host-check end

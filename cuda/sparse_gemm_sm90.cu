@@ -76,7 +76,8 @@ enum : int {
 // files, so 96 registers a thread, which every role fits (a consumer's 64 accumulators need 91).
 // A third epilogue warpgroup would put 6 warps on one file (80 registers): ptxas compiles the
 // whole kernel to the launch's budget, not to setmaxnreg's.
-constexpr int threads_of(int fuse) { return fuse == 2 ? 128 * 4 + 32 : THREADS; }
+constexpr int EPI_WGS = 2;  // epilogue warpgroups of the FUSE == 2 instance
+constexpr int threads_of(int fuse) { return fuse == 2 ? 128 * (2 + EPI_WGS) + 32 : THREADS; }
 
 // A 128-byte CUtensorMap, passed by value as a __grid_constant__ parameter.
 struct alignas(64) TensorMap {
@@ -653,7 +654,7 @@ __device__ __forceinline__ int meta_word(int rb, int lane) {
 // warp), then A, B and the metadata of K block kb of tile (m0, nt) into it. `issuer`: whether
 // this thread issues them (the epilogue-warpgroup instance's producer warp waits whole).
 template <int BN, int STAGES, int B_MN, int CM>
-__device__ __forceinline__ void load_stage(const Params& p, uint8_t* smem, uint64_t* full, uint64_t* empty, const TensorMap* ta,
+__device__ __forceinline__ void load_stage(uint8_t* smem, uint64_t* full, uint64_t* empty, const TensorMap* ta,
                                            const TensorMap* tb, const TensorMap* te, int rank, int s, uint32_t phase, int kb,
                                            int m0, int nt, int b_blocks, uint32_t tx, bool issuer) {
     using S = Smem<BN, STAGES>;
@@ -694,7 +695,7 @@ __device__ __forceinline__ void producer(const Params& p, uint8_t* smem, uint64_
         const int b_blocks = b_blocks_of<BN, B_MN>(p, nt);
         const uint32_t tx = Smem<BN, STAGES>::TX_BYTES - (uint32_t)(BN / 64 - b_blocks) * 8192u;
         for (int kb = kb_begin; kb < kb_end; ++kb) {
-            load_stage<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, s, phase, kb, m0, nt, b_blocks, tx, issuer);
+            load_stage<BN, STAGES, B_MN, CM>(smem, full, empty, ta, tb, te, rank, s, phase, kb, m0, nt, b_blocks, tx, issuer);
             if (++s == STAGES) { s = 0; phase ^= 1; }
         }
     }
@@ -880,7 +881,7 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
     if (p.tma_store && tid == 0) tma_store_wait_read<0>();
 }
 
-// FUSE >= 2, epilogue warpgroup e of NE (the CTA's warpgroups 2 ..): the CTA's tiles (the
+// FUSE >= 2, epilogue warpgroup e of NE = EPI_WGS (the CTA's warpgroups 2 ..): the CTA's tiles (the
 // consumers' order) in chunks of 64 rows x 64 tokens, 2 BN / 64 a tile; chunk g of the CTA (tile
 // g / (2 BN / 64)) goes to warpgroup g % NE. Each waits for its chunk's tile in hand-off buffer
 // (tile & 1), runs the GELU backward + MVUE on it (gelu_mvue_chunk, the cooperative instances'
@@ -889,9 +890,10 @@ __device__ __forceinline__ void consumer_pingpong(const Params& p, uint8_t* smem
 // epilogue's CUDA-core work (docs/sparse-training.md). Every warpgroup has a chunk in every tile
 // (NE <= chunks a tile), so no buffer can be refilled twice while one of them still waits on it.
 // Data-parallel only.
-template <int BN, int NE>
+template <int BN>
 __device__ __forceinline__ void epilogue_warps(const Params& p, const uint8_t* hand_bufs, uint64_t* hand, int e) {
     constexpr int CHUNKS = 2 * (BN / EPI_COLS);  // a tile's chunks: 2 row halves x BN / 64 tokens
+    constexpr int NE = EPI_WGS;
     static_assert(NE <= CHUNKS, "every epilogue warpgroup must take a chunk of every tile");
     const int tid = threadIdx.x - 128 * (2 + e);
     const int tiles = p.m_tiles * p.n_tiles;
@@ -986,11 +988,11 @@ __device__ __forceinline__ void gemm(const Params& p, const TensorMap* ta, const
         if (wg < 2) {
             asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
             consumer<BN, STAGES, B_MN, CM, FUSE>(p, smem, full, empty, wg, td);
-        } else if (wg < 4) {
+        } else if (wg < 2 + EPI_WGS) {
             asm volatile("setmaxnreg.inc.sync.aligned.u32 96;");
-            epilogue_warps<BN, 2>(p, smem + S::EPI_OFF, empty + STAGES, wg - 2);
+            epilogue_warps<BN>(p, smem + S::EPI_OFF, empty + STAGES, wg - 2);
         }
-        else producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, threadIdx.x == 128 * 4);  // the whole warp waits
+        else producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank, threadIdx.x == 128 * (2 + EPI_WGS));  // the whole warp waits
     } else if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         if (threadIdx.x == 0) producer<BN, STAGES, B_MN, CM>(p, smem, full, empty, ta, tb, te, rank);

@@ -300,6 +300,9 @@ impl From<Option<TileConfig>> for FusedEpilogue {
 /// of 128 rows x 136 bf16 (HAND_BYTES), 2 x stages + 4 mbarriers, 1 KB of alignment
 /// (cuda/sparse_gemm_sm90.cu, Smem<.., EW>).
 const EW_CONFIG: TileConfig = TileConfig { bn: 128, stages: 6, group_m: 0, schedule: Schedule::DataParallel, cluster_m: 1, pingpong: false, tail_pieces: 0 };
+/// Its threads: two consumer warpgroups, EPI_WGS = 2 epilogue warpgroups and the producer as one
+/// warp (`threads_of(2)` in cuda/sparse_gemm_sm90.cu).
+const EW_THREADS: u32 = 128 * (2 + 2) + 32;
 const EW_SMEM: usize = {
     const HAND_PITCH: usize = 136;  // bf16 a hand-off buffer row (HAND_PITCH in the kernel)
     let s = EW_CONFIG.stages as usize;
@@ -651,8 +654,7 @@ fn launch_sm90<T: GemmOut>(dev: &Device, a: &Sparse24, b: BOperand, d: &mut Devi
             mvue_mask: fu.mask,
             mvue_seed: fu.seed,
         };
-        // + 2 epilogue warpgroups and the producer as one warp (threads_of in cuda/sparse_gemm_sm90.cu)
-        let threads = if ew { 544 } else { 384 };
+        let threads = if ew { EW_THREADS } else { 384 };
         let launch = LaunchConfig { grid_dim: (grid as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 };
         let mut launcher = stream.launch_builder(&f);
         launcher.arg(&ta).arg(&tb).arg(&te).arg(&td).arg(&params);
