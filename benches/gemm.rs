@@ -13,6 +13,8 @@
 //!                             cuSPARSELt a round, interleaved, L2 flushed before each)
 //!        [--pass fwd|dx|dw] [--config SUBSTRING]   (only that pass / the instances whose name, as
 //!        --all-configs prints it, contains SUBSTRING: one kernel for ncu)
+//!        [--group-m G,G,..] [--tail-pieces P,P,..]   (every candidate at each raster group, every
+//!        stream-K one at each tail split; 0 is the library's choice, named _g / _p otherwise)
 //! (cargo bench passes --bench, which is ignored.)
 
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
@@ -42,16 +44,32 @@ struct Args {
     cslt_alg: Option<i32>,
     pass: Option<String>,
     config: Option<String>,
+    /// Raster groups to try for every candidate (0: the library's choice).
+    group_ms: Vec<u32>,
+    /// Stream-K tail pieces to try for the stream-K candidates (0: the library's choice).
+    tail_pieces: Vec<u32>,
+}
+
+/// A comma-separated list of numbers, for --group-m and --tail-pieces.
+fn parse_list(s: &str) -> Vec<u32> {
+    let v: Vec<u32> = s.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+    if v.is_empty() {
+        eprintln!("expected a comma-separated list of numbers, got {s:?}");
+        std::process::exit(2)
+    }
+    v
 }
 
 /// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
 fn config_name(c: &TileConfig) -> String {
     let kind = if c.pingpong { "_pp" } else if c.cluster_m == 2 { "_c2" } else { "" };
-    format!("bn{}_s{}{kind}_{:?}", c.bn, c.stages, c.schedule)
+    let g = if c.group_m > 0 { format!("_g{}", c.group_m) } else { String::new() };
+    let p = if c.tail_pieces > 0 { format!("_p{}", c.tail_pieces) } else { String::new() };
+    format!("bn{}_s{}{kind}_{:?}{g}{p}", c.bn, c.stages, c.schedule)
 }
 
 fn args() -> Args {
-    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, select_reps: 5, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, cslt_alg: None, pass: None, config: None };
+    let mut a = Args { shapes: ffn_shapes(), json: None, reps: 20, select_reps: 5, all_configs: false, max_cluster: 2, stream_k: true, no_cusparselt: false, cslt_alg: None, pass: None, config: None, group_ms: vec![0], tail_pieces: vec![0] };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -87,6 +105,14 @@ fn args() -> Args {
             }
             "--config" => {
                 a.config = v.get(i + 1).cloned();
+                i += 1;
+            }
+            "--group-m" => {
+                a.group_ms = parse_list(&v[i + 1]);
+                i += 1;
+            }
+            "--tail-pieces" => {
+                a.tail_pieces = parse_list(&v[i + 1]);
                 i += 1;
             }
             "--select-reps" => {
@@ -184,12 +210,16 @@ fn main() {
             };
             let layout = if col { MatLayout::ColMajor } else { MatLayout::RowMajor };
             let mut d = if col { DeviceMatrix::<bf16>::poisoned(&dev, n, m) } else { DeviceMatrix::<bf16>::poisoned(&dev, m, n) }.unwrap();
-            let sk = TileConfig::ALL.iter().filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster).map(|c| TileConfig { schedule: Schedule::StreamK, ..*c });
+            let sk = TileConfig::ALL
+                .iter()
+                .filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster)
+                .flat_map(|c| a.tail_pieces.iter().map(move |&tail_pieces| TileConfig { schedule: Schedule::StreamK, tail_pieces, ..*c }));
             let candidates: Vec<TileConfig> = TileConfig::ALL
                 .iter()
                 .filter(|c| c.cluster_m <= a.max_cluster)
                 .map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c })
                 .chain(sk)
+                .flat_map(|c| a.group_ms.iter().map(move |&group_m| TileConfig { group_m, ..c }))
                 .filter(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())))
                 .collect();
             // Interleaved like the head-to-head below: timed one after the other, the first
