@@ -222,6 +222,17 @@ fn main() {
                 .flat_map(|c| a.group_ms.iter().map(move |&group_m| TileConfig { group_m, ..c }))
                 .filter(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())))
                 .collect();
+            // The embedded shape table's pick for this shape (what a call without a config runs)
+            // is a candidate too, when it is not one already (its raster group or stream-K split
+            // may differ from the defaults above).
+            let b_n_major = matches!(b_op, BOperand::NMajor(_));
+            let table_pick = twofour::shape_table::active(dev.name(), dev.compute_capability())
+                .and_then(|t| t.lookup("sparse_gemm", &twofour::sparse_gemm::storage_layout(b_n_major, col), m, n, k))
+                .filter(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())));
+            let mut candidates = candidates;
+            if let Some(cfg) = table_pick.filter(|c| !candidates.contains(c)) {
+                candidates.push(cfg);
+            }
             // Interleaved like the head-to-head below: timed one after the other, the first
             // instances ran cooler and won picks they should not have.
             let sel = interleaved(&dev, 3, a.select_reps, candidates.len(), &mut flush, |i, _| {

@@ -110,11 +110,15 @@ impl TileConfig {
     /// Stream-K: the K pieces to split each of `tail` leftover tiles into, over `clusters`
     /// persistent clusters, for tiles of `k_blocks` K blocks: the count in 2 ..= 16 (and at most
     /// `k_blocks`) with the least predicted tail time, in K blocks of one tile:
-    /// rounds x (k_blocks / pieces + 4) + 2 (pieces - 1), where a round is `clusters` pieces at once,
-    /// 4 K blocks fill and drain a segment's pipeline, and the last piece adds each partial in
-    /// about 2 (estimates, not measured one by one). None when no split is possible.
+    /// rounds x (k_blocks / pieces + 36) + 2 (pieces - 1), where a round is `clusters` pieces at
+    /// once and costs 36 K blocks beyond its own (filling and draining a piece's pipeline, storing
+    /// its partial and raising its flag), and the last piece adds each partial in about 2. The 36
+    /// is fitted on the H100 (fifteenth session, GPT-2 large fc1 dW at 16k: 68 tail tiles of
+    /// 128 x 256, 3 / 5 / 7 / 9 pieces took 0.219 / 0.227 / 0.238 / 0.256 ms, i.e. ~36 K blocks a
+    /// round and ~0 a partial; the earlier 4 picked 5 pieces, 4% slower than 3). None when no
+    /// split is possible.
     pub fn pick_tail_pieces(tail: usize, clusters: usize, k_blocks: usize) -> Option<usize> {
-        let cost = |s: usize| (tail * s).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / s as f64 + 4.0) + 2.0 * (s - 1) as f64;
+        let cost = |s: usize| (tail * s).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / s as f64 + 36.0) + 2.0 * (s - 1) as f64;
         (2..=k_blocks.min(16)).min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
     }
     pub const BM: usize = 128;
@@ -842,5 +846,7 @@ mod tests {
         assert_eq!(TileConfig::pick_tail_pieces(61, 132, 1024), Some(2));
         assert_eq!(TileConfig::pick_tail_pieces(5, 132, 2), Some(2));
         assert_eq!(TileConfig::pick_tail_pieces(5, 132, 1), None);
+        // GPT-2 large fc1 dW at 16k (200 tiles of 128 x 256): 3 pieces, the measured best.
+        assert_eq!(TileConfig::pick_tail_pieces(68, 132, 256), Some(3));
     }
 }
