@@ -60,7 +60,8 @@ fn parse_list(s: &str) -> Vec<u32> {
     v
 }
 
-/// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances.
+/// "bn256_s4_DataParallel", with "_c2" / "_pp" for the cluster and ping-pong instances and
+/// "_g8" / "_p3" for a raster group and tail split other than the library's choice.
 fn config_name(c: &TileConfig) -> String {
     let kind = if c.pingpong { "_pp" } else if c.cluster_m == 2 { "_c2" } else { "" };
     let g = if c.group_m > 0 { format!("_g{}", c.group_m) } else { String::new() };

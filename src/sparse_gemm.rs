@@ -115,8 +115,9 @@ impl TileConfig {
     /// its partial and raising its flag), and the last piece adds each partial in about 2. The 36
     /// is fitted on the H100 (fifteenth session, GPT-2 large fc1 dW at 16k: 68 tail tiles of
     /// 128 x 256, 3 / 5 / 7 / 9 pieces took 0.219 / 0.227 / 0.238 / 0.256 ms, i.e. ~36 K blocks a
-    /// round and ~0 a partial; the earlier 4 picked 5 pieces, 4% slower than 3). None when no
-    /// split is possible.
+    /// round and ~0 a partial; the earlier 4 picked 5 pieces, 4% slower than 3). The 2 a partial
+    /// is kept all the same: with the tail in one round it is what stops the split short of 16
+    /// pieces (11 for 6 tiles of 256 K blocks). None when no split is possible.
     pub fn pick_tail_pieces(tail: usize, clusters: usize, k_blocks: usize) -> Option<usize> {
         let cost = |s: usize| (tail * s).div_ceil(clusters.max(1)) as f64 * (k_blocks as f64 / s as f64 + 36.0) + 2.0 * (s - 1) as f64;
         (2..=k_blocks.min(16)).min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
