@@ -215,25 +215,23 @@ fn main() {
                 .iter()
                 .filter(|c| a.stream_k && !c.pingpong && c.cluster_m <= a.max_cluster)
                 .flat_map(|c| a.tail_pieces.iter().map(move |&tail_pieces| TileConfig { schedule: Schedule::StreamK, tail_pieces, ..*c }));
-            let candidates: Vec<TileConfig> = TileConfig::ALL
+            // The embedded shape table's pick for this shape (what a call without a config runs)
+            // is a candidate too, when it is not one already (its raster group or stream-K split
+            // may differ from the defaults).
+            let b_n_major = matches!(b_op, BOperand::NMajor(_));
+            let table_pick = twofour::shape_table::active(dev.name(), dev.compute_capability())
+                .and_then(|t| t.lookup("sparse_gemm", &twofour::sparse_gemm::storage_layout(b_n_major, col), m, n, k));
+            let mut candidates: Vec<TileConfig> = TileConfig::ALL
                 .iter()
                 .filter(|c| c.cluster_m <= a.max_cluster)
                 .map(|c| TileConfig { schedule: Schedule::DataParallel, ..*c })
                 .chain(sk)
                 .flat_map(|c| a.group_ms.iter().map(move |&group_m| TileConfig { group_m, ..c }))
-                .filter(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())))
                 .collect();
-            // The embedded shape table's pick for this shape (what a call without a config runs)
-            // is a candidate too, when it is not one already (its raster group or stream-K split
-            // may differ from the defaults above).
-            let b_n_major = matches!(b_op, BOperand::NMajor(_));
-            let table_pick = twofour::shape_table::active(dev.name(), dev.compute_capability())
-                .and_then(|t| t.lookup("sparse_gemm", &twofour::sparse_gemm::storage_layout(b_n_major, col), m, n, k))
-                .filter(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())));
-            let mut candidates = candidates;
             if let Some(cfg) = table_pick.filter(|c| !candidates.contains(c)) {
                 candidates.push(cfg);
             }
+            candidates.retain(|cfg| a.config.as_ref().is_none_or(|sub| config_name(cfg).contains(sub.as_str())));
             // Interleaved like the head-to-head below: timed one after the other, the first
             // instances ran cooler and won picks they should not have.
             let sel = interleaved(&dev, 3, a.select_reps, candidates.len(), &mut flush, |i, _| {

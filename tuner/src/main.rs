@@ -98,25 +98,18 @@ fn preset(name: &str, tokens: usize) -> Result<Vec<LinearShape>, String> {
 /// All candidate configurations for an M x N problem.
 fn candidates(m: usize) -> Vec<TileConfig> {
     let m_tiles = m.div_ceil(TileConfig::BM);
+    // Groups larger than the M tiles give the same raster as a smaller one: nothing new to measure.
+    let groups: Vec<u32> = [0u32, 4, 8, 16, 32].into_iter().filter(|&g| g as usize <= m_tiles).collect();
     let mut v = Vec::new();
     for base in TileConfig::ALL {
-        for group_m in [0u32, 4, 8, 16, 32] {
-            if group_m as usize > m_tiles {
-                continue; // same raster as a smaller group: nothing new to measure
-            }
-            v.push(TileConfig { group_m, schedule: Schedule::DataParallel, ..base });
-        }
+        v.extend(groups.iter().map(|&group_m| TileConfig { group_m, schedule: Schedule::DataParallel, ..base }));
         // Stream-K (whole waves data-parallel, the last partial wave's tiles split into K pieces) for the
         // cooperative instances, clusters included, at the same raster groups: it targets tile
         // counts that leave SMs idle in the last wave (GPT-2 XL dW, GPT-2 small dW). The library's
         // Auto never picks it by itself; a tuned table may. (The raster matters here too: GPT-2
         // large fc1 dW at 16k ran 4% faster at group 8 than at the automatic 23, fifteenth session.)
         if !base.pingpong {
-            for group_m in [0u32, 4, 8, 16, 32] {
-                if group_m as usize <= m_tiles {
-                    v.push(TileConfig { group_m, schedule: Schedule::StreamK, ..base });
-                }
-            }
+            v.extend(groups.iter().map(|&group_m| TileConfig { group_m, schedule: Schedule::StreamK, ..base }));
         }
     }
     v
